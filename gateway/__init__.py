@@ -1,0 +1,1 @@
+"""Recarga edge gateway: one region's broker-side selection and reservation service."""

@@ -1,0 +1,115 @@
+"""Gateway configuration file (TOML): loading, defaults and clear errors."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import protocol as P
+from .engine import EngineConfig
+from .model import SelectionParams
+from .selection import POLICIES
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = "gateway"
+    password: str = field(default="", repr=False)
+    keepalive: int = 30
+    client_id: str = ""  # default: recarga-gateway-<region>
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    engine: EngineConfig
+    broker: BrokerConfig
+    database: Path
+    stations: Path
+    synchronous: str = "FULL"
+    tick_s: float = 1.0
+    log_level: str = "INFO"
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
+         "synchronous": str},
+    "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
+               "keepalive": int, "client_id": str, "reconnect_min_s": int, "reconnect_max_s": int},
+    "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
+                     "min_remaining_s": (int, float), "request_memory_s": (int, float)},
+    "selection": {"policy": str, "road_factor": (int, float), "speed_kmh": (int, float),
+                  "safety_margin_soc": (int, float), "nearest_k": int},
+}
+
+
+def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
+    where = f"[{section}]" if section else "top level"
+    allowed = _SCHEMA[section]
+    for key, value in table.items():
+        if isinstance(value, dict) and not section and key in _SCHEMA:
+            continue
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
+        if isinstance(value, bool) or not isinstance(value, allowed[key]):
+            raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"{where} {key} must not be negative")
+    return {k: v for k, v in table.items() if not isinstance(v, dict)}
+
+
+def load(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    top = _check("", raw)
+    for section in raw:
+        if isinstance(raw[section], dict) and section not in _SCHEMA:
+            raise ConfigError(f"unknown section [{section}]; allowed: broker, reservations, selection")
+    for key in ("region", "database", "stations"):
+        if key not in top:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    try:
+        P.region_root(top["region"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    base = path.parent
+    broker = dict(_check("broker", raw.get("broker", {})))
+    if "password_file" in broker:
+        pw_path = base / broker.pop("password_file")
+        try:
+            broker["password"] = pw_path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"[broker] password_file: {e}") from None
+    if not 0 < broker.get("port", 1883) < 65536:
+        raise ConfigError("[broker] port must be 1..65535")
+    sel = _check("selection", raw.get("selection", {}))
+    policy = sel.pop("policy", "least_completion")
+    if policy not in POLICIES:
+        raise ConfigError(f"[selection] policy {policy!r} unknown; one of {', '.join(POLICIES)}")
+    engine = EngineConfig(region=top["region"], policy=policy, selection=SelectionParams(**sel),
+                          **_check("reservations", raw.get("reservations", {})))
+    synchronous = top.get("synchronous", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError("synchronous must be FULL or NORMAL")
+    return GatewayConfig(
+        engine=engine,
+        broker=BrokerConfig(**broker),
+        database=base / top["database"],
+        stations=base / top["stations"],
+        synchronous=synchronous,
+        tick_s=float(top.get("tick_s", 1.0)),
+        log_level=top.get("log_level", "INFO").upper(),
+    )

@@ -1,0 +1,432 @@
+"""The gateway's functional core: events and `now` in, state changes and messages out.
+
+No sockets, clock, threads or database in here. The MQTT adapter feeds events in, commits
+`Result.changed` and `Result.request` to the store, then publishes `Result.messages` and
+acknowledges the inbound message. Replaying the same events gives the same results.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import protocol as P
+from .model import CarNeed, Choice, Reservation, SelectionParams, SlotMeta, StationMeta
+from .selection import DEFAULT_POLICY, Selector
+
+log = logging.getLogger("recarga.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    region: str
+    policy: str = DEFAULT_POLICY
+    hold_s: float = 120.0  # a held offer lapses unless the car confirms within this
+    grace_s: float = 600.0  # a confirmed reservation is a no-show this long after its start
+    expected_session_s: float = 3600.0  # unknown car on a slot: assume it charges this long
+    min_remaining_s: float = 600.0  # ... and at least this much longer once overdue
+    request_memory_s: float = 86400.0  # a request id is answered identically for this long
+    selection: SelectionParams = SelectionParams()
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    topic: str
+    payload: dict[str, Any]
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    car: str
+    rid: str
+    at: float
+    reply: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Result:
+    messages: list[Outbound] = field(default_factory=list)
+    changed: list[Reservation] = field(default_factory=list)  # to persist, in order
+    request: RequestRecord | None = None  # to persist with them (idempotency)
+
+
+@dataclass(slots=True)
+class _Live:
+    online: bool = False
+    slots: list[str] | None = None  # last reported slot states, None until first status
+    occupied_since: list[float | None] = field(default_factory=list)
+
+
+def reservation_id(*parts: str) -> str:
+    """Deterministic id, so a replay or a redelivered request yields the same id."""
+    return "r" + hashlib.blake2s("/".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def reservation_view(r: Reservation) -> dict[str, Any]:
+    """What a car is told about its reservation (docs/protocol.md, "reservation object")."""
+    return {
+        "id": r.id,
+        "station": r.station,
+        "slot": r.slot,
+        "state": r.state,
+        "distance_km": round(r.distance_km, 2),
+        "eta": round(r.eta),
+        "wait_min": round(r.wait_s / 60, 1),
+        "charge_min": round(r.charge_s / 60, 1),
+        "energy_kwh": round(r.energy_kwh, 2),
+        "power_kw": round(r.power_kw, 1),
+        "price_eur": round(r.price_eur, 2),
+        "hold_until": round(r.hold_until) if r.state == "held" else round(r.deadline),
+    }
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, stations: list[StationMeta]):
+        self.cfg = config
+        self.stations: dict[str, StationMeta] = {s.id: s for s in stations}
+        self.live: dict[str, _Live] = {}
+        self.reservations: dict[str, Reservation] = {}  # active ones only
+        self.by_car: dict[str, str] = {}
+        self.by_slot: dict[tuple[str, int], list[str]] = {}  # active ids, by start
+        self.led: dict[tuple[str, int], bool] = {}  # last reserved-flag told to / seen from the station
+        self.requests: dict[tuple[str, str], RequestRecord] = {}
+        self._selector: Selector | None = None
+        self._now = 0.0  # decision time, for the SlotView methods
+
+    # ------------------------------------------------------------ recovery
+
+    def restore(self, active: list[Reservation], requests: list[RequestRecord]) -> None:
+        """Load what the store kept; the station side comes back from retained messages."""
+        for r in active:
+            self._index(r)
+        for rec in requests:
+            self.requests[(rec.car, rec.rid)] = rec
+
+    # ------------------------------------------------------------ SlotView for selection
+
+    def busy_until(self, station_id: str, slot: int) -> float | None:
+        live = self.live.get(station_id)
+        if live is None or not live.online or live.slots is None or slot > len(live.slots):
+            return None
+        state = live.slots[slot - 1]
+        if state == "out_of_service":
+            return None
+        t = self._now
+        if state == "occupied":
+            since = live.occupied_since[slot - 1]
+            expected = (since if since is not None else t) + self.cfg.expected_session_s
+            t = max(expected, t + self.cfg.min_remaining_s)
+        for rid in self.by_slot.get((station_id, slot), ()):
+            r = self.reservations[rid]
+            # a checked-in car is the occupant: its own estimate replaces the generic one
+            t = r.end if r.state == "checked_in" else max(t, r.end)
+        return t
+
+    def free_slots(self, station_id: str) -> int:
+        live = self.live.get(station_id)
+        if live is None or not live.online or live.slots is None:
+            return 0
+        return sum(1 for i, s in enumerate(live.slots, 1)
+                   if s in ("free", "reserved") and not self.by_slot.get((station_id, i)))
+
+    def queue_len(self, station_id: str) -> int:
+        live = self.live.get(station_id)
+        if live is None or live.slots is None:
+            return 0
+        n = 0
+        for i, s in enumerate(live.slots, 1):
+            ids = self.by_slot.get((station_id, i), ())
+            n += sum(1 for rid in ids if self.reservations[rid].state != "checked_in")
+            n += s == "occupied"
+        return n
+
+    # ------------------------------------------------------------ events
+
+    def car_message(self, car: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        try:
+            req = P.parse_car_request(car, payload)
+        except P.ProtocolError as e:
+            log.warning("car %s: rejected request (%s): %s", car, e.code, e)
+            self._reply(res, car, P.error_reply(P.request_rid(payload), e.code, str(e), e.field))
+            return res
+        known = self.requests.get((car, req.rid))
+        if known is not None:
+            # QoS 1 redelivery or a car retrying: same answer, nothing new
+            self._reply(res, car, known.reply)
+            return res
+        self._now = now
+        handler = {"reserve": self._reserve, "confirm": self._confirm, "cancel": self._cancel}[req.op]
+        reply = handler(req, now, res)
+        res.request = RequestRecord(car, req.rid, now, reply)
+        self.requests[(car, req.rid)] = res.request
+        self._reply(res, car, reply)
+        return res
+
+    def station_status(self, sid: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        meta = self.stations.get(sid)
+        if meta is None:
+            log.warning("status from unknown station %s ignored", sid)
+            return res
+        try:
+            slots = P.parse_station_status(payload)
+        except P.ProtocolError as e:
+            log.warning("station %s: bad status (%s): %s", sid, e.code, e)
+            return res
+        if len(slots) != len(meta.slots):
+            log.warning("station %s reports %d slots, metadata has %d; using the overlap",
+                        sid, len(slots), len(meta.slots))
+            slots = (slots + ["out_of_service"] * len(meta.slots))[: len(meta.slots)]
+        self._now = now
+        live = self.live.setdefault(sid, _Live())
+        old = live.slots or ["free"] * len(slots)
+        if len(live.occupied_since) != len(slots):
+            live.occupied_since = [now if s == "occupied" else None for s in slots]
+        live.slots = list(slots)
+        for i, (before, after) in enumerate(zip(old, slots), 1):
+            key = (sid, i)
+            if after in ("free", "reserved"):
+                self.led[key] = after == "reserved"
+            if after == "out_of_service" and before != "out_of_service":
+                self._fault_slot(key, now, res)
+            elif after == "occupied" and before != "occupied":
+                live.occupied_since[i - 1] = now
+                self._check_in(key, now, res)
+            elif after != "occupied" and before == "occupied":
+                live.occupied_since[i - 1] = None
+                self._complete(key, now, res)
+            self._sync_led(key, res)
+        return res
+
+    def station_online(self, sid: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        try:
+            online = P.parse_online(payload)
+        except P.ProtocolError as e:
+            log.warning("station %s: bad online message: %s", sid, e)
+            return res
+        if sid not in self.stations:
+            log.warning("online message from unknown station %s ignored", sid)
+            return res
+        live = self.live.setdefault(sid, _Live())
+        live.online = online
+        log.info("station %s %s", sid, "online" if online else "offline")
+        if online:
+            # it may have missed commands while away: tell it again what is reserved (slots it
+            # shows reserved without cause are released when its retained status arrives)
+            for key in [k for k in self.by_slot if k[0] == sid]:
+                self.led.pop(key, None)
+                self._sync_led(key, res)
+        return res
+
+    def station_meta(self, sid: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        try:
+            m = P.parse_station_meta(payload)
+        except P.ProtocolError as e:
+            log.warning("station %s: bad meta (%s): %s", sid, e.code, e)
+            return res
+        slots = tuple(SlotMeta(float(s["power_kw"]), bool(s.get("dc", float(s["power_kw"]) > 22.0)))
+                      for s in m["slots"])
+        old = self.stations.get(sid)
+        new = StationMeta(sid, float(m["lat"]), float(m["lon"]), slots,
+                          operator=m.get("operator", old.operator if old else ""),
+                          price_per_kwh=float(m.get("price_per_kwh", old.price_per_kwh if old else 0.49)),
+                          name=m.get("name", old.name if old else ""))
+        if new != old:
+            if old is not None and len(old.slots) != len(slots):
+                live = self.live.get(sid)
+                if live is not None:
+                    live.slots = None  # slot numbering changed: wait for a fresh status
+            self.stations[sid] = new
+            self._selector = None  # rebuilt on the next decision
+            log.info("station %s metadata %s", sid, "updated" if old else "added")
+        return res
+
+    def tick(self, now: float) -> Result:
+        """Expire lapsed holds and no-shows; forget request ids past their memory."""
+        res = Result()
+        self._now = now
+        for r in list(self.reservations.values()):
+            lapsed = (r.state == "held" and now >= r.hold_until) or (r.state == "confirmed" and now >= r.deadline)
+            if lapsed:
+                ended = self._end(r, "expired", res)
+                self._event(res, r.car, P.car_event("expired", reservation_view(ended)))
+        horizon = now - self.cfg.request_memory_s
+        if self.requests and next(iter(self.requests.values())).at < horizon:
+            self.requests = {k: v for k, v in self.requests.items() if v.at >= horizon}
+        return res
+
+    # ------------------------------------------------------------ car operations
+
+    def _reserve(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        f = req.fields
+        need = CarNeed(f["lat"], f["lon"], f["soc"], f["battery_kwh"], f["consumption_kwh_100km"],
+                       f["max_ac_kw"], f["max_dc_kw"], f["target_soc"])
+        only = f.get("station")
+        if only is not None and only not in self.stations:
+            return P.error_reply(req.rid, P.UNKNOWN_STATION, f"station {only!r} is not in region {self.cfg.region}", "station")
+        previous = self.reservations.get(self.by_car.get(req.car, ""))
+        if previous is not None and previous.state == "checked_in":
+            return P.error_reply(req.rid, P.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
+        # the car's own current hold must not stand in the way of its new answer
+        if previous is not None:
+            self._unindex(previous)
+        choice = self._choose(need, now, only=only)
+        if choice is None:
+            if previous is not None:
+                self._index(previous)
+            return self._no_capacity(req.rid, need, now, only)
+        if previous is not None:
+            self._index(previous)
+            self._end(previous, "cancelled", res)
+        r = self._new_reservation(reservation_id(req.car, req.rid), req.car, req.rid, need, choice, now)
+        self._add(r, res)
+        log.info("car %s rid %s -> %s slot %d (drive %.0fs wait %.0fs charge %.0fs)", req.car, req.rid,
+                 r.station, r.slot, choice.drive_s, choice.wait_s, choice.charge_s)
+        return P.ok_reply(req.rid, "reserve", reservation_view(r))
+
+    def _confirm(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        r = self._own(req)
+        if isinstance(r, dict):
+            return r
+        if r.state != "held":
+            return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is {r.state}, only a held one can be confirmed")
+        r = replace(r, state="confirmed")
+        self.reservations[r.id] = r
+        res.changed.append(r)
+        return P.ok_reply(req.rid, "confirm", reservation_view(r))
+
+    def _cancel(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        r = self._own(req)
+        if isinstance(r, dict):
+            return r
+        if r.state == "checked_in":
+            return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is checked in; unplug to end it")
+        return P.ok_reply(req.rid, "cancel", reservation_view(self._end(r, "cancelled", res)))
+
+    def _own(self, req: P.CarRequest) -> Reservation | dict[str, Any]:
+        r = self.reservations.get(req.fields["reservation"])
+        if r is None or r.car != req.car:
+            return P.error_reply(req.rid, P.UNKNOWN_RESERVATION,
+                                 f"no active reservation {req.fields['reservation']!r} for car {req.car}", "reservation")
+        return r
+
+    # ------------------------------------------------------------ station-driven transitions
+
+    def _check_in(self, key: tuple[str, int], now: float, res: Result) -> None:
+        waiting = [self.reservations[i] for i in self.by_slot.get(key, ()) if self.reservations[i].state != "checked_in"]
+        if not waiting:
+            return
+        r = replace(waiting[0], state="checked_in", start=now, end=now + waiting[0].charge_s)
+        self.reservations[r.id] = r
+        res.changed.append(r)
+        self._event(res, r.car, P.car_event("checked_in", reservation_view(r)))
+
+    def _complete(self, key: tuple[str, int], now: float, res: Result) -> None:
+        for rid in list(self.by_slot.get(key, ())):
+            r = self.reservations[rid]
+            if r.state == "checked_in":
+                ended = self._end(r, "completed", res)
+                self._event(res, r.car, P.car_event("completed", reservation_view(ended)))
+
+    def _fault_slot(self, key: tuple[str, int], now: float, res: Result) -> None:
+        for rid in list(self.by_slot.get(key, ())):
+            r = self.reservations[rid]
+            faulted = self._end(r, "faulted", res)
+            offer = None
+            choice = self._choose(r.need, now, exclude={key})
+            if choice is not None:
+                new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, r.need, choice, now)
+                self._add(new, res)
+                offer = reservation_view(new)
+            self._event(res, r.car, P.car_event("faulted", reservation_view(faulted), offer))
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def selector(self) -> Selector:
+        if self._selector is None:
+            self._selector = Selector(list(self.stations.values()), self.cfg.selection)
+        return self._selector
+
+    def _choose(self, need: CarNeed, now: float, only: str | None = None,
+                exclude: set[tuple[str, int]] | frozenset = frozenset()) -> Choice | None:
+        self._now = now
+        if only is not None:
+            return self.selector.choose_at(only, need, now, self, exclude)
+        return self.selector.choose(self.cfg.policy, need, now, self, exclude)
+
+    def _no_capacity(self, rid: str, need: CarNeed, now: float, only: str | None) -> dict[str, Any]:
+        earliest = self.selector.earliest_free(need, now, self)
+        where = f"at station {only}" if only else f"within reach in region {self.cfg.region}"
+        if earliest is None:
+            msg = f"no usable slot {where}"
+        else:
+            msg = f"no slot can be held {where}; the earliest frees up at {round(earliest)}"
+        return P.error_reply(rid, P.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
+
+    def _new_reservation(self, rid_: str, car: str, rid: str, need: CarNeed, c: Choice, now: float) -> Reservation:
+        eta = now + c.drive_s
+        start = eta + c.wait_s
+        return Reservation(
+            id=rid_, car=car, rid=rid, station=c.station_id, slot=c.slot, state="held", created=now,
+            hold_until=now + self.cfg.hold_s, eta=eta, start=start, end=start + c.charge_s,
+            deadline=start + self.cfg.grace_s, distance_km=c.distance_km, wait_s=c.wait_s,
+            charge_s=c.charge_s, energy_kwh=c.energy_kwh, price_eur=c.price_eur, power_kw=c.power_kw,
+            need=need,
+        )
+
+    def _index(self, r: Reservation) -> None:
+        self.reservations[r.id] = r
+        self.by_car[r.car] = r.id
+        ids = self.by_slot.setdefault((r.station, r.slot), [])
+        ids.append(r.id)
+        ids.sort(key=lambda i: (self.reservations[i].state != "checked_in", self.reservations[i].start))
+
+    def _unindex(self, r: Reservation) -> None:
+        self.reservations.pop(r.id, None)
+        if self.by_car.get(r.car) == r.id:
+            del self.by_car[r.car]
+        key = (r.station, r.slot)
+        ids = self.by_slot.get(key)
+        if ids is not None:
+            ids.remove(r.id)
+            if not ids:
+                del self.by_slot[key]
+
+    def _add(self, r: Reservation, res: Result) -> None:
+        self._index(r)
+        res.changed.append(r)
+        self._sync_led((r.station, r.slot), res)
+
+    def _end(self, r: Reservation, state: str, res: Result) -> Reservation:
+        self._unindex(r)
+        ended = replace(r, state=state)
+        res.changed.append(ended)
+        self._sync_led((r.station, r.slot), res)
+        log.info("reservation %s (car %s, %s slot %d) %s", r.id, r.car, r.station, r.slot, state)
+        return ended
+
+    def _sync_led(self, key: tuple[str, int], res: Result) -> None:
+        """Tell the station when a slot's reserved flag should change."""
+        live = self.live.get(key[0])
+        if live is None or not live.online:
+            return  # told when it comes back online
+        want = any(self.reservations[i].state != "checked_in" for i in self.by_slot.get(key, ()))
+        if self.led.get(key) == want:
+            return
+        # sent even while the slot is occupied: the station keeps the flag and shows it once free
+        self.led[key] = want
+        first = self.reservations[self.by_slot[key][0]] if want else None
+        cmd = P.station_cmd("reserve" if want else "release", key[1],
+                            first.id if first else None, first.deadline if first else None)
+        res.messages.append(Outbound(P.station_topic(self.cfg.region, key[0], "cmd"), cmd))
+
+    def _reply(self, res: Result, car: str, payload: dict[str, Any]) -> None:
+        res.messages.append(Outbound(P.car_topic(self.cfg.region, car, "reply"), payload))
+
+    _event = _reply

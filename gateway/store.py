@@ -1,0 +1,117 @@
+"""SQLite persistence for the gateway: reservations and answered request ids.
+
+WAL mode; every engine Result is written in one transaction before the inbound MQTT
+message is acknowledged, so an acknowledged request survives a crash and a redelivered
+one is recognised by its (car, request id).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Iterable
+
+from . import protocol as P
+from .engine import RequestRecord
+from .model import CarNeed, Reservation
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    car TEXT NOT NULL,
+    rid TEXT NOT NULL,
+    station TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    hold_until REAL NOT NULL,
+    eta REAL NOT NULL,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    deadline REAL NOT NULL,
+    distance_km REAL NOT NULL,
+    wait_s REAL NOT NULL,
+    charge_s REAL NOT NULL,
+    energy_kwh REAL NOT NULL,
+    price_eur REAL NOT NULL,
+    power_kw REAL NOT NULL,
+    need TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservations_active ON reservations(state)
+    WHERE state IN ('held', 'confirmed', 'checked_in');
+CREATE TABLE IF NOT EXISTS requests (
+    car TEXT NOT NULL,
+    rid TEXT NOT NULL,
+    at REAL NOT NULL,
+    reply TEXT NOT NULL,
+    PRIMARY KEY (car, rid)
+);
+CREATE INDEX IF NOT EXISTS requests_at ON requests(at);
+"""
+
+_COLUMNS = [f.name for f in fields(Reservation)]
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
+_INSERT = f"INSERT OR REPLACE INTO reservations ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_SELECT = f"SELECT {_COLUMN_LIST} FROM reservations"
+_ACTIVE = "('" + "', '".join(sorted(P.ACTIVE_STATES)) + "')"
+
+
+class Store:
+    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+        """synchronous=FULL survives power loss; NORMAL survives a process crash only."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def commit(self, changed: Iterable[Reservation], request: RequestRecord | None) -> None:
+        """Write one engine Result atomically (all of it or nothing)."""
+        rows = [_row(r) for r in changed]
+        if not rows and request is None:
+            return
+        with self.db:  # BEGIN ... COMMIT, ROLLBACK on error
+            self.db.execute("BEGIN")
+            if rows:
+                self.db.executemany(_INSERT, rows)
+            if request is not None:
+                self.db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
+                                (request.car, request.rid, request.at, json.dumps(request.reply)))
+
+    def active(self) -> list[Reservation]:
+        cur = self.db.execute(f"{_SELECT} WHERE state IN {_ACTIVE} ORDER BY start")
+        return [_reservation(row) for row in cur]
+
+    def reservations(self, car: str | None = None) -> list[Reservation]:
+        if car is None:
+            cur = self.db.execute(f"{_SELECT} ORDER BY created, id")
+        else:
+            cur = self.db.execute(f"{_SELECT} WHERE car = ? ORDER BY created, id", (car,))
+        return [_reservation(row) for row in cur]
+
+    def requests(self, since: float) -> list[RequestRecord]:
+        cur = self.db.execute("SELECT car, rid, at, reply FROM requests WHERE at >= ? ORDER BY at", (since,))
+        return [RequestRecord(car, rid, at, json.loads(reply)) for car, rid, at, reply in cur]
+
+    def prune_requests(self, before: float) -> int:
+        with self.db:
+            return self.db.execute("DELETE FROM requests WHERE at < ?", (before,)).rowcount
+
+
+def _row(r: Reservation) -> tuple:
+    values = [getattr(r, c) for c in _COLUMNS]
+    values[_COLUMNS.index("need")] = json.dumps(asdict(r.need))
+    return tuple(values)
+
+
+def _reservation(row: tuple) -> Reservation:
+    values = dict(zip(_COLUMNS, row))
+    values["need"] = CarNeed(**json.loads(values["need"]))
+    return Reservation(**values)

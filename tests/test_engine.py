@@ -1,0 +1,256 @@
+"""The pure engine: requests, lifecycle, station events, idempotency (no broker, no clock)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway import protocol as P
+from gateway.engine import Engine, EngineConfig, Result
+from gateway.model import SlotMeta, StationMeta
+
+REGION = "test"
+T0 = 1_800_000_000.0
+
+
+def stations() -> list[StationMeta]:
+    ac = SlotMeta(22.0, False)
+    return [
+        StationMeta("near", 52.5200, 13.4050, (ac, ac), operator="A", price_per_kwh=0.40),
+        StationMeta("far", 52.5400, 13.4300, (ac,), operator="B", price_per_kwh=0.50),
+    ]
+
+
+def make(**kw) -> Engine:
+    cfg = EngineConfig(region=REGION, hold_s=60, grace_s=300, **kw)
+    e = Engine(cfg, stations())
+    for s in e.stations.values():
+        e.station_online(s.id, P.online_message(True), T0)
+        e.station_status(s.id, P.encode(P.station_status(["free"] * len(s.slots))), T0)
+    return e
+
+
+def reserve(e: Engine, car: str, rid: str, now: float = T0, **over) -> Result:
+    fields = dict(lat=52.5201, lon=13.4051, soc=0.2, battery_kwh=50, consumption_kwh_100km=17,
+                  max_ac_kw=11, max_dc_kw=0, target_soc=0.8)
+    fields.update(over)
+    return e.car_message(car, P.encode(P.reserve_request(rid, car, **fields)), now)
+
+
+def replies(res: Result, car: str) -> list[dict]:
+    return [m.payload for m in res.messages if m.topic == P.car_topic(REGION, car, "reply")]
+
+
+def cmds(res: Result, sid: str) -> list[dict]:
+    return [m.payload for m in res.messages if m.topic == P.station_topic(REGION, sid, "cmd")]
+
+
+def status(e: Engine, sid: str, slots: list[str], now: float) -> Result:
+    return e.station_status(sid, P.encode(P.station_status(slots)), now)
+
+
+def test_reserve_answers_with_full_offer_and_tells_station():
+    e = make()
+    res = reserve(e, "c1", "q1")
+    [reply] = replies(res, "c1")
+    assert reply["ok"] and reply["rid"] == "q1"
+    r = reply["reservation"]
+    assert r["station"] == "near" and r["slot"] == 1 and r["state"] == "held"
+    for key in ("distance_km", "eta", "wait_min", "charge_min", "price_eur", "hold_until", "energy_kwh"):
+        assert key in r
+    assert r["hold_until"] == round(T0 + 60)
+    assert r["charge_min"] > 0 and r["price_eur"] == pytest.approx(r["energy_kwh"] * 0.40, abs=0.02)
+    [cmd] = cmds(res, "near")
+    assert (cmd["cmd"], cmd["slot"], cmd["reservation"]) == ("reserve", 1, r["id"])
+    assert len(res.changed) == 1 and res.request is not None
+
+
+def test_second_car_gets_other_slot_and_third_queues_or_goes_elsewhere():
+    e = make()
+    a = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    b = replies(reserve(e, "c2", "q1"), "c2")[0]["reservation"]
+    assert (a["station"], a["slot"]) != (b["station"], b["slot"])
+    c = replies(reserve(e, "c3", "q1"), "c3")[0]["reservation"]
+    taken = {(a["station"], a["slot"]), (b["station"], b["slot"])}
+    assert (c["station"], c["slot"]) not in taken or c["wait_min"] > 0
+
+
+def test_repeated_request_id_same_answer_no_second_reservation():
+    e = make()
+    first = reserve(e, "c1", "q1")
+    again = reserve(e, "c1", "q1", now=T0 + 5)
+    assert replies(again, "c1") == replies(first, "c1")
+    assert again.changed == [] and again.request is None
+    assert len(e.reservations) == 1
+
+
+def test_new_request_replaces_cars_reservation():
+    e = make()
+    old = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    res = reserve(e, "c1", "q2")
+    new = replies(res, "c1")[0]["reservation"]
+    assert new["id"] != old["id"]
+    states = {r.id: r.state for r in res.changed}
+    assert states[old["id"]] == "cancelled" and states[new["id"]] == "held"
+    assert len(e.reservations) == 1
+
+
+@pytest.mark.parametrize("payload,code", [
+    (b"{not json", P.BAD_JSON),
+    (b"[1,2]", P.BAD_JSON),
+    (b'{"v":2,"op":"reserve","rid":"x","car":"c1"}', P.BAD_VERSION),
+    (b'{"v":1,"rid":"x","car":"c1"}', P.MISSING_FIELD),
+    (b'{"v":1,"op":"fly","rid":"x","car":"c1"}', P.UNKNOWN_OP),
+    (b'{"v":1,"op":"cancel","rid":"x","car":"c2","reservation":"r1"}', P.CAR_MISMATCH),
+    (b"{" + b" " * 600 + b"}", P.TOO_LARGE),
+])
+def test_bad_input_gets_specific_error_and_stores_nothing(payload, code):
+    e = make()
+    res = e.car_message("c1", payload, T0)
+    [reply] = replies(res, "c1")
+    assert reply["ok"] is False and reply["error"]["code"] == code
+    assert res.changed == [] and res.request is None and e.requests == {}
+
+
+@pytest.mark.parametrize("over,code,field", [
+    (dict(soc=1.7), P.OUT_OF_RANGE, "soc"),
+    (dict(lat=200), P.OUT_OF_RANGE, "lat"),
+    (dict(soc="low"), P.BAD_TYPE, "soc"),
+    (dict(battery_kwh=True), P.BAD_TYPE, "battery_kwh"),
+    (dict(target_soc=0.1), P.OUT_OF_RANGE, "target_soc"),
+    (dict(max_ac_kw=0, max_dc_kw=0), P.OUT_OF_RANGE, "max_ac_kw"),
+    (dict(station="nowhere"), P.UNKNOWN_STATION, "station"),
+])
+def test_out_of_range_and_unknown_station(over, code, field):
+    e = make()
+    res = reserve(e, "c1", "q1", **over)
+    [reply] = replies(res, "c1")
+    assert reply["error"]["code"] == code and reply["error"]["field"] == field
+    assert e.reservations == {}
+
+
+def test_unknown_field_rejected():
+    e = make()
+    msg = P.reserve_request("q1", "c1", lat=52.5, lon=13.4, soc=0.2, battery_kwh=50, consumption_kwh_100km=17,
+                            max_ac_kw=11, max_dc_kw=0, target_soc=0.8)
+    msg["colour"] = "red"
+    [reply] = replies(e.car_message("c1", P.encode(msg), T0), "c1")
+    assert reply["error"] == {"code": P.UNKNOWN_FIELD, "message": "unknown field 'colour' for op 'reserve'",
+                              "field": "colour"}
+
+
+def test_offline_and_out_of_service_never_assigned():
+    e = make()
+    e.station_online("near", P.online_message(False), T0)
+    status(e, "far", ["out_of_service"], T0)
+    res = reserve(e, "c1", "q1")
+    [reply] = replies(res, "c1")
+    assert reply["error"]["code"] == P.NO_CAPACITY and reply["error"]["earliest_free"] is None
+    assert e.reservations == {}
+
+
+def test_full_region_no_capacity_names_earliest_free():
+    e = make()
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["occupied"], T0)
+    # with nothing free the car queues behind the current sessions (that is an answer, not an error)
+    reply = replies(reserve(e, "c1", "q1"), "c1")[0]
+    assert reply["ok"] and reply["reservation"]["wait_min"] > 0
+    # a car that can only reach nothing gets no_capacity
+    reply = replies(reserve(e, "c2", "q1", soc=0.05, target_soc=0.5), "c2")[0]
+    assert reply["error"]["code"] == P.NO_CAPACITY
+
+
+def test_confirm_checkin_complete_lifecycle():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    conf = replies(e.car_message("c1", P.encode(P.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 10), "c1")[0]
+    assert conf["ok"] and conf["reservation"]["state"] == "confirmed"
+    # the hold no longer lapses; the no-show deadline governs
+    assert e.tick(T0 + 61).changed == []
+    res = status(e, "near", ["occupied", "free"], T0 + 100)
+    assert replies(res, "c1")[0]["event"] == "checked_in"
+    assert e.reservations[r["id"]].state == "checked_in"
+    assert e.tick(T0 + 10_000).changed == []  # checked in: never expires
+    res = status(e, "near", ["free", "free"], T0 + 2000)
+    ev = replies(res, "c1")[0]
+    assert ev["event"] == "completed" and ev["reservation"]["state"] == "completed"
+    assert e.reservations == {} and e.by_slot == {}
+
+
+def test_held_expires_and_station_released():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    assert e.tick(T0 + 59).changed == []
+    res = e.tick(T0 + 60)
+    assert [x.state for x in res.changed] == ["expired"]
+    assert replies(res, "c1")[0]["event"] == "expired"
+    assert cmds(res, r["station"]) == [P.station_cmd("release", r["slot"])]
+
+
+def test_confirmed_no_show_expires_after_grace():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    e.car_message("c1", P.encode(P.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 1)
+    deadline = e.reservations[r["id"]].deadline
+    assert e.tick(deadline - 1).changed == []
+    res = e.tick(deadline)
+    assert res.changed[0].state == "expired"
+
+
+def test_cancel_and_bad_state():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    res = e.car_message("c1", P.encode(P.reservation_request("cancel", "q2", "c1", r["id"])), T0)
+    assert replies(res, "c1")[0]["reservation"]["state"] == "cancelled"
+    res = e.car_message("c1", P.encode(P.reservation_request("confirm", "q3", "c1", r["id"])), T0)
+    assert replies(res, "c1")[0]["error"]["code"] == P.UNKNOWN_RESERVATION
+    # another car cannot touch c1's reservation
+    r2 = replies(reserve(e, "c1", "q4"), "c1")[0]["reservation"]
+    res = e.car_message("c2", P.encode(P.reservation_request("cancel", "q1", "c2", r2["id"])), T0)
+    assert replies(res, "c2")[0]["error"]["code"] == P.UNKNOWN_RESERVATION
+    assert r2["id"] in e.reservations
+
+
+def test_fault_tells_car_and_offers_next_best():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    slots = ["free", "free"]
+    slots[r["slot"] - 1] = "out_of_service"
+    res = status(e, r["station"], slots, T0 + 5)
+    ev = replies(res, "c1")[0]
+    assert ev["event"] == "faulted" and ev["reservation"]["state"] == "faulted"
+    offer = ev["offer"]
+    assert (offer["station"], offer["slot"]) != (r["station"], r["slot"]) and offer["state"] == "held"
+    assert list(e.reservations) == [offer["id"]]
+
+
+def test_station_back_online_gets_reserved_flags_again():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    e.station_online(r["station"], P.online_message(False), T0 + 1)
+    res = e.station_online(r["station"], P.online_message(True), T0 + 2)
+    assert cmds(res, r["station"])[0]["cmd"] == "reserve"
+    # a status claiming a slot reserved that has no reservation is corrected
+    res = status(e, "far", ["reserved"], T0 + 3)
+    assert cmds(res, "far") == [P.station_cmd("release", 1)]
+
+
+def test_restore_from_records_keeps_answers():
+    e = make()
+    first = reserve(e, "c1", "q1")
+    e2 = make()
+    e2.restore(list(e.reservations.values()), list(e.requests.values()))
+    again = reserve(e2, "c1", "q1", now=T0 + 1)
+    assert replies(again, "c1") == replies(first, "c1") and again.changed == []
+    assert e2.tick(T0 + 60).changed[0].state == "expired"
+
+
+def test_replay_is_deterministic():
+    def run() -> list[str]:
+        e = make()
+        out = []
+        for i in range(6):
+            out.append(json.dumps(replies(reserve(e, f"c{i}", "q", now=T0 + i), f"c{i}")))
+        return out
+    assert run() == run()

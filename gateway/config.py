@@ -45,7 +45,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
                "keepalive": int, "client_id": str, "reconnect_min_s": int, "reconnect_max_s": int},
     "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
-                     "min_remaining_s": (int, float), "request_memory_s": (int, float)},
+                     "min_remaining_s": (int, float), "max_wait_s": (int, float), "request_memory_s": (int, float)},
     "selection": {"policy": str, "road_factor": (int, float), "speed_kmh": (int, float),
                   "safety_margin_soc": (int, float), "nearest_k": int},
 }

@@ -26,6 +26,7 @@ class EngineConfig:
     grace_s: float = 600.0  # a confirmed reservation is a no-show this long after its start
     expected_session_s: float = 3600.0  # unknown car on a slot: assume it charges this long
     min_remaining_s: float = 600.0  # ... and at least this much longer once overdue
+    max_wait_s: float = 1800.0  # book a busy slot only if it is expected free within this
     request_memory_s: float = 86400.0  # a request id is answered identically for this long
     selection: SelectionParams = SelectionParams()
 
@@ -46,17 +47,19 @@ class RequestRecord:
 
 
 @dataclass(slots=True)
+class StationLive:
+    online: bool = False
+    slots: list[str] | None = None  # last reported slot states, None until first status
+    occupied_since: list[float | None] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Result:
     messages: list[Outbound] = field(default_factory=list)
     changed: list[Reservation] = field(default_factory=list)  # to persist, in order
     request: RequestRecord | None = None  # to persist with them (idempotency)
-
-
-@dataclass(slots=True)
-class _Live:
-    online: bool = False
-    slots: list[str] | None = None  # last reported slot states, None until first status
-    occupied_since: list[float | None] = field(default_factory=list)
+    # persisted too: after a restart, queued requests arrive before the retained statuses
+    station: tuple[str, StationLive] | None = None
 
 
 def reservation_id(*parts: str) -> str:
@@ -86,7 +89,7 @@ class Engine:
     def __init__(self, config: EngineConfig, stations: list[StationMeta]):
         self.cfg = config
         self.stations: dict[str, StationMeta] = {s.id: s for s in stations}
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, StationLive] = {}
         self.reservations: dict[str, Reservation] = {}  # active ones only
         self.by_car: dict[str, str] = {}
         self.by_slot: dict[tuple[str, int], list[str]] = {}  # active ids, by start
@@ -94,11 +97,16 @@ class Engine:
         self.requests: dict[tuple[str, str], RequestRecord] = {}
         self._selector: Selector | None = None
         self._now = 0.0  # decision time, for the SlotView methods
+        self._horizon = float("inf")  # slots busy beyond this are not offered (see _choose)
 
     # ------------------------------------------------------------ recovery
 
-    def restore(self, active: list[Reservation], requests: list[RequestRecord]) -> None:
-        """Load what the store kept; the station side comes back from retained messages."""
+    def restore(self, active: list[Reservation], requests: list[RequestRecord],
+                live: dict[str, StationLive] | None = None) -> None:
+        """Load what the store kept; retained station messages then bring it up to date."""
+        for sid, state in (live or {}).items():
+            if sid in self.stations:
+                self.live[sid] = state
         for r in active:
             self._index(r)
         for rec in requests:
@@ -122,7 +130,7 @@ class Engine:
             r = self.reservations[rid]
             # a checked-in car is the occupant: its own estimate replaces the generic one
             t = r.end if r.state == "checked_in" else max(t, r.end)
-        return t
+        return t if t <= self._horizon else None
 
     def free_slots(self, station_id: str) -> int:
         live = self.live.get(station_id)
@@ -160,6 +168,9 @@ class Engine:
         self._now = now
         handler = {"reserve": self._reserve, "confirm": self._confirm, "cancel": self._cancel}[req.op]
         reply = handler(req, now, res)
+        if not reply["ok"]:
+            err = reply["error"]
+            log.warning("car %s: refused request %s (%s): %s", car, req.rid, err["code"], err["message"])
         res.request = RequestRecord(car, req.rid, now, reply)
         self.requests[(car, req.rid)] = res.request
         self._reply(res, car, reply)
@@ -181,7 +192,8 @@ class Engine:
                         sid, len(slots), len(meta.slots))
             slots = (slots + ["out_of_service"] * len(meta.slots))[: len(meta.slots)]
         self._now = now
-        live = self.live.setdefault(sid, _Live())
+        live = self.live.setdefault(sid, StationLive())
+        res.station = (sid, live)
         old = live.slots or ["free"] * len(slots)
         if len(live.occupied_since) != len(slots):
             live.occupied_since = [now if s == "occupied" else None for s in slots]
@@ -211,8 +223,9 @@ class Engine:
         if sid not in self.stations:
             log.warning("online message from unknown station %s ignored", sid)
             return res
-        live = self.live.setdefault(sid, _Live())
+        live = self.live.setdefault(sid, StationLive())
         live.online = online
+        res.station = (sid, live)
         log.info("station %s %s", sid, "online" if online else "offline")
         if online:
             # it may have missed commands while away: tell it again what is reserved (slots it
@@ -241,6 +254,7 @@ class Engine:
                 live = self.live.get(sid)
                 if live is not None:
                     live.slots = None  # slot numbering changed: wait for a fresh status
+                    res.station = (sid, live)
             self.stations[sid] = new
             self._selector = None  # rebuilt on the next decision
             log.info("station %s metadata %s", sid, "updated" if old else "added")
@@ -356,9 +370,13 @@ class Engine:
     def _choose(self, need: CarNeed, now: float, only: str | None = None,
                 exclude: set[tuple[str, int]] | frozenset = frozenset()) -> Choice | None:
         self._now = now
-        if only is not None:
-            return self.selector.choose_at(only, need, now, self, exclude)
-        return self.selector.choose(self.cfg.policy, need, now, self, exclude)
+        self._horizon = now + self.cfg.max_wait_s
+        try:
+            if only is not None:
+                return self.selector.choose_at(only, need, now, self, exclude)
+            return self.selector.choose(self.cfg.policy, need, now, self, exclude)
+        finally:
+            self._horizon = float("inf")
 
     def _no_capacity(self, rid: str, need: CarNeed, now: float, only: str | None) -> dict[str, Any]:
         earliest = self.selector.earliest_free(need, now, self)
@@ -366,7 +384,8 @@ class Engine:
         if earliest is None:
             msg = f"no usable slot {where}"
         else:
-            msg = f"no slot can be held {where}; the earliest frees up at {round(earliest)}"
+            msg = (f"every slot {where} is busy beyond {self.cfg.max_wait_s / 60:.0f} min; "
+                   f"the earliest frees up at {round(earliest)}")
         return P.error_reply(rid, P.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
 
     def _new_reservation(self, rid_: str, car: str, rid: str, need: CarNeed, c: Choice, now: float) -> Reservation:

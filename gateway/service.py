@@ -33,10 +33,12 @@ class GatewayService:
         self.store = Store(cfg.database, cfg.synchronous)
         self.engine = Engine(cfg.engine, stations)
         now = clock()
-        self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s))
+        self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
+                            self.store.stations_live())
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.connected = threading.Event()
+        self._pruned = 0.0
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
         b = cfg.broker
@@ -99,7 +101,7 @@ class GatewayService:
             client.ack(msg.mid, msg.qos)
 
     def _apply(self, result: Result) -> None:
-        self.store.commit(result.changed, result.request)
+        self.store.commit(result.changed, result.request, result.station)
         for m in result.messages:
             self.client.publish(m.topic, P.encode(m.payload), qos=P.QOS, retain=m.retain)
 
@@ -107,7 +109,11 @@ class GatewayService:
 
     def tick(self) -> None:
         with self.lock:
-            self._apply(self.engine.tick(self.clock()))
+            now = self.clock()
+            self._apply(self.engine.tick(now))
+            if now - self._pruned > 3600:
+                self._pruned = now
+                self.store.prune_requests(now - self.cfg.engine.request_memory_s)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         """Connect and serve until stop() (or SIGTERM via the CLI)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import protocol as P
-from .engine import RequestRecord
+from .engine import RequestRecord, StationLive
 from .model import CarNeed, Reservation
 
 _SCHEMA = """
@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS requests (
     PRIMARY KEY (car, rid)
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests(at);
+CREATE TABLE IF NOT EXISTS stations_live (
+    id TEXT PRIMARY KEY,
+    online INTEGER NOT NULL,
+    slots TEXT,
+    occupied_since TEXT NOT NULL
+);
 """
 
 _COLUMNS = [f.name for f in fields(Reservation)]
@@ -72,10 +78,11 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def commit(self, changed: Iterable[Reservation], request: RequestRecord | None) -> None:
+    def commit(self, changed: Iterable[Reservation], request: RequestRecord | None,
+               station: tuple[str, StationLive] | None = None) -> None:
         """Write one engine Result atomically (all of it or nothing)."""
         rows = [_row(r) for r in changed]
-        if not rows and request is None:
+        if not rows and request is None and station is None:
             return
         with self.db:  # BEGIN ... COMMIT, ROLLBACK on error
             self.db.execute("BEGIN")
@@ -84,6 +91,16 @@ class Store:
             if request is not None:
                 self.db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
                                 (request.car, request.rid, request.at, json.dumps(request.reply)))
+            if station is not None:
+                sid, live = station
+                self.db.execute("INSERT OR REPLACE INTO stations_live VALUES (?, ?, ?, ?)",
+                                (sid, int(live.online), None if live.slots is None else json.dumps(live.slots),
+                                 json.dumps(live.occupied_since)))
+
+    def stations_live(self) -> dict[str, StationLive]:
+        cur = self.db.execute("SELECT id, online, slots, occupied_since FROM stations_live")
+        return {sid: StationLive(bool(online), None if slots is None else json.loads(slots), json.loads(since))
+                for sid, online, slots, since in cur}
 
     def active(self) -> list[Reservation]:
         cur = self.db.execute(f"{_SELECT} WHERE state IN {_ACTIVE} ORDER BY start")

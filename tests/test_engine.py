@@ -153,12 +153,33 @@ def test_full_region_no_capacity_names_earliest_free():
     e = make()
     status(e, "near", ["occupied", "occupied"], T0)
     status(e, "far", ["occupied"], T0)
-    # with nothing free the car queues behind the current sessions (that is an answer, not an error)
+    # every slot busy for longer than max_wait_s (sessions are assumed to last an hour)
     reply = replies(reserve(e, "c1", "q1"), "c1")[0]
-    assert reply["ok"] and reply["reservation"]["wait_min"] > 0
-    # a car that can only reach nothing gets no_capacity
-    reply = replies(reserve(e, "c2", "q1", soc=0.05, target_soc=0.5), "c2")[0]
     assert reply["error"]["code"] == P.NO_CAPACITY
+    assert reply["error"]["earliest_free"] == round(T0 + 3600)
+    assert e.reservations == {}
+
+
+def test_busy_slot_within_max_wait_is_booked_with_its_wait():
+    e = make(max_wait_s=86400)
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["occupied"], T0)
+    offers = [replies(reserve(e, f"c{i}", "q1"), f"c{i}")[0]["reservation"] for i in range(5)]
+    assert all(o["wait_min"] > 0 for o in offers)
+    # 5 cars on 3 slots: some queue behind others, never overlapping on the same slot
+    rs = sorted(e.reservations.values(), key=lambda r: (r.station, r.slot, r.start))
+    shared = 0
+    for a, b in zip(rs, rs[1:]):
+        if (a.station, a.slot) == (b.station, b.slot):
+            shared += 1
+            assert b.start >= a.end
+    assert shared >= 2
+
+
+def test_unreachable_gets_no_capacity_without_earliest():
+    e = make()
+    reply = replies(reserve(e, "c2", "q1", soc=0.05, target_soc=0.5), "c2")[0]
+    assert reply["error"]["code"] == P.NO_CAPACITY and reply["error"]["earliest_free"] is None
 
 
 def test_confirm_checkin_complete_lifecycle():

@@ -1,0 +1,83 @@
+"""SQLite store: round trips, atomic commits, WAL on disk."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from gateway.engine import RequestRecord
+from gateway.store import Store
+from test_engine import T0, make, reserve
+
+
+def test_round_trip_of_engine_results(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    e = make()
+    res = reserve(e, "c1", "q1")
+    store.commit(res.changed, res.request)
+    [r] = store.active()
+    assert r == res.changed[0]
+    assert store.requests(T0 - 1) == [res.request]
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    # a new process sees the same
+    again = Store(tmp_path / "gw.db")
+    assert again.active() == [r]
+    assert again.reservations("c1") == [r] and again.reservations("c2") == []
+
+
+def test_terminal_state_replaces_active_row(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    e = make()
+    res = reserve(e, "c1", "q1")
+    store.commit(res.changed, res.request)
+    exp = e.tick(T0 + 3600)
+    store.commit(exp.changed, exp.request)
+    assert store.active() == []
+    assert [r.state for r in store.reservations()] == ["expired"]
+
+
+def test_commit_is_all_or_nothing(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    e = make()
+    res = reserve(e, "c1", "q1")
+    bad = RequestRecord("c1", "q1", T0, {"unserialisable": object()})
+    with pytest.raises(TypeError):
+        store.commit(res.changed, bad)
+    assert store.active() == [] and store.requests(0) == []
+
+
+def test_prune_requests(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    store.commit([], RequestRecord("c1", "old", T0, {"ok": True}))
+    store.commit([], RequestRecord("c1", "new", T0 + 100, {"ok": True}))
+    assert store.prune_requests(T0 + 50) == 1
+    assert [r.rid for r in store.requests(0)] == ["new"]
+
+
+def test_bad_synchronous_setting(tmp_path):
+    with pytest.raises(ValueError, match="synchronous"):
+        Store(tmp_path / "gw.db", synchronous="OFF")
+
+
+def test_database_is_sqlite_on_disk(tmp_path):
+    Store(tmp_path / "gw.db").close()
+    con = sqlite3.connect(tmp_path / "gw.db")
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"reservations", "requests"} <= tables
+
+
+def test_station_live_state_survives_restart(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    e = make()
+    res = e.station_status("near", b'{"v":1,"slots":["occupied","free"]}', T0 + 5)
+    store.commit(res.changed, res.request, res.station)
+    store.close()
+    live = Store(tmp_path / "gw.db").stations_live()
+    assert live["near"].online and live["near"].slots == ["occupied", "free"]
+    assert live["near"].occupied_since == [T0 + 5, None]
+    # a restarted engine knows the stations before any retained message arrives
+    fresh = make()
+    fresh.live.clear()
+    fresh.restore([], [], live)
+    assert fresh.busy_until("near", 2) is not None and fresh.busy_until("far", 1) is None

@@ -146,7 +146,7 @@ def test_dropin_works_under_a_debian_style_main_conf(tmp_path: Path):
     # Debian's file, with its paths moved into tmp_path (and `user` for an unprivileged run).
     main.write_text(f"user {me}\npersistence true\npersistence_location {tmp_path}/var/\n"
                     f"log_dest file {log}\ninclude_dir {conf_d}\n")
-    with Broker(main, "127.0.0.1", port, passwords=PASSWORDS, log_path=log) as broker:
+    with Broker(main, "127.0.0.1", port, region=REGION, passwords=PASSWORDS, log_path=log) as broker:
         broker.start()
         gw = connect_client(broker, "gateway")
         a = connect_client(broker, "car-a")

@@ -89,19 +89,26 @@ def car_topic(region: str, cid: str, leaf: str) -> str:
     return f"{region_root(region)}/car/{_check_id('car', cid)}/{leaf}"
 
 
+def car_filter(region: str, leaf: str) -> str:
+    """Subscription filter for one leaf of every car in the region."""
+    assert leaf in ("request", "reply", "online", "telemetry")
+    return f"{region_root(region)}/car/+/{leaf}"
+
+
+def station_filter(region: str, leaf: str) -> str:
+    """Subscription filter for one leaf of every station in the region."""
+    assert leaf in ("status", "meta", "online", "cmd")
+    return f"{region_root(region)}/station/+/{leaf}"
+
+
 def gateway_online_topic(region: str) -> str:
     return f"{region_root(region)}/gateway/online"
 
 
 def gateway_subscriptions(region: str) -> list[str]:
     """What the gateway subscribes to (all QoS 1)."""
-    r = region_root(region)
-    return [
-        f"{r}/car/+/request",
-        f"{r}/station/+/status",
-        f"{r}/station/+/meta",
-        f"{r}/station/+/online",
-    ]
+    return [car_filter(region, "request"), station_filter(region, "status"),
+            station_filter(region, "meta"), station_filter(region, "online")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,17 +149,16 @@ def acl_station(region: str, sid: str) -> list[tuple[str, str]]:
 
 
 def acl_gateway(region: str) -> list[tuple[str, str]]:
-    r = region_root(region)
     return [
-        ("read", f"{r}/car/+/request"),
-        ("read", f"{r}/car/+/online"),
-        ("read", f"{r}/car/+/telemetry"),
-        ("write", f"{r}/car/+/reply"),
-        ("read", f"{r}/station/+/status"),
-        ("read", f"{r}/station/+/meta"),
-        ("read", f"{r}/station/+/online"),
-        ("write", f"{r}/station/+/cmd"),
-        ("readwrite", f"{r}/gateway/online"),
+        ("read", car_filter(region, "request")),
+        ("read", car_filter(region, "online")),
+        ("read", car_filter(region, "telemetry")),
+        ("write", car_filter(region, "reply")),
+        ("read", station_filter(region, "status")),
+        ("read", station_filter(region, "meta")),
+        ("read", station_filter(region, "online")),
+        ("write", station_filter(region, "cmd")),
+        ("readwrite", gateway_online_topic(region)),
     ]
 
 
@@ -184,7 +190,7 @@ _CAR_REQUEST_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], float | None, f
     "confirm": {},
     "cancel": {},
 }
-_OPTIONAL = {
+_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     "reserve": {"station": (str,)},
     "confirm": {"reservation": (str,)},
     "cancel": {"reservation": (str,)},
@@ -265,7 +271,7 @@ def parse_car_request(topic_car: str, payload: bytes) -> CarRequest:
             raise ProtocolError(MISSING_FIELD, f"missing field '{name}' for op {op!r}", name)
         _check_field(name, msg[name], types, lo, hi)
         fields[name] = float(msg[name])
-    for name, (types,) in optional.items():
+    for name, types in optional.items():
         if name in msg:
             _check_field(name, msg[name], types)
             fields[name] = msg[name]

@@ -211,6 +211,21 @@ class Selector:
         excl = exclude if isinstance(exclude, (set, frozenset, dict)) else frozenset(exclude)
         return fn(self, trip, view, excl)
 
+    def choose_at(self, station_id: str, car: CarNeed, now: float, view: SlotView,
+                  exclude: Collection[tuple[str, int]] = ()) -> Choice | None:
+        """The car asked for this station: its slot with the least completion time, or None
+        if the station is unknown, out of reach, or has no usable compatible slot."""
+        i = self._index.get(station_id)
+        if i is None:
+            return None
+        trip = _Trip(car, now, self.params)
+        d = self._reach(trip, i) if trip.reach_km >= 0 else None
+        if d is None:
+            return None
+        excl = exclude if isinstance(exclude, (set, frozenset, dict)) else frozenset(exclude)
+        offers = [self._choice(trip, i, k, d, bu) for k, bu in self._usable_slots(trip, i, view, excl)]
+        return min(offers, key=lambda c: (c.completion_s, c.slot), default=None)
+
     def earliest_free(self, car: CarNeed, now: float, view: SlotView) -> float | None:
         """Earliest busy_until over reachable compatible usable slots (when capacity
         returns), or None if no such slot is reachable at all."""

@@ -29,14 +29,6 @@ def station(sid: str, leaf: str) -> str:
     return P.station_topic(REGION, sid, leaf)
 
 
-def every(topic: str, ident: str) -> str:
-    """The topic with its device id replaced by "+" (gateway.protocol builds no filters with
-    wildcards for devices, and rejects "+" as an id)."""
-    parts = topic.split("/")
-    parts[parts.index(ident)] = "+"
-    return "/".join(parts)
-
-
 def request(cid: str, rid: str) -> bytes:
     return P.encode(P.reserve_request(rid, cid, lat=52.52, lon=13.40, soc=0.2, battery_kwh=58.0,
                                       consumption_kwh_100km=16.6, max_ac_kw=11.0, max_dc_kw=100.0,
@@ -105,7 +97,7 @@ def test_car_cannot_read_other_cars_replies(mqtt_client):
     b.subscribe(car("car-b", "reply"))
     # Mosquitto grants these subscriptions and filters on delivery; what counts is delivery.
     a.subscribe(car("car-b", "reply"))
-    a.subscribe(every(car("car-a", "reply"), "car-a"))
+    a.subscribe(P.car_filter(REGION, "reply"))
     a.subscribe(car("car-a", "reply"))
     gw.publish(car("car-b", "reply"), reply("for-b"))
     gw.publish(car("car-a", "reply"), reply("for-a"))  # control for A, sent after B's
@@ -117,7 +109,7 @@ def test_car_cannot_read_other_cars_replies(mqtt_client):
 def test_car_cannot_read_other_cars_replies_with_mosquitto_clients(broker: Broker):
     """Same property, with mosquitto_sub / mosquitto_pub as clients independent of paho."""
     b_reply, a_reply = car("car-b", "reply"), car("car-a", "reply")
-    with CliSubscriber(broker, "car-a", [b_reply, every(car("car-a", "reply"), "car-a")]) as a, \
+    with CliSubscriber(broker, "car-a", [b_reply, P.car_filter(REGION, "reply")]) as a, \
             CliSubscriber(broker, "car-b", [b_reply]) as b:
         for topic, text in ((b_reply, "reply-for-b"), (a_reply, "reply-for-a")):
             done = cli_publish(broker, "gateway", topic, text)
@@ -168,8 +160,8 @@ def test_station_publishes_own_status_and_online_not_another_stations(mqtt_clien
     gateway.expect_nothing(station("st-2", "online"), within=0)
     # Nor was anything retained for st-2: a fresh gateway session sees st-1's retained status only.
     late = mqtt_client("gateway")
-    late.subscribe(every(station("st-1", "status"), "st-1"))
-    late.subscribe(every(station("st-1", "online"), "st-1"))
+    late.subscribe(P.station_filter(REGION, "status"))
+    late.subscribe(P.station_filter(REGION, "online"))
     assert late.expect(station("st-1", "online")).retain
     late.expect_nothing(station("st-2", "status"), within=NEGATIVE_WAIT)
     late.expect_nothing(station("st-2", "online"), within=0)
@@ -181,7 +173,7 @@ def test_station_reads_only_its_own_commands(mqtt_client):
     st2 = mqtt_client("st-2")
     st2.subscribe(station("st-2", "cmd"))
     st1.subscribe(station("st-2", "cmd"))
-    st1.subscribe(every(station("st-1", "cmd"), "st-1"))
+    st1.subscribe(P.station_filter(REGION, "cmd"))
     st1.subscribe(station("st-1", "cmd"))
     cmd2 = P.encode(P.station_cmd("reserve", 2, reservation="res-2", until=1_800_000_000))
     cmd1 = P.encode(P.station_cmd("reserve", 1, reservation="res-1", until=1_800_000_000))
@@ -198,7 +190,7 @@ def test_station_cannot_read_other_stations_status(mqtt_client):
     own = P.encode(P.station_status(["free"], seq=1))
     st2.publish(station("st-2", "status"), P.encode(P.station_status(["reserved"], seq=1)), retain=True)
     st1.publish(station("st-1", "status"), own, retain=True)
-    st1.subscribe(every(station("st-1", "status"), "st-1"))
+    st1.subscribe(P.station_filter(REGION, "status"))
     assert st1.expect(station("st-1", "status")).payload == own  # its own (readwrite) retained status
     st1.expect_nothing(station("st-2", "status"), within=NEGATIVE_WAIT)
 

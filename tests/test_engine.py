@@ -275,3 +275,15 @@ def test_replay_is_deterministic():
             out.append(json.dumps(replies(reserve(e, f"c{i}", "q", now=T0 + i), f"c{i}")))
         return out
     assert run() == run()
+
+
+def test_request_for_a_named_station():
+    e = make()
+    r = replies(reserve(e, "c1", "q1", station="far"), "c1")[0]["reservation"]
+    assert (r["station"], r["slot"]) == ("far", 1)
+    # its only slot is now held for c1 for longer than max_wait_s: nothing for c2 there
+    r2 = replies(reserve(e, "c2", "q1", station="far"), "c2")[0]
+    assert r2["error"]["code"] == P.NO_CAPACITY
+    status(e, "near", ["out_of_service", "out_of_service"], T0)
+    r3 = replies(reserve(e, "c3", "q1", station="near"), "c3")[0]
+    assert r3["error"]["code"] == P.NO_CAPACITY and "at station near" in r3["error"]["message"]

@@ -190,7 +190,7 @@ def test_200_cars_at_once_10_free_slots(region_factory):
     for t in threads:
         t.join()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and sum(bool(c.messages("+/+/+/car/+/reply")) for c in clients) < len(clients):
+    while time.monotonic() < deadline and sum(bool(c.messages(P.car_filter(REGION, "reply"))) for c in clients) < len(clients):
         time.sleep(0.1)
     time.sleep(0.5)  # room for any duplicate to show up
     replies = {}
@@ -246,5 +246,5 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory):
     while time.monotonic() < deadline and any(s["state"] == "held" for s in region.reservations()):
         time.sleep(0.2)
     assert {s["state"] for s in region.reservations()} == {"expired"}
-    releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages("+/+/+/station/+/cmd"))
+    releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages(P.station_filter(REGION, "cmd")))
     assert releases >= len(cars)

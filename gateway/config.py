@@ -55,7 +55,9 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     where = f"[{section}]" if section else "top level"
     allowed = _SCHEMA[section]
     for key, value in table.items():
-        if isinstance(value, dict) and not section and key in _SCHEMA:
+        if isinstance(value, dict) and not section:
+            if key not in _SCHEMA:
+                raise ConfigError(f"unknown section [{key}]; allowed: broker, reservations, selection")
             continue
         if key not in allowed:
             raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
@@ -75,9 +77,6 @@ def load(path: str | Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: {e}") from None
     top = _check("", raw)
-    for section in raw:
-        if isinstance(raw[section], dict) and section not in _SCHEMA:
-            raise ConfigError(f"unknown section [{section}]; allowed: broker, reservations, selection")
     for key in ("region", "database", "stations"):
         if key not in top:
             raise ConfigError(f"{path}: missing required key {key!r}")

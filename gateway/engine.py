@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import protocol as P
-from .model import CarNeed, Choice, Reservation, SelectionParams, SlotMeta, StationMeta
+from .model import AC_MAX_KW, CarNeed, Choice, Reservation, SelectionParams, SlotMeta, StationMeta
 from .selection import DEFAULT_POLICY, Selector
 
 log = logging.getLogger("recarga.engine")
@@ -242,7 +242,7 @@ class Engine:
         except P.ProtocolError as e:
             log.warning("station %s: bad meta (%s): %s", sid, e.code, e)
             return res
-        slots = tuple(SlotMeta(float(s["power_kw"]), bool(s.get("dc", float(s["power_kw"]) > 22.0)))
+        slots = tuple(SlotMeta(float(s["power_kw"]), bool(s.get("dc", float(s["power_kw"]) > AC_MAX_KW)))
                       for s in m["slots"])
         old = self.stations.get(sid)
         new = StationMeta(sid, float(m["lat"]), float(m["lon"]), slots,

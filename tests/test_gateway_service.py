@@ -248,3 +248,24 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory):
     assert {s["state"] for s in region.reservations()} == {"expired"}
     releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages(P.station_filter(REGION, "cmd")))
     assert releases >= len(cars)
+
+
+def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_factory):
+    region = region_factory(["car-a", "car-b"], station_set(2, 1))
+    car = region.client("car-a")
+    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    first = ask(car, reserve_msg("car-a", "before"))["reservation"]
+    for c in region.clients:
+        c.close()
+    region.clients.clear()
+    region.broker.restart()  # same port and persistence: retained statuses survive
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and region.gw.log_text().count("connected to") < 2:
+        time.sleep(0.1)
+    assert region.gw.log_text().count("connected to") >= 2, region.gw.log_text()
+    car_b = region.client("car-b")
+    car_b.subscribe(P.car_topic(REGION, "car-b", "reply"))
+    second = ask(car_b, reserve_msg("car-b", "after"))
+    assert second["ok"]
+    # the slot held before the restart is still held: car-b got the other one
+    assert (second["reservation"]["station"], second["reservation"]["slot"]) != (first["station"], first["slot"])

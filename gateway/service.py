@@ -1,12 +1,17 @@
 """The gateway's imperative shell: paho-mqtt in, engine, SQLite, paho-mqtt out.
 
-One lock serialises the engine between paho's network thread (messages) and the main
-thread (ticks). Per inbound QoS 1 message: engine -> store commit -> publish -> ack, so an
-acknowledged request is always on disk and a redelivered one is answered from the store.
+paho's network thread only queues inbound messages. One worker thread owns the engine and
+the store: it takes every message waiting (up to `MAX_BATCH`), runs each through the
+engine, commits all their results in one SQLite transaction (group commit: one fsync for
+the batch), then publishes the replies and station commands and only then acknowledges the
+inbound messages. So an acknowledged request is always on disk, and one that was not
+acknowledged is redelivered by the broker and recognised by its request id.
 """
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import sqlite3
 import threading
 import time
@@ -23,6 +28,10 @@ from .store import Store
 
 log = logging.getLogger("recarga.gateway")
 
+MAX_BATCH = 256  # inbound messages per transaction
+INBOX_SIZE = 4096  # paho's thread blocks when this is full: backpressure, not memory growth
+EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
+
 
 class GatewayService:
     def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time):
@@ -35,9 +44,10 @@ class GatewayService:
         now = clock()
         self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
                             self.store.stations_live())
-        self.lock = threading.Lock()
+        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(INBOX_SIZE)
         self.stopping = threading.Event()
         self.connected = threading.Event()
+        self._next_tick = 0.0
         self._pruned = 0.0
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
@@ -52,11 +62,10 @@ class GatewayService:
         self.client.username_pw_set(b.username, b.password)
         self.client.will_set(P.gateway_online_topic(self.region), P.online_message(False), qos=P.QOS, retain=True)
         self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)
-        self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        self.client.on_message = lambda client, userdata, msg: self.inbox.put(msg)
         self._handlers = {
             ("car", "request"): self.engine.car_message,
             ("station", "status"): self.engine.station_status,
@@ -81,54 +90,75 @@ class GatewayService:
         if not self.stopping.is_set():
             log.warning("disconnected from broker (%s); paho reconnects with backoff", reason_code)
 
-    def _on_message(self, client: mqtt.Client, userdata, msg: mqtt.MQTTMessage) -> None:
+    # ------------------------------------------------------------ the engine thread
+
+    def _handle(self, msg: mqtt.MQTTMessage, now: float) -> Result | None:
         ref = P.parse_topic(self.region, msg.topic)
         handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
+        if handler is None:
+            log.warning("message on unexpected topic %s ignored", msg.topic)
+            return None
         try:
-            if handler is None:
-                log.warning("message on unexpected topic %s ignored", msg.topic)
-            else:
-                with self.lock:
-                    self._apply(handler(ref.id, msg.payload, self.clock()))
-        except sqlite3.Error:
-            # not on disk, so not acknowledged: the broker redelivers it after a reconnect
-            log.exception("database write failed for %s; message left unacknowledged", msg.topic)
-            return
+            return handler(ref.id, msg.payload, now)
         except Exception:
-            # a bug must not take the region down; the message is logged and dropped
+            # a bug must not take the region down: this message is logged and dropped
             log.exception("failed to handle message on %s", msg.topic)
-        if msg.qos > 0:
-            client.ack(msg.mid, msg.qos)
+            return None
 
-    def _apply(self, result: Result) -> None:
-        self.store.commit(result.changed, result.request, result.station)
-        for m in result.messages:
-            self.client.publish(m.topic, P.encode(m.payload), qos=P.QOS, retain=m.retain)
-
-    # ------------------------------------------------------------ lifecycle
-
-    def tick(self) -> None:
-        with self.lock:
-            now = self.clock()
-            self._apply(self.engine.tick(now))
+    def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
+        now = self.clock()
+        results = [r for r in (self._handle(m, now) for m in batch) if r is not None]
+        if now >= self._next_tick:
+            self._next_tick = now + self.cfg.tick_s
+            results.append(self.engine.tick(now))
             if now - self._pruned > 3600:
                 self._pruned = now
                 self.store.prune_requests(now - self.cfg.engine.request_memory_s)
+        try:
+            self.store.commit_all(results)
+        except sqlite3.Error:
+            # the engine already changed its memory: only a restart from the database is
+            # consistent again. Nothing of this batch was acknowledged, so nothing is lost.
+            log.critical("database write failed; exiting for a clean restart", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_DB_FAILURE)
+        for result in results:
+            for m in result.messages:
+                self.client.publish(m.topic, P.encode(m.payload), qos=P.QOS, retain=m.retain)
+        for msg in batch:
+            if msg.qos > 0:
+                self.client.ack(msg.mid, msg.qos)
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                batch = [self.inbox.get(timeout=self.cfg.tick_s)]
+            except queue.Empty:
+                batch = []
+            while batch and len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._process(batch)
+
+    # ------------------------------------------------------------ lifecycle
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         """Connect and serve until stop() (or SIGTERM via the CLI)."""
         b = self.cfg.broker
+        worker = threading.Thread(target=self._work, name="engine", daemon=True)
+        worker.start()
         self.client.connect_async(b.host, b.port, keepalive=b.keepalive)
         self.client.loop_start()
         if ready is not None:
             ready()
         try:
-            while not self.stopping.wait(self.cfg.tick_s):
-                try:
-                    self.tick()
-                except Exception:
-                    log.exception("tick failed")
+            while not self.stopping.wait(1.0) and worker.is_alive():
+                pass
         finally:
+            self.stopping.set()
+            worker.join(5)
             if self.connected.is_set():
                 info = self.client.publish(P.gateway_online_topic(self.region), P.online_message(False),
                                            qos=P.QOS, retain=True)

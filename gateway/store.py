@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import protocol as P
-from .engine import RequestRecord, StationLive
+from .engine import RequestRecord, Result, StationLive
 from .model import CarNeed, Reservation
 
 _SCHEMA = """
@@ -81,21 +81,27 @@ class Store:
     def commit(self, changed: Iterable[Reservation], request: RequestRecord | None,
                station: tuple[str, StationLive] | None = None) -> None:
         """Write one engine Result atomically (all of it or nothing)."""
-        rows = [_row(r) for r in changed]
-        if not rows and request is None and station is None:
+        self.commit_all([Result(changed=list(changed), request=request, station=station)])
+
+    def commit_all(self, results: Iterable[Result]) -> None:
+        """Write several engine Results in one transaction (group commit), in order."""
+        rows, requests, stations = [], [], []
+        for res in results:
+            rows += [_row(r) for r in res.changed]
+            if res.request is not None:
+                q = res.request
+                requests.append((q.car, q.rid, q.at, json.dumps(q.reply)))
+            if res.station is not None:
+                sid, live = res.station
+                stations.append((sid, int(live.online), None if live.slots is None else json.dumps(live.slots),
+                                 json.dumps(live.occupied_since)))
+        if not (rows or requests or stations):
             return
         with self.db:  # BEGIN ... COMMIT, ROLLBACK on error
             self.db.execute("BEGIN")
-            if rows:
-                self.db.executemany(_INSERT, rows)
-            if request is not None:
-                self.db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
-                                (request.car, request.rid, request.at, json.dumps(request.reply)))
-            if station is not None:
-                sid, live = station
-                self.db.execute("INSERT OR REPLACE INTO stations_live VALUES (?, ?, ?, ?)",
-                                (sid, int(live.online), None if live.slots is None else json.dumps(live.slots),
-                                 json.dumps(live.occupied_since)))
+            self.db.executemany(_INSERT, rows)
+            self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", requests)
+            self.db.executemany("INSERT OR REPLACE INTO stations_live VALUES (?, ?, ?, ?)", stations)
 
     def stations_live(self) -> dict[str, StationLive]:
         cur = self.db.execute("SELECT id, online, slots, occupied_since FROM stations_live")

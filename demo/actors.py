@@ -272,8 +272,8 @@ class Station(_Client):
         try:
             cmd = json.loads(payload)
             if not isinstance(cmd, dict):
-                raise ValueError("not an object")
-        except ValueError:
+                raise TypeError("not a JSON object")
+        except (ValueError, TypeError):
             self.tl.event(self.who, "<-", "gateway", f"unreadable command {payload[:80]!r}")
             return
         with self._state_lock:
@@ -332,6 +332,8 @@ class Car(_Client):
         self.connect()
         self.subscribe(P.car_topic(self.region, self.cid, "reply"))
         self.publish(P.car_topic(self.region, self.cid, "online"), P.online_message(True), retain=True)
+        self.tl.event(self.who, "->", "broker", f"online: {self.model.short()} at {self.where}, "
+                      f"battery at {self.soc:.0%}")
 
     def next_rid(self) -> str:
         self._n += 1
@@ -340,16 +342,17 @@ class Car(_Client):
     # -------------------------------------------------------- requests
 
     def reserve_payload(self, rid: str, **override: Any) -> bytes:
-        fields: dict[str, Any] = dict(
-            lat=self.lat, lon=self.lon, soc=self.soc, battery_kwh=self.model.battery_kwh,
-            consumption_kwh_100km=self.model.consumption_kwh_100km, max_ac_kw=self.model.max_ac_kw,
-            max_dc_kw=self.model.max_dc_kw, target_soc=self.target_soc)
+        fields: dict[str, Any] = {
+            "lat": self.lat, "lon": self.lon, "soc": self.soc, "battery_kwh": self.model.battery_kwh,
+            "consumption_kwh_100km": self.model.consumption_kwh_100km,
+            "max_ac_kw": self.model.max_ac_kw, "max_dc_kw": self.model.max_dc_kw,
+            "target_soc": self.target_soc}
         fields.update(override)
         return P.encode(P.reserve_request(rid, self.cid, **fields))
 
     def say_reserve(self, rid: str, extra: str = "") -> None:
         self.tl.event(self.who, "->", "gateway",
-                      f"reserve? rid {rid}: {self.model.short()} at {self.where}, "
+                      f"reserve? rid {rid}: {self.model.name} at {self.where}, "
                       f"{self.soc:.0%} → {self.target_soc:.0%}{extra}")
 
     def reserve(self, rid: str | None = None, **override: Any) -> dict[str, Any]:
@@ -429,7 +432,7 @@ class Car(_Client):
             return (f"checked_in {r['id']} at {self.where_is(r)}: plugged in, charging "
                     f"{r['energy_kwh']:g} kWh at {r['power_kw']:g} kW, about {r['charge_min']:.0f} min")
         if event == "completed":
-            return f"completed {r['id']}: unplugged, {r['station']} slot {r['slot']} is free again"
+            return f"completed {r['id']}: unplugged at {r['station']} slot {r['slot']}, the session is over"
         if event == "expired":
             why = ("no-show: the car did not arrive in time" if r["id"] in self.confirmed
                    else "not confirmed within the hold")
@@ -445,9 +448,9 @@ class Car(_Client):
             err = msg.get("error") or {}
             field = f" (field {err['field']})" if err.get("field") else ""
             text = f"error {err.get('code')}{field}: {err.get('message')}"
-            if err.get("code") == P.NO_CAPACITY:
-                text = (f"error {P.NO_CAPACITY}: no free slot within reach; earliest one frees up "
-                        f"{hm(err.get('earliest_free'))}" if err.get("earliest_free") else text)
+            if err.get("code") == P.NO_CAPACITY and err.get("earliest_free"):
+                text = (f"error {P.NO_CAPACITY}: every slot within reach is taken; the earliest "
+                        f"frees up at {hm(err['earliest_free'])}")
             return f"{text}  [rid {rid}]"
         op = msg.get("op")
         if op == "reserve":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -312,6 +313,7 @@ class Engine:
         r = replace(r, state="confirmed")
         self.reservations[r.id] = r
         res.changed.append(r)
+        log.info("reservation %s (car %s, %s slot %d) confirmed", r.id, r.car, r.station, r.slot)
         return P.ok_reply(req.rid, "confirm", reservation_view(r))
 
     def _cancel(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
@@ -338,6 +340,7 @@ class Engine:
         r = replace(waiting[0], state="checked_in", start=now, end=now + waiting[0].charge_s)
         self.reservations[r.id] = r
         res.changed.append(r)
+        log.info("reservation %s (car %s, %s slot %d) checked in", r.id, r.car, r.station, r.slot)
         self._event(res, r.car, P.car_event("checked_in", reservation_view(r)))
 
     def _complete(self, key: tuple[str, int], now: float, res: Result) -> None:
@@ -356,6 +359,7 @@ class Engine:
             if choice is not None:
                 new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, r.need, choice, now)
                 self._add(new, res)
+                log.info("car %s offered %s slot %d as %s after the fault", r.car, new.station, new.slot, new.id)
                 offer = reservation_view(new)
             self._event(res, r.car, P.car_event("faulted", reservation_view(faulted), offer))
 
@@ -384,8 +388,8 @@ class Engine:
         if earliest is None:
             msg = f"no usable slot {where}"
         else:
-            msg = (f"every slot {where} is busy beyond {self.cfg.max_wait_s / 60:.0f} min; "
-                   f"the earliest frees up at {round(earliest)}")
+            at = datetime.fromtimestamp(earliest, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+            msg = f"every slot {where} is busy beyond {self.cfg.max_wait_s / 60:.0f} min; the earliest frees up at {at}"
         return P.error_reply(rid, P.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
 
     def _new_reservation(self, rid_: str, car: str, rid: str, need: CarNeed, c: Choice, now: float) -> Reservation:
@@ -435,14 +439,17 @@ class Engine:
         live = self.live.get(key[0])
         if live is None or not live.online:
             return  # told when it comes back online
-        want = any(self.reservations[i].state != "checked_in" for i in self.by_slot.get(key, ()))
+        waiting = [r for r in (self.reservations[i] for i in self.by_slot.get(key, ())) if r.state != "checked_in"]
+        want = bool(waiting)
         if self.led.get(key) == want:
             return
         # sent even while the slot is occupied: the station keeps the flag and shows it once free
         self.led[key] = want
-        first = self.reservations[self.by_slot[key][0]] if want else None
-        cmd = P.station_cmd("reserve" if want else "release", key[1],
-                            first.id if first else None, first.deadline if first else None)
+        if waiting:
+            nxt = waiting[0]
+            cmd = P.station_cmd("reserve", key[1], nxt.id, nxt.hold_until if nxt.state == "held" else nxt.deadline)
+        else:
+            cmd = P.station_cmd("release", key[1])
         res.messages.append(Outbound(P.station_topic(self.cfg.region, key[0], "cmd"), cmd))
 
     def _reply(self, res: Result, car: str, payload: dict[str, Any]) -> None:

@@ -147,7 +147,8 @@ def _bnetza_slots(row: dict[str, str]) -> tuple[SlotMeta, ...] | None:
         if power is None:
             return None  # cannot drop one point: slot numbers must match the physical points
         plugs = row.get(f"Steckertypen{i}") or ""
-        slots.append(SlotMeta(power_kw=power, dc="DC" in plugs or power > AC_MAX_KW))
+        # the plug type decides (there are 43 kW AC couplers); power only when none is given
+        slots.append(SlotMeta(power_kw=power, dc="DC" in plugs if plugs.strip() else power > AC_MAX_KW))
     return tuple(slots)
 
 

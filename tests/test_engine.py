@@ -287,3 +287,15 @@ def test_request_for_a_named_station():
     status(e, "near", ["out_of_service", "out_of_service"], T0)
     r3 = replies(reserve(e, "c3", "q1", station="near"), "c3")[0]
     assert r3["error"]["code"] == P.NO_CAPACITY and "at station near" in r3["error"]["message"]
+
+
+def test_reserve_command_names_the_waiting_reservation_not_the_occupant():
+    e = make(max_wait_s=86400)
+    a = replies(reserve(e, "c1", "q1", station="far"), "c1")[0]["reservation"]
+    status(e, "far", ["occupied"], T0 + 60)  # c1 checks in
+    res = reserve(e, "c2", "q1", station="far", now=T0 + 120)  # c2 queues behind it
+    b = replies(res, "c2")[0]["reservation"]
+    assert b["wait_min"] > 0
+    [cmd] = cmds(res, "far")
+    assert cmd["reservation"] == b["id"] != a["id"]
+    assert cmd["until"] == b["hold_until"]  # a held reservation: the hold is what the station waits for

@@ -62,6 +62,9 @@ def test_berlin_sample_rows(berlin):
     assert hpc.slots[0] == SlotMeta(175.0, True)
     assert hpc.price_per_kwh == DEFAULT_PRICE_DC
 
+    coupler = by_id["1064118"]  # 'AC Typ 2 Fahrzeugkupplung' at 43 kW: AC, whatever its power
+    assert coupler.slots[0] == SlotMeta(43.0, False)
+
 
 def test_names_have_no_line_breaks(berlin):
     assert all("\n" not in s.name and "\r" not in s.name for s in berlin)

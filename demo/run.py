@@ -1,0 +1,353 @@
+"""python -m demo [--fast] [--dir DIR]: the whole region on this machine, then clean up.
+
+1. a Mosquitto config from gateway.broker_config (auth + ACL on, a free loopback port), started;
+2. a gateway config over the whole Berlin register, and the real gateway process
+   (`python -m gateway.cli run --config ...`), logging to a file in the run directory;
+3. eight stations and ten cars as MQTT clients (demo/actors.py), the scenes of
+   demo/scenario.py printed as they happen;
+4. the reservations from the gateway's database (`python -m gateway.cli reservations --json`);
+5. everything it started stopped by pid, also on errors, Ctrl-C and SIGTERM.
+
+Exit status: 0 when every scene went as docs/protocol.md says, 1 when one did not (or something
+failed to start), 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from demo import scenario
+from demo.actors import (
+    ROOT,
+    STATIONS_CSV,
+    Car,
+    DemoError,
+    Station,
+    Timeline,
+    load_ev_model,
+    station_labels,
+)
+from gateway import config as gateway_config
+from gateway.localbroker import Broker, BrokerError, stop_process
+from gateway.stations import load_stations
+from gateway.store import Store
+
+REGION = "berlin"
+GATEWAY_USER = "gateway"
+MARKER = ".recarga-demo"  # marks a run directory as the demo's own, so it may be cleared
+
+
+@dataclass(frozen=True)
+class Pace:
+    hold_s: float  # the gateway's [reservations] hold_s
+    step: float  # pause between a car's steps, so a reader can follow
+    drive: float  # how long a drive to the station takes in the demo
+    charge: float  # how long a charging session takes in the demo
+
+
+NORMAL = Pace(hold_s=20, step=1.0, drive=3.0, charge=4.0)
+FAST = Pace(hold_s=3, step=0.1, drive=0.3, charge=0.3)
+
+GATEWAY_TOML = """\
+# Written by the Recarga demo (python -m demo); see demo/run.py. Paths are relative to this file.
+region = {region}
+database = "gateway.db"
+stations = {stations}
+tick_s = 0.5
+log_level = "INFO"
+synchronous = "NORMAL"
+
+[broker]
+host = "127.0.0.1"
+port = {port}
+username = {user}
+password_file = "gateway.password"
+reconnect_min_s = 1
+reconnect_max_s = 2
+
+[reservations]
+hold_s = {hold_s}        # short, so that a lapsing hold shows within the demo
+grace_s = 600
+"""
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+class Demo:
+    """The region (broker, gateway process, stations, cars) and what the scenes need of it."""
+
+    def __init__(self, run_dir: Path, pace: Pace, tl: Timeline):
+        self.dir = run_dir
+        self.pace = pace
+        self.tl = tl
+        self.region = REGION
+        self.broker: Broker | None = None
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway_config = run_dir / "gateway" / "gateway.toml"
+        self.gateway_log = run_dir / "gateway" / "gateway.log"
+        self.stations: dict[str, Station] = {}
+        self.cars: dict[str, Car] = {}
+        self.cast: dict[str, Any] = {}  # state scenes hand on to later scenes
+        self.checks: list[tuple[bool, str]] = []
+        self.max_wait_s = 0.0  # the gateway's [reservations] max_wait_s, read from its config
+        self._store: Store | None = None
+        self._log_file = None
+
+    # ------------------------------------------------------------ for the scenes
+
+    def pause(self, n: float = 1.0) -> None:
+        time.sleep(self.pace.step * n)
+
+    def check(self, passed: bool, what: str) -> None:
+        self.checks.append((passed, what))
+        self.tl.note(("✓ " if passed else "✗ NOT AS EXPECTED: ") + what)
+
+    def wait_gateway_sees_stations(self, timeout: float = 10.0) -> None:
+        """Until the gateway's stored live state shows every demo station online, as it shows itself."""
+        if self._store is None:
+            self._store = Store(self.dir / "gateway" / "gateway.db", "NORMAL")
+        deadline = time.monotonic() + timeout
+        while True:
+            live = self._store.stations_live()
+            behind = [sid for sid, st in self.stations.items()
+                      if sid not in live or not live[sid].online or live[sid].slots != st.shown()]
+            if not behind:
+                return
+            self._check_gateway_alive()
+            if time.monotonic() > deadline:
+                raise DemoError(f"the gateway has not taken in the status of {', '.join(behind)} "
+                                f"within {timeout:g} s")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------ setting up
+
+    def prepare_dir(self) -> None:
+        if self.dir.exists():
+            if (self.dir / MARKER).exists():
+                shutil.rmtree(self.dir)
+            elif any(self.dir.iterdir()):
+                raise DemoError(f"{self.dir} exists and is not a demo run directory; "
+                                "give another one with --dir")
+        (self.dir / "gateway").mkdir(parents=True, exist_ok=True)
+        (self.dir / MARKER).write_text("a Recarga demo run directory; python -m demo clears it\n")
+
+    def start(self) -> None:
+        tl = self.tl
+        self.prepare_dir()
+        register = load_stations(STATIONS_CSV)
+        metas = {s.id: s for s in register if s.id in scenario.STATIONS}
+        missing = sorted(set(scenario.STATIONS) - set(metas))
+        if missing:
+            raise DemoError(f"{STATIONS_CSV.name} has no station {', '.join(missing)}")
+        if scenario.NOT_A_STATION in {s.id for s in register}:
+            raise DemoError(f"station {scenario.NOT_A_STATION} exists after all; pick another NOT_A_STATION")
+        labels = station_labels(metas)
+        models = {spec.model: load_ev_model(*spec.model) for spec in scenario.CARS}
+        car_ids = [c.cid for c in scenario.CARS]
+
+        passwords = {GATEWAY_USER: secrets.token_urlsafe(16)}
+        passwords.update({u: secrets.token_urlsafe(16) for u in [*scenario.STATIONS, *car_ids]})
+        self._start_broker(car_ids, passwords)
+        assert self.broker is not None
+        tl.plain(f"  broker   mosquitto pid {self.broker.pid} on {self.broker.host}:{self.broker.port}, "
+                 f"auth + ACL for {len(passwords)} users (gateway, {len(scenario.STATIONS)} stations, "
+                 f"{len(car_ids)} cars); log {_rel(self.broker.log_path)}")
+
+        (self.dir / "gateway" / "gateway.password").write_text(passwords[GATEWAY_USER] + "\n")
+        os.chmod(self.dir / "gateway" / "gateway.password", 0o600)
+        self.gateway_config.write_text(GATEWAY_TOML.format(
+            region=_toml_str(REGION), stations=_toml_str(str(STATIONS_CSV)), port=self.broker.port,
+            user=_toml_str(GATEWAY_USER), hold_s=self.pace.hold_s))
+        self.max_wait_s = gateway_config.load(self.gateway_config).engine.max_wait_s
+        self._start_gateway()
+        assert self.gateway is not None
+        tl.plain(f"  gateway  pid {self.gateway.pid}, region {REGION}, {len(register):,} stations from "
+                 f"{_rel(STATIONS_CSV)}, hold {self.pace.hold_s:g} s, tick 0.5 s; "
+                 f"config {_rel(self.gateway_config)}, log {_rel(self.gateway_log)}")
+        tl.plain(f"  Only the {len(metas)} stations below come online, so only they can be assigned.")
+        tl.plain("  Each line: seconds since start, who, -> sends to / <- receives from, what; "
+                 "· marks a note or a check.")
+
+        tl.scene("0 · Stations come online; cars connect")
+        host, port = self.broker.host, self.broker.port
+        for sid in scenario.STATIONS:
+            st = Station(tl, REGION, metas[sid], labels[sid], host, port, passwords[sid])
+            self.stations[sid] = st
+            st.come_online()
+        self.wait_gateway_sees_stations()
+        for spec in scenario.CARS:
+            car = Car(tl, REGION, spec.cid, models[spec.model], spec.where, spec.lat, spec.lon, spec.soc,
+                      labels, host, port, passwords[spec.cid])
+            self.cars[spec.cid] = car
+            car.come_online()
+
+    def _start_broker(self, cars: list[str], passwords: dict[str, str]) -> None:
+        for attempt in range(3):  # the free port may be taken between choosing and binding it
+            self.broker = Broker.generate(self.dir / "broker", region=REGION, gateway_user=GATEWAY_USER,
+                                          cars=cars, stations=list(scenario.STATIONS), passwords=passwords)
+            try:
+                self.broker.start()
+                return
+            except BrokerError:
+                if attempt < 2 and "Address already in use" in self.broker.log():
+                    continue
+                raise
+
+    def _start_gateway(self, timeout: float = 30.0) -> None:
+        self._log_file = open(self.gateway_log, "ab")  # noqa: SIM115 (open while the gateway runs)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # its own session: a Ctrl-C in the terminal reaches the demo, which stops it in order
+        self.gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.gateway_config)],
+            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+            cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while "connected to" not in self._gateway_log_text():
+            self._check_gateway_alive()
+            if time.monotonic() > deadline:
+                raise DemoError(f"the gateway did not connect to the broker within {timeout:g} s")
+            time.sleep(0.05)
+
+    def _gateway_log_text(self) -> str:
+        return self.gateway_log.read_text(errors="replace") if self.gateway_log.exists() else ""
+
+    def _check_gateway_alive(self) -> None:
+        if self.gateway is not None and self.gateway.poll() is not None:
+            tail = "\n".join(self._gateway_log_text().splitlines()[-15:])
+            raise DemoError(f"the gateway exited with status {self.gateway.returncode}; "
+                            f"its log ends:\n{tail}")
+
+    # ------------------------------------------------------------ the end
+
+    def reservations(self) -> list[dict[str, Any]]:
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "reservations", "--config",
+                              str(self.gateway_config), "--json"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+        if out.returncode != 0:
+            raise DemoError(f"gateway.cli reservations failed ({out.returncode}): {out.stderr.strip()}")
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def summary(self) -> None:
+        tl = self.tl
+        rows = self.reservations()
+        tl.scene("Summary")
+        tl.plain(f"Reservations in the gateway's database (python -m gateway.cli reservations "
+                 f"--config {_rel(self.gateway_config)} --json):")
+        tl.plain(f"  {'reservation':<14} {'car':<9} {'station':<8} {'slot':>4}  {'final state':<11} "
+                 f"{'kWh':>5} {'EUR':>6}  request")
+        for r in rows:
+            tl.plain(f"  {r['id']:<14} {r['car']:<9} {r['station']:<8} {r['slot']:>4}  {r['state']:<11} "
+                     f"{r['energy_kwh']:>5.1f} {r['price_eur']:>6.2f}  {r['rid']}")
+        by_state = Counter(r["state"] for r in rows)
+        tl.plain("  by final state: " + ", ".join(f"{state} {by_state[state]}" for state in
+                                                  ("held", "confirmed", "checked_in", "completed",
+                                                   "expired", "cancelled", "faulted") if by_state[state]))
+        failed = [what for passed, what in self.checks if not passed]
+        tl.plain(f"Checks: {len(self.checks) - len(failed)} of {len(self.checks)} as docs/protocol.md says"
+                 + ("." if not failed else "; NOT as expected:\n    " + "\n    ".join(failed)))
+
+    def stop_clients(self) -> None:
+        for c in [*self.cars.values(), *self.stations.values()]:
+            try:
+                c.close()
+            except Exception as e:  # noqa: BLE001 (going away anyway)
+                self.tl.plain(f"  (closing {c.user}: {e})")
+
+    def stop_gateway(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self.gateway is not None:
+            stop_process(self.gateway, timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def close(self) -> list[str]:
+        """Stop everything this demo started, by pid; returns what was stopped."""
+        stopped = []
+        self.stop_clients()
+        if self.gateway is not None:
+            self.stop_gateway()
+            stopped.append(f"gateway (pid {self.gateway.pid}, exit {self.gateway.returncode})")
+        if self.broker is not None and self.broker.pid is not None:
+            self.broker.stop()
+            stopped.append(f"mosquitto (pid {self.broker.pid})")
+        return stopped
+
+
+def _port_closed(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fast", action="store_true",
+                    help=f"short pauses and a {FAST.hold_s:g} s hold (for tests); "
+                         f"default: a {NORMAL.hold_s:g} s hold, about 45 s in all")
+    ap.add_argument("--dir", type=Path, default=ROOT / "run" / "demo",
+                    help="run directory for configs, database and logs (cleared first; default run/demo)")
+    args = ap.parse_args(argv)
+    pace = FAST if args.fast else NORMAL
+    # explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    tl = Timeline()
+    tl.plain(f"Recarga demo: region {REGION} on this machine, run directory {_rel(args.dir)}")
+    demo = Demo(args.dir.resolve(), pace, tl)
+    status = 1
+    try:
+        demo.start()
+        scenario.play(demo)
+        demo.stop_clients()
+        demo.stop_gateway()
+        demo.summary()
+        status = 0 if all(passed for passed, _ in demo.checks) else 1
+    except KeyboardInterrupt:
+        tl.plain("\ninterrupted; stopping what the demo started")
+        status = 130
+    except (DemoError, BrokerError, OSError, subprocess.SubprocessError) as e:
+        tl.plain(f"\ndemo failed: {e}")
+        if demo.gateway_log.exists():
+            tl.plain(f"gateway log: {_rel(demo.gateway_log)}")
+    finally:
+        # no second Ctrl-C in the middle of stopping: every stop below is bounded in time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopped = demo.close()
+        if stopped:
+            port = f"; port {demo.broker.port} closed" if demo.broker and _port_closed(
+                demo.broker.host, demo.broker.port) else ""
+            tl.plain(f"Stopped {' and '.join(stopped)}{port}. Logs and database stay in {_rel(args.dir)}.")
+    return status

@@ -306,6 +306,29 @@ def parse_station_status(payload: bytes) -> list[str]:
     return slots
 
 
+CAR_STATES = ("driving", "low", "heading", "waiting", "charging", "done")
+
+
+def parse_car_telemetry(payload: bytes) -> dict[str, Any]:
+    """.../car/<cid>/telemetry: {"v":1,"soc":0.42,"lat":..,"lon":..,"state":"driving",
+    "reservation":"r..."|null} — what the car measures and does, for monitoring."""
+    msg = _decode(payload)
+    for name in msg:
+        if name not in ("v", "soc", "lat", "lon", "state", "reservation"):
+            raise ProtocolError(UNKNOWN_FIELD, f"unknown field {name!r} in car telemetry", name)
+    for name in ("soc", "lat", "lon", "state"):
+        if name not in msg:
+            raise ProtocolError(MISSING_FIELD, f"missing field '{name}'", name)
+    _check_field("soc", msg["soc"], _NUM, 0.0, 1.0)
+    _check_field("lat", msg["lat"], _NUM, -90.0, 90.0)
+    _check_field("lon", msg["lon"], _NUM, -180.0, 180.0)
+    if msg["state"] not in CAR_STATES:
+        raise ProtocolError(OUT_OF_RANGE, f"state {msg['state']!r} not one of {CAR_STATES}", "state")
+    if msg.get("reservation") is not None:
+        _check_field("reservation", msg["reservation"], (str,))
+    return msg
+
+
 def parse_online(payload: bytes) -> bool:
     """.../<kind>/<id>/online (retained; the Last Will publishes {"v":1,"online":false})."""
     msg = _decode(payload)

@@ -62,7 +62,9 @@ ERROR_CODES = (
 
 # Events the gateway pushes to a car's reply topic without a request.
 CAR_EVENTS = ("checked_in", "completed", "expired", "faulted")
-STATION_CMDS = ("reserve", "release")
+# reserve/release come from the gateway's engine; out_of_service/in_service from an operator
+# (recarga-gateway slot ...), the station then reports the new state in its status.
+STATION_CMDS = ("reserve", "release", "out_of_service", "in_service")
 
 
 # ---------------------------------------------------------------- topics

@@ -119,19 +119,25 @@ class Engine:
         live = self.live.get(station_id)
         if live is None or not live.online or live.slots is None or slot > len(live.slots):
             return None
-        state = live.slots[slot - 1]
-        if state == "out_of_service":
+        if live.slots[slot - 1] == "out_of_service":
             return None
+        ids = self.by_slot.get((station_id, slot), ())
+        t = self._occupant_until(live, station_id, slot)
+        if ids:
+            t = max(t, self.reservations[ids[-1]].end)  # the queue is ordered by start
+        return t if t <= self._horizon else None
+
+    def _occupant_until(self, live: StationLive, station_id: str, slot: int) -> float:
+        """When the car on the slot now (if any) is expected to leave."""
+        ids = self.by_slot.get((station_id, slot))
+        if ids and self.reservations[ids[0]].state == "checked_in":
+            return self.reservations[ids[0]].end  # our own car: its estimate, not the generic one
         t = self._now
-        if state == "occupied":
+        if live.slots is not None and live.slots[slot - 1] == "occupied":
             since = live.occupied_since[slot - 1]
             expected = (since if since is not None else t) + self.cfg.expected_session_s
             t = max(expected, t + self.cfg.min_remaining_s)
-        for rid in self.by_slot.get((station_id, slot), ()):
-            r = self.reservations[rid]
-            # a checked-in car is the occupant: its own estimate replaces the generic one
-            t = r.end if r.state == "checked_in" else max(t, r.end)
-        return t if t <= self._horizon else None
+        return t
 
     def free_slots(self, station_id: str) -> int:
         live = self.live.get(station_id)
@@ -195,6 +201,8 @@ class Engine:
         self._now = now
         live = self.live.setdefault(sid, StationLive())
         res.station = (sid, live)
+        if live.slots is None:
+            self._selector = None  # now assignable
         old = live.slots or ["free"] * len(slots)
         if len(live.occupied_since) != len(slots):
             live.occupied_since = [now if s == "occupied" else None for s in slots]
@@ -225,6 +233,8 @@ class Engine:
             log.warning("online message from unknown station %s ignored", sid)
             return res
         live = self.live.setdefault(sid, StationLive())
+        if live.online != online:
+            self._selector = None
         live.online = online
         res.station = (sid, live)
         log.info("station %s %s", sid, "online" if online else "offline")
@@ -368,7 +378,12 @@ class Engine:
     @property
     def selector(self) -> Selector:
         if self._selector is None:
-            self._selector = Selector(list(self.stations.values()), self.cfg.selection)
+            # only stations that can be assigned: the index stays small and every candidate
+            # it yields is a real one (most of a city's register may be offline)
+            live = self.live
+            usable = [m for sid, m in self.stations.items()
+                      if sid in live and live[sid].online and live[sid].slots is not None]
+            self._selector = Selector(usable, self.cfg.selection)
         return self._selector
 
     def _choose(self, need: CarNeed, now: float, only: str | None = None,
@@ -430,9 +445,29 @@ class Engine:
         self._unindex(r)
         ended = replace(r, state=state)
         res.changed.append(ended)
+        self._requeue((r.station, r.slot), res)
         self._sync_led((r.station, r.slot), res)
         log.info("reservation %s (car %s, %s slot %d) %s", r.id, r.car, r.station, r.slot, state)
         return ended
+
+    def _requeue(self, key: tuple[str, int], res: Result) -> None:
+        """Move the reservations queued on a slot forward when one ahead of them ended, so
+        that waits shrink again. Only ever earlier; the no-show deadline a car was told stays."""
+        ids = self.by_slot.get(key)
+        live = self.live.get(key[0])
+        if not ids or live is None:
+            return
+        t = self._occupant_until(live, *key)
+        for i in ids:  # checked-in first, then by start
+            r = self.reservations[i]
+            if r.state == "checked_in":
+                continue
+            start = max(r.eta, t)
+            if start < r.start:
+                r = replace(r, start=start, end=start + r.charge_s, wait_s=start - r.eta)
+                self.reservations[i] = r
+                res.changed.append(r)
+            t = max(t, r.end)
 
     def _sync_led(self, key: tuple[str, int], res: Result) -> None:
         """Tell the station when a slot's reserved flag should change."""

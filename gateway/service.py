@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
@@ -62,7 +63,7 @@ class GatewayService:
         self.client.username_pw_set(b.username, b.password)
         self.client.will_set(P.gateway_online_topic(self.region), P.online_message(False), qos=P.QOS, retain=True)
         self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)
-        self.client.max_inflight_messages_set(100)
+        self.client.max_inflight_messages_set(200)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda client, userdata, msg: self.inbox.put(msg)
@@ -79,6 +80,9 @@ class GatewayService:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
+        sock = client.socket()
+        if sock is not None:  # small replies: no Nagle delay
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # renewed on every connect: a broker that lost its session state still delivers
         client.subscribe([(t, P.QOS) for t in P.gateway_subscriptions(self.region)])
         client.publish(P.gateway_online_topic(self.region), P.online_message(True), qos=P.QOS, retain=True)

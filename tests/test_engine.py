@@ -299,3 +299,16 @@ def test_reserve_command_names_the_waiting_reservation_not_the_occupant():
     [cmd] = cmds(res, "far")
     assert cmd["reservation"] == b["id"] != a["id"]
     assert cmd["until"] == b["hold_until"]  # a held reservation: the hold is what the station waits for
+
+
+def test_queue_moves_forward_when_a_reservation_ahead_ends():
+    e = make(max_wait_s=86400)
+    a = replies(reserve(e, "c1", "q1", station="far"), "c1")[0]["reservation"]
+    b = replies(reserve(e, "c2", "q1", station="far"), "c2")[0]["reservation"]
+    assert b["wait_min"] > 0
+    promised = e.reservations[b["id"]].deadline
+    res = e.car_message("c1", P.encode(P.reservation_request("cancel", "q2", "c1", a["id"])), T0 + 10)
+    moved = e.reservations[b["id"]]
+    assert moved.wait_s == 0 and moved.start == moved.eta
+    assert moved in res.changed  # persisted
+    assert moved.deadline == promised  # what the car was told still holds

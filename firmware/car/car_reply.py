@@ -1,0 +1,93 @@
+# What the car does with a message on car/<id>/reply: a reply to its pending request or an
+# unsolicited event (docs/protocol.md). Part of car_logic (kept apart so that each module
+# compiles in a small heap); hardware-free.
+import json
+
+from time import ticks_add
+
+
+def hhmm(t, sec=False):
+    """HH:MM (HH:MM:SS) UTC of a Unix time."""
+    if type(t) is not int and type(t) is not float:
+        return "?"
+    s = int(t) % 86400
+    r = "%02d:%02d" % (s // 3600, s % 3600 // 60)
+    return r + ":%02d" % (s % 60) if sec else r
+
+
+def reservation_line(r):
+    """The one readable serial line for a reservation."""
+    g = r.get
+    return "slot reserved: station %s slot %s, %.1f km, ETA %s UTC, wait %d min, charge %d min, %.2f EUR, hold until %s UTC (%s %s)" % (
+        g("station"), g("slot"), g("distance_km") or 0, hhmm(g("eta")), round(g("wait_min") or 0),
+        round(g("charge_min") or 0), g("price_eur") or 0, hhmm(g("hold_until"), True), g("id"), g("state"))
+
+
+def handle(lg, payload, now):
+    """Apply one reply / event to the CarLogic lg."""
+    try:
+        m = json.loads(payload)
+        ok = m.get("v") == 1
+    except (ValueError, AttributeError):
+        ok = False
+    if not ok:
+        lg._say("reply: not a v1 JSON object, ignored")
+        return
+    ev = m.get("event")
+    r = m.get("reservation")
+    if type(r) is not dict:
+        r = None
+    if ev is not None:
+        cur = lg.res
+        rid = r and r.get("id")
+        if cur is None or rid != cur.get("id"):
+            lg._say("event %s for %s: not the current reservation, ignored" % (ev, rid))
+        elif ev == "checked_in":
+            lg.res = r
+            lg._op = None  # a confirm in flight is moot now
+            lg._say("checked in at station %s slot %s" % (r.get("station"), r.get("slot")))
+            lg._checked_in()
+        elif ev == "completed":
+            lg._say("unplugged: %s completed, driving on" % rid)
+            lg.res = lg._op = None
+            lg.served = True
+            lg._set("driving")
+        elif ev == "faulted" and type(m.get("offer")) is dict:
+            lg._say("slot out of service: taking the offered one")
+            lg._op = None
+            lg._adopt(m["offer"], now)
+        elif ev in ("expired", "cancelled", "faulted"):
+            lg._lost(now, "reservation %s %s" % (rid, ev))
+        return
+    if lg._op is None or m.get("rid") != lg._rid:
+        lg._say("reply for %s: not the pending request, ignored" % m.get("rid"))
+        return
+    op = lg._op
+    lg._op = None
+    if m.get("ok") is True:
+        if r is None:
+            return
+        if op == "reserve":
+            lg._backoff.reset()
+            lg._adopt(r, now)
+        elif lg.res is not None and r.get("id") == lg.res.get("id"):
+            lg.res = r
+            lg._say("confirmed %s: kept until %s UTC" % (r.get("id"), hhmm(r.get("hold_until"))))
+        return
+    err = m.get("error")
+    if type(err) is not dict:
+        err = {}
+    code = err.get("code")
+    if op == "reserve":
+        lg.no_answer = True
+        d = lg._delay()
+        lg._ask_at = ticks_add(now, d)
+        if code == "no_capacity":
+            ef = err.get("earliest_free")
+            lg._say("no capacity (earliest free %s), asking again in %d s" % ("never" if ef is None else hhmm(ef) + " UTC", d // 1000))
+        else:
+            lg._say("refused: %s %s, asking again in %d s" % (code, err.get("message"), d // 1000))
+    elif code == "unknown_reservation":
+        lg._lost(now, "reservation gone")
+    else:
+        lg._say("confirm refused: %s %s" % (code, err.get("message")))

@@ -1,0 +1,2 @@
+import car_app
+car_app.main()

@@ -110,6 +110,8 @@ def _connect():
     s = _so.socket()
     s.connect(_so.getaddrinfo("127.0.0.1", int(port))[0][-1])
     s.settimeout(10)
+    # no Nagle delay: a pin change must reach the harness before the serial line after it
+    s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     b = b""
     while not b.endswith(b".\n"):
         d = s.recv(512)

@@ -1,0 +1,16 @@
+"""Devices: provisioning car and station boards and flashing the firmware onto them.
+
+- `devices.provision`: a new device's broker user (Mosquitto password file), its ACL block
+  (from gateway.protocol) and its config.json.
+- `devices.flash`: copy firmware/lib, the board's firmware and its config.json to a board with
+  mpremote (optionally compiled with mpy-cross), verify what is on the board, reset it.
+- `devices.cli`: the `recarga-device` command (`python -m devices` from a checkout).
+
+docs/flashing.md is the manual; docs/firmware.md describes the board's filesystem and config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("car", "station")

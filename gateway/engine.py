@@ -116,16 +116,38 @@ class Engine:
     # ------------------------------------------------------------ SlotView for selection
 
     def busy_until(self, station_id: str, slot: int) -> float | None:
+        # Called for every candidate slot of every decision: _occupant_until inlined, one
+        # lookup of the slot's queue.
         live = self.live.get(station_id)
-        if live is None or not live.online or live.slots is None or slot > len(live.slots):
+        if live is None or not live.online:
             return None
-        if live.slots[slot - 1] == "out_of_service":
+        states = live.slots
+        if states is None or slot > len(states):
             return None
-        ids = self.by_slot.get((station_id, slot), ())
-        t = self._occupant_until(live, station_id, slot)
+        state = states[slot - 1]
+        if state == "out_of_service":
+            return None
+        ids = self.by_slot.get((station_id, slot))
         if ids:
-            t = max(t, self.reservations[ids[-1]].end)  # the queue is ordered by start
+            reservations = self.reservations
+            first = reservations[ids[0]]
+            if first.state == "checked_in":
+                t = first.end
+            else:
+                t = self._now
+                if state == "occupied":
+                    t = self._occupied_until(live, slot, t)
+            t = max(t, reservations[ids[-1]].end)  # the queue is ordered by start
+        else:
+            t = self._now
+            if state == "occupied":
+                t = self._occupied_until(live, slot, t)
         return t if t <= self._horizon else None
+
+    def _occupied_until(self, live: StationLive, slot: int, t: float) -> float:
+        since = live.occupied_since[slot - 1]
+        expected = (since if since is not None else t) + self.cfg.expected_session_s
+        return max(expected, t + self.cfg.min_remaining_s)
 
     def _occupant_until(self, live: StationLive, station_id: str, slot: int) -> float:
         """When the car on the slot now (if any) is expected to leave."""
@@ -134,9 +156,7 @@ class Engine:
             return self.reservations[ids[0]].end  # our own car: its estimate, not the generic one
         t = self._now
         if live.slots is not None and live.slots[slot - 1] == "occupied":
-            since = live.occupied_since[slot - 1]
-            expected = (since if since is not None else t) + self.cfg.expected_session_s
-            t = max(expected, t + self.cfg.min_remaining_s)
+            t = self._occupied_until(live, slot, t)
         return t
 
     def free_slots(self, station_id: str) -> int:

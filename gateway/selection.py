@@ -16,6 +16,7 @@ Charge model (shared by all policies, so their offers compare):
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ _DC_EDGES = (50.0, 100.0, 150.0, 250.0, math.inf)
 _PRUNE_SLACK_S = 1e-6
 
 _FIRST_CHUNK = 8  # neighbours fetched by the first k-d query of a stream; grows x4
+_SCAN_MAX_SLOTS = 1500  # up to this many slots least_completion scans them all, vectorised
+_SEED_K = 8  # least_completion's first ball holds about this many stations around a station
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -57,6 +60,14 @@ def _xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return EARTH_RADIUS_KM * np.column_stack((c * np.cos(lo), c * np.sin(lo), np.sin(la)))
 
 
+@functools.lru_cache(maxsize=4096)
+def _point(lat: float, lon: float) -> np.ndarray:
+    """_xyz of one position (read-only; cached: a car asks again from where it is)."""
+    p = _xyz(np.array([lat]), np.array([lon]))[0]
+    p.flags.writeable = False
+    return p
+
+
 def _chord_to_arc(chord: float) -> float:
     return 2.0 * EARTH_RADIUS_KM * math.asin(min(1.0, chord / (2.0 * EARTH_RADIUS_KM)))
 
@@ -68,21 +79,31 @@ def _arc_to_chord(arc: float) -> float:
 
 
 def _stream(tree: cKDTree, q: np.ndarray, bound: float) -> Iterator[tuple[float, int]]:
-    """(chord, index) of the tree's points by increasing distance, up to bound.
+    """(chord, index) of the tree's points by increasing distance, up to bound, each once.
 
-    Fetched in growing chunks so a search that stops early pays for few neighbours.
+    Fetched in growing chunks so a search that stops early pays for few neighbours. Each
+    chunk is a fresh query from the nearest on: among points at the same distance the k-d
+    tree's order can differ between queries with different k, so a chunk that started at
+    the previous one's end could repeat one tied point and never return another.
     """
     n = tree.n
-    done = 0
+    given: set[int] = set()
     want = _FIRST_CHUNK
-    while done < n:
+    while True:
         upto = min(n, want)
-        d, ix = tree.query(q, k=list(range(done + 1, upto + 1)), distance_upper_bound=bound)
-        for dd, ii in zip(d.tolist(), ix.tolist()):
+        d, ix = tree.query(q, k=upto, distance_upper_bound=bound)
+        if upto == 1:
+            d, ix = [float(d)], [int(ix)]
+        else:
+            d, ix = d.tolist(), ix.tolist()
+        for dd, ii in zip(d, ix):
             if ii >= n:  # past the bound: nothing further either
                 return
-            yield dd, ii
-        done = upto
+            if ii not in given:
+                given.add(ii)
+                yield dd, ii
+        if upto == n:
+            return
         want = upto * 4
 
 
@@ -111,7 +132,7 @@ class _Trip:
         self.car, self.now, self.margin = car, now, p.safety_margin_soc
         self.lat, self.lon = math.radians(car.lat), math.radians(car.lon)
         self.cos_lat = math.cos(self.lat)
-        self.q = _xyz(np.array([car.lat]), np.array([car.lon]))[0]
+        self.q = _point(car.lat, car.lon)
         self.rf = p.road_factor
         self.s_per_km = p.road_factor / p.speed_kmh * 3600.0  # drive seconds per straight km
         # kWh used per straight-line km (the road is road_factor times longer).
@@ -144,7 +165,10 @@ class Selector:
     """Chooses a slot for a car under a named policy; the spatial index is built once."""
 
     def __init__(self, stations: Sequence[StationMeta],
-                 params: SelectionParams = SelectionParams()) -> None:
+                 params: SelectionParams = SelectionParams(),
+                 scan_max_slots: int = _SCAN_MAX_SLOTS) -> None:
+        """scan_max_slots: up to this many slots least_completion scans them all (the
+        same answers as the spatial search; tests set it to check both)."""
         self.params = params
         self.stations: tuple[StationMeta, ...] = tuple(stations)
         self._index: dict[str, int] = {}
@@ -173,6 +197,35 @@ class Selector:
         self._id_rank[np.argsort(np.array(self._ids, dtype=object), kind="stable")] = \
             np.arange(len(self._ids))
         self._classes = self._build_classes(xyz)
+        self._seed_chord = self._seed_radius(xyz)
+        # Per slot, for least_completion's scan of a small region: station, slot no, kW
+        # (as AC and as DC, 0 for the other kind) and position.
+        flat = [(i, k, kw, dc) for i, slots in enumerate(self._slots) for k, kw, dc in slots]
+        self._scan = len(flat) <= scan_max_slots
+        if self._scan:
+            self._slot_station = [f[0] for f in flat]
+            self._slot_no = [f[1] for f in flat]
+            self._slot_kw = [f[2] for f in flat]
+            self._slot_dc = [f[3] for f in flat]
+            kw = np.array(self._slot_kw, dtype=float)
+            dc = np.array(self._slot_dc, dtype=bool)
+            self._slot_kw_ac = np.where(dc, 0.0, kw)
+            self._slot_kw_dc = np.where(dc, kw, 0.0)
+            # coordinates by axis (3 x slots): the distance is three contiguous passes
+            self._slot_xyz_t = np.ascontiguousarray((xyz[self._slot_station] if flat
+                                                     else np.zeros((0, 3))).T)
+
+    def _seed_radius(self, xyz: np.ndarray) -> float:
+        """Chord radius of least_completion's first ball: the median distance from a
+        station to its _SEED_K-th nearest neighbour (a sample of up to 256 stations), so the
+        ball holds a few stations where the stations are. Only speed depends on it."""
+        n = len(xyz)
+        if n < 2:
+            return 1.0
+        k = min(_SEED_K + 1, n)
+        d, _ = self._tree.query(xyz[:: max(1, n // 256)], k=k)
+        r = float(np.median(d[:, -1]))
+        return r if r > 1e-3 else 1e-3
 
     def _build_classes(self, xyz: np.ndarray) -> tuple[_PowerClass, ...]:
         groups: dict[tuple[bool, int], dict[int, list[tuple[int, float]]]] = {}
@@ -334,79 +387,237 @@ class Selector:
                           excl: Collection[tuple[str, int]]) -> Choice | None:
         """Exact minimum of drive + wait + charge over all reachable usable slots.
 
-        Best-first branch and bound over the power classes: each class streams its
-        stations by distance; its lower bound drive(d) + charge(d, class max power) never
-        decreases along the stream, so the class with the smallest bound is expanded next
-        and the search ends when no bound can beat the best found.
+        Small regions (up to scan_max_slots slots) are scanned whole: see
+        _least_completion_scan. Otherwise two phases over the spatial index:
+
+        1. Seed: every station in a small ball around the car (a radius that holds a few
+           stations where stations are, grown x4 while nothing usable is found) is
+           evaluated exactly: the best completion B.
+        2. Best-first over the power classes: beyond the radius a class has covered, its
+           slots cannot finish before drive(d) + charge(d, class top power), which grows
+           linearly with d. The class with the smallest such bound covers its next ring
+           (twice the radius, at most the radius where the bound reaches B) with one ball
+           query; the search ends when no class's bound is below B.
+
+        Candidates are evaluated in order of their own lower bound, drive + charge at the
+        slot's power (the completion time if the slot is free on arrival, computed in the
+        same floating-point steps as the completion itself, so it never exceeds it): the
+        first bound above B ends the batch, and busy_until is asked only for slots that
+        could still win. Ties go to the smallest (completion, station id, slot).
         """
-        car, now = trip.car, trip.now
-        s_per_km, kwh_per_km = trip.s_per_km, trip.kwh_per_km
-        b_kwh, target, soc = car.battery_kwh, car.target_soc, car.soc
-        margin = trip.margin
+        if self._scan:
+            return self._least_completion_scan(trip, view, excl)
+        car = trip.car
         ids = self._ids
         busy_until = view.busy_until
-
-        heap: list[tuple[float, int]] = []
-        streams: list[Iterator[tuple[float, int]] | None] = []
-        pending: list[tuple[float, int] | None] = []
-        draws: list[float] = []
-        for ci, cls in enumerate(self._classes):
-            draw = min(cls.max_kw, car.max_dc_kw if cls.dc else car.max_ac_kw)
-            streams.append(None)
-            pending.append(None)
-            draws.append(draw)
-            if draw > 0:
-                e0 = max(0.0, (target - soc) * b_kwh)
-                heap.append((e0 / draw * 3600.0, ci))  # bound at distance 0
-        heapq.heapify(heap)
+        q = trip.q
+        reach_chord = trip.chord_bound
+        ac_cap, dc_cap = car.max_ac_kw, car.max_dc_kw
 
         best_key: tuple[float, str, int] | None = None
         best: tuple[int, int, float, float] | None = None  # station, slot, dist, busy_until
         bound = math.inf
+
+        def evaluate(cands: list[tuple[float, int, int, float, float, float, float, float]]) -> None:
+            nonlocal best_key, best, bound
+            cands.sort()
+            for lb, i, k, d, drive_s, eta, energy_s, draw in cands:
+                if lb > bound:
+                    return
+                sid = ids[i]
+                bu = busy_until(sid, k)
+                if bu is None:
+                    continue
+                wait_s = bu - eta if bu > eta else 0.0
+                total = drive_s + wait_s + energy_s / draw
+                if total <= bound:
+                    key = (total, sid, k)
+                    if best_key is None or key < best_key:
+                        best_key, best = key, (i, k, d, bu)
+                        bound = total + _PRUNE_SLACK_S
+
+        # Phase 1: the seed ball, over all stations.
+        seen: set[int] = set()
+        r = min(self._seed_chord, reach_chord)
+        while True:
+            cands: list[tuple[float, int, int, float, float, float, float, float]] = []
+            for i in self._tree.query_ball_point(q, r):
+                if i in seen:
+                    continue
+                seen.add(i)
+                self._candidates(trip, i, self._slots[i], ac_cap, dc_cap, excl, cands)
+            evaluate(cands)
+            if best is not None or r >= reach_chord:
+                break
+            r = min(r * 4.0, reach_chord)
+        if best is None:
+            return None  # every reachable station was evaluated
+        seed_chord = r * (1.0 - 1e-9)  # inside this, the seed ball surely held every point
+
+        # Phase 2: best-first over the power classes. A class's stations beyond the radius
+        # it has covered (arc a) finish no earlier than lb(a) = drive(a) + charge(a, its top
+        # power the car draws), linear in a: the class with the smallest lb covers the
+        # next ring (twice the radius, at most where lb reaches B) with one ball query.
+        s_per_km, kwh_per_km = trip.s_per_km, trip.kwh_per_km
+        e0 = (car.target_soc - car.soc) * car.battery_kwh  # energy at distance 0
+        covered = _chord_to_arc(r * (1.0 - 1e-9))  # the seed ball surely held all within
+        heap: list[tuple[float, int, float, float, float]] = []
+        for lb0, ci, draw in self._class_order(e0, ac_cap, dc_cap):
+            if lb0 > bound:
+                break
+            if e0 >= 0:  # lb(a) = a * slope + lb0
+                slope = s_per_km + kwh_per_km * 3600.0 / draw
+            else:  # the charge term is >= 0: drive alone bounds it
+                slope, lb0 = s_per_km, 0.0
+            heap.append((covered * slope + lb0, ci, covered, slope, lb0))
+        heapq.heapify(heap)
+        done_pos: dict[int, set[int]] = {}
         while heap:
-            lb, ci = heapq.heappop(heap)
+            lb, ci, a, slope, lb0 = heapq.heappop(heap)
             if lb > bound:
                 break
+            a_max = (bound - lb0) / slope  # beyond this the class cannot beat B
+            nxt = a * 2.0 if a > 0 else 1e-3
+            final = nxt >= a_max
+            if final:
+                nxt = a_max
+            rc = _arc_to_chord(nxt * (1 + 1e-9) + 1e-9) * (1 + 1e-9) + 1e-9
+            if rc >= reach_chord:
+                rc, final = reach_chord, True
             cls = self._classes[ci]
-            item = pending[ci]
-            if item is None:  # first visit: open the class's stream
-                streams[ci] = _stream(cls.tree, trip.q, trip.chord_bound)
-            else:
-                pos = item[1]
-                i = cls.members[pos]
-                d = self._dist(trip, i)
+            members, slots = cls.members, cls.slots
+            done = done_pos.setdefault(ci, set())
+            cands = []
+            for pos in cls.tree.query_ball_point(q, rc):
+                if pos in done:
+                    continue
+                done.add(pos)
+                i = members[pos]
+                if i not in seen:
+                    self._candidates(trip, i, slots[pos], ac_cap, dc_cap, excl, cands, cls.dc)
+            evaluate(cands)
+            if not final:
+                heapq.heappush(heap, (nxt * slope + lb0, ci, nxt, slope, lb0))
+
+        i, k, d, bu = best
+        return self._choice(trip, i, k, d, bu)
+
+    def _least_completion_scan(self, trip: _Trip, view: SlotView,
+                               excl: Collection[tuple[str, int]]) -> Choice | None:
+        """least_completion for a small region (up to _SCAN_MAX_SLOTS slots): a lower bound
+        of every slot's completion at once (numpy: straight chord <= arc, the slot's power
+        for the car, no wait), then the exact evaluation by increasing bound until the
+        bound passes the best found. Fewer steps than a spatial search when a busy region
+        makes the search reach most stations anyway."""
+        car = trip.car
+        ac_cap, dc_cap = car.max_ac_kw, car.max_dc_kw
+        diff = self._slot_xyz_t - trip.q.reshape(3, 1)
+        diff *= diff
+        chord = np.sqrt(diff[0] + diff[1] + diff[2])
+        draw = np.minimum(self._slot_kw_ac, ac_cap) + np.minimum(self._slot_kw_dc, dc_cap)
+        e0 = (car.target_soc - car.soc) * car.battery_kwh * 3600.0  # kWs at distance 0
+        energy = chord * (trip.kwh_per_km * 3600.0) + e0
+        if e0 < 0:
+            energy = np.maximum(energy, 0.0)
+        # 1e-300: a slot the car cannot use gets a huge bound instead of a division by 0
+        lb = chord * trip.s_per_km + energy / np.maximum(draw, 1e-300)
+        order = np.argsort(lb)
+        lbs = (lb[order] * (1.0 - 1e-9)).tolist()  # the margin covers the float paths
+
+        ids, busy_until = self._ids, view.busy_until
+        st_of, no_of, kw_of, dc_of = self._slot_station, self._slot_no, self._slot_kw, self._slot_dc
+        soc, b_kwh, target = car.soc, car.battery_kwh, car.target_soc
+        kwh_per_km, s_per_km, margin, now = trip.kwh_per_km, trip.s_per_km, trip.margin, trip.now
+        lat_of, lon_of, cos_of = self._lat, self._lon, self._cos
+        t_lat, t_lon, t_cos = trip.lat, trip.lon, trip.cos_lat
+        sin, asin, sqrt = math.sin, math.asin, math.sqrt
+        per_station: dict[int, tuple[float, float, float, float] | None] = {}
+        best_key: tuple[float, str, int] | None = None
+        best: tuple[int, int, float, float] | None = None  # station, slot, dist, busy_until
+        bound = math.inf
+        for j, lbj in zip(order.tolist(), lbs):
+            if lbj > bound:
+                break
+            cap = dc_cap if dc_of[j] else ac_cap
+            if cap <= 0:
+                continue
+            i, k = st_of[j], no_of[j]
+            sid = ids[i]
+            if excl and (sid, k) in excl:
+                continue
+            st = per_station.get(i, False)
+            if st is False:
+                lat = lat_of[i]  # d: as _dist
+                h = (sin((lat - t_lat) / 2.0) ** 2
+                     + t_cos * cos_of[i] * sin((lon_of[i] - t_lon) / 2.0) ** 2)
+                d = 2.0 * EARTH_RADIUS_KM * asin(sqrt(min(1.0, h)))
                 soc_arr = soc - d * kwh_per_km / b_kwh  # as _Trip.soc_on_arrival
                 if soc_arr >= margin:
-                    energy_s = max(0.0, (target - soc_arr) * b_kwh) * 3600.0
                     drive_s = d * s_per_km
-                    eta = now + drive_s
-                    sid = ids[i]
-                    cap = car.max_dc_kw if cls.dc else car.max_ac_kw
-                    for k, kw in cls.slots[pos]:
-                        if excl and (sid, k) in excl:
-                            continue
-                        bu = busy_until(sid, k)
-                        if bu is None:
-                            continue
-                        wait_s = bu - eta if bu > eta else 0.0
-                        total = drive_s + wait_s + energy_s / (kw if kw < cap else cap)
-                        if total <= bound:
-                            key = (total, sid, k)
-                            if best_key is None or key < best_key:
-                                best_key, best = key, (i, k, d, bu)
-                                bound = total + _PRUNE_SLACK_S
-            nxt = next(streams[ci], None)  # type: ignore[arg-type]
-            if nxt is None:
+                    st = (d, drive_s, now + drive_s,
+                          max(0.0, (target - soc_arr) * b_kwh) * 3600.0)
+                else:
+                    st = None
+                per_station[i] = st
+            if st is None:
                 continue
-            pending[ci] = nxt
-            d_lb = _chord_to_arc(nxt[0])
-            e_lb = max(0.0, (target - (soc - d_lb * kwh_per_km / b_kwh)) * b_kwh)
-            heapq.heappush(heap, (d_lb * s_per_km + e_lb / draws[ci] * 3600.0, ci))
-
+            d, drive_s, eta, energy_s = st
+            kw = kw_of[j]
+            draw_j = kw if kw < cap else cap
+            if drive_s + energy_s / draw_j > bound:
+                continue  # its exact bound: cannot win
+            bu = busy_until(sid, k)
+            if bu is None:
+                continue
+            wait_s = bu - eta if bu > eta else 0.0
+            total = drive_s + wait_s + energy_s / draw_j
+            if total <= bound:
+                key = (total, sid, k)
+                if best_key is None or key < best_key:
+                    best_key, best = key, (i, k, d, bu)
+                    bound = total + _PRUNE_SLACK_S
         if best is None:
             return None
         i, k, d, bu = best
         return self._choice(trip, i, k, d, bu)
+
+    def _class_order(self, e0: float, ac_cap: float, dc_cap: float) -> list[tuple[float, int, float]]:
+        """(charge-time bound at distance 0, class, top power the car draws there) of the
+        classes the car can use, smallest bound first."""
+        out = []
+        e0s = max(0.0, e0) * 3600.0
+        for ci, cls in enumerate(self._classes):
+            cap = dc_cap if cls.dc else ac_cap
+            if cap > 0:
+                draw = cls.max_kw if cls.max_kw < cap else cap
+                out.append((e0s / draw, ci, draw))
+        out.sort()
+        return out
+
+    def _candidates(self, trip: _Trip, i: int, slots: Sequence[tuple], ac_cap: float, dc_cap: float,
+                    excl: Collection[tuple[str, int]],
+                    out: list[tuple[float, int, int, float, float, float, float, float]],
+                    dc: bool | None = None) -> None:
+        """Append station i's usable-looking slots among `slots` ((slot no, kW, dc) or, for
+        one class, (slot no, kW) with `dc` given) with their lower bound, if reachable."""
+        car = trip.car
+        d = self._dist(trip, i)
+        soc_arr = car.soc - d * trip.kwh_per_km / car.battery_kwh  # as _Trip.soc_on_arrival
+        if soc_arr < trip.margin:
+            return
+        energy_s = max(0.0, (car.target_soc - soc_arr) * car.battery_kwh) * 3600.0
+        drive_s = d * trip.s_per_km
+        eta = trip.now + drive_s
+        sid = self._ids[i]
+        for sl in slots:
+            k, kw = sl[0], sl[1]
+            cap = (dc_cap if (sl[2] if dc is None else dc) else ac_cap)
+            if cap <= 0:
+                continue
+            if excl and (sid, k) in excl:
+                continue
+            draw = kw if kw < cap else cap
+            out.append((drive_s + energy_s / draw, i, k, d, drive_s, eta, energy_s, draw))
 
     def _nearest(self, trip: _Trip, view: SlotView,
                  excl: Collection[tuple[str, int]]) -> Choice | None:

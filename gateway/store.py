@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import asdict, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -128,9 +129,18 @@ class Store:
             return self.db.execute("DELETE FROM requests WHERE at < ?", (before,)).rowcount
 
 
+_NEED = _COLUMNS.index("need")
+
+
+@lru_cache(maxsize=4096)
+def _need_json(need: CarNeed) -> str:
+    # a reservation is written several times in its life with the same (frozen) need
+    return json.dumps(asdict(need))
+
+
 def _row(r: Reservation) -> tuple:
     values = [getattr(r, c) for c in _COLUMNS]
-    values[_COLUMNS.index("need")] = json.dumps(asdict(r.need))
+    values[_NEED] = _need_json(r.need)
     return tuple(values)
 
 

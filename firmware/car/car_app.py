@@ -3,8 +3,9 @@
 # the status LED Pin and network.WLAN from the config's pins and runs CarApp, which owns the
 # hardware-free parts (battery, route, car_logic) and lib's Wifi and Session.
 # A loop pass (_LOOP_MS): Wi-Fi, MQTT session (replies go to the logic), serial input; every
-# _BATTERY_MS a battery reading, the route, the region check and the logic (requests,
-# telemetry); the status LED; gc.collect() every _GC_MS. Nothing happens at import time.
+# _BATTERY_MS a battery reading and the route (every _REGION_MS the region check); the logic
+# (requests, telemetry); the status LED; gc.collect() every _GC_MS. Nothing happens at import
+# time.
 import gc
 import sys
 import time
@@ -125,12 +126,12 @@ class CarApp:
         if self.console is not None:
             self.console.poll()
         t = self._t
+        b = self.battery
+        rt = self.route
+        lg = self.logic
         if time.ticks_diff(now, t[0]) >= _BATTERY_MS:
             t[0] = now
-            b = self.battery
             b.read(self._adc)
-            lg = self.logic
-            rt = self.route
             rt.paused = lg.state in ("waiting", "charging", "done")  # plugged in
             rt.advance(time.ticks_diff(now, t[1]))
             t[1] = now
@@ -138,8 +139,8 @@ class CarApp:
                 t[2] = now
                 self._check_region(now)
                 up = up and self.session.connected
-            lg.poll(now, b.soc, b.low, rt.lat, rt.lon, up)
-        p = self.logic.led_pattern()  # off / 1 Hz / on / 5 Hz
+        lg.poll(now, b.soc, b.low, rt.lat, rt.lon, up)  # every pass: answers go out at once
+        p = lg.led_pattern()  # off / 1 Hz / on / 5 Hz
         v = 1 if p == 2 else ((now // 500) & 1 if p == 1 else (now // 100) & 1 if p == 3 else 0)
         if v != self._level:
             self._level = v

@@ -18,7 +18,8 @@ def hhmm(t, sec=False):
 def reservation_line(r):
     """The one readable serial line for a reservation."""
     g = r.get
-    return "slot reserved: station %s slot %s, %.1f km, ETA %s UTC, wait %d min, charge %d min, %.2f EUR, hold until %s UTC (%s %s)" % (
+    return ("slot reserved: station %s slot %s, %.1f km, ETA %s UTC, wait %d min, charge %d min, %.2f EUR, "
+            "hold until %s UTC (%s %s)") % (
         g("station"), g("slot"), g("distance_km") or 0, hhmm(g("eta")), round(g("wait_min") or 0),
         round(g("charge_min") or 0), g("price_eur") or 0, hhmm(g("hold_until"), True), g("id"), g("state"))
 
@@ -84,7 +85,8 @@ def handle(lg, payload, now):
         lg._ask_at = ticks_add(now, d)
         if code == "no_capacity":
             ef = err.get("earliest_free")
-            lg._say("no capacity (earliest free %s), asking again in %d s" % ("never" if ef is None else hhmm(ef) + " UTC", d // 1000))
+            lg._say("no capacity (earliest free %s), asking again in %d s"
+                    % ("never" if ef is None else hhmm(ef) + " UTC", d // 1000))
         else:
             lg._say("refused: %s %s, asking again in %d s" % (code, err.get("message"), d // 1000))
     elif code == "unknown_reservation":

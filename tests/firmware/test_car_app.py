@@ -1,9 +1,12 @@
 """The car app (firmware/car/car_app.py + firmware/lib) on the real MicroPython unix port with a
 96 KB heap, against a real Mosquitto (auth + ACL) and the real gateway process.
 
-The hardware objects are small stand-ins defined in the driver script (an ADC whose reading
-the test sets through a control file, an LED that records its level, a WLAN that is always
-up); the sockets, umqtt.simple and everything above are the real thing.
+Two ways to run the board: "hosted" (CarApp with small stand-ins for the hardware objects,
+defined in the driver script: an ADC whose reading the test sets through a control file, an
+LED, a WLAN that is always up; stdin is the serial console) and on the virtual board
+(boards/virtual: the unmodified firmware booted from its flash directory, emulated machine /
+network, a pot on GPIO 34 and an LED on GPIO 2). The sockets, umqtt.simple, the broker and
+the gateway are the real thing in both.
 """
 from __future__ import annotations
 
@@ -382,8 +385,8 @@ def test_on_the_virtual_board_lowering_the_pot_gets_a_slot(world, tmp_path):
     broker, gw = world.region("north", ["car-a"], stations)
     board = virtual_board(tmp_path, car_config("car-a", "north", broker.port))
     try:
+        board.set_pot("pot1", pot_for(0.6))  # before power-on: the battery is fine at boot
         board.start()
-        board.set_pot("pot1", pot_for(0.6))
         board.wait_serial("mqtt: connected", timeout=15)
         time.sleep(0.5)
         assert not board.led("led1") and not board.changes("led1")[1:]  # off: driving, fine
@@ -412,8 +415,8 @@ def test_on_the_virtual_board_asking_blinks_slowly(world, tmp_path):
     gw.stop()
     board = virtual_board(tmp_path, car_config("car-a", "north", broker.port))
     try:
-        board.start()
         board.set_pot("pot1", pot_for(0.6))
+        board.start()
         board.wait_serial("mqtt: connected", timeout=15)
         board.set_pot("pot1", pot_for(0.15))
         board.wait_serial("battery low", timeout=5)
@@ -437,3 +440,58 @@ def test_on_the_virtual_board_offline_and_low_blinks_fast(tmp_path):
         assert 3.5 <= hz <= 5.5, hz
     finally:
         board.stop()
+
+
+def test_on_the_virtual_board_many_messages_without_heap_drift(tmp_path):
+    """A scripted gateway (paho, the gateway's broker user) answers every request at once:
+    reserve -> held, confirm -> confirmed, then `expired`, which makes the car ask again.
+    Three messages to the car per cycle; the live heap after 400 must be where it was after
+    the first 100 (bench/ runs the long version)."""
+    b = Broker.launch(tmp_path / "broker", region="north", cars=["car-a"], stations=[],
+                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"})
+    gw = connect_client(b, "gateway")
+    board = None
+    try:
+        received = [0]
+        reply_topic = P.car_topic("north", "car-a", "reply")
+
+        def on_request(client, userdata, msg):
+            req = P.parse_car_request("car-a", msg.payload)  # the contract, on every request
+            n = received[0] = received[0] + 1
+            res = {"id": f"r{n}", "station": "st-1", "slot": 1, "state": "held", "distance_km": 1.2,
+                   "eta": 1795000000 + n, "wait_min": 0, "charge_min": 30, "energy_kwh": 30, "power_kw": 11,
+                   "price_eur": 14.7, "hold_until": 1795000120 + n}
+            if req.op == "reserve":
+                client.publish(reply_topic, P.encode(P.ok_reply(req.rid, "reserve", res)), qos=1)
+            elif req.op == "confirm":
+                res.update(id=req.fields["reservation"], state="confirmed")
+                client.publish(reply_topic, P.encode(P.ok_reply(req.rid, "confirm", res)), qos=1)
+                res["state"] = "expired"
+                client.publish(reply_topic, P.encode(P.car_event("expired", res)), qos=1)
+
+        gw.paho.message_callback_add(P.car_topic("north", "car-a", "request"), on_request)
+        gw.subscribe(P.car_topic("north", "car-a", "request"))
+        (tmp_path / "vb").mkdir()
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600))
+        board.set_pot("pot1", pot_for(0.15))
+        board.start()
+
+        def heap_at(n_msgs: int) -> int:
+            wait_until(lambda: received[0] * 3 // 2 >= n_msgs, timeout=120, what=f"{n_msgs} messages")
+            mark = board.mark()
+            board.write_serial("status\r")
+            line = board.wait_serial(", heap ", timeout=5, since=mark)
+            return int(line.split("heap ")[1].split()[0])
+
+        warm = heap_at(100)
+        end = heap_at(400)
+        print(f"virtual board car: live heap {warm} B after 100 messages, {end} B after 400 "
+              f"(drift {end - warm:+d} B, boot heap {board.boot_heap} B)")
+        text = board.serial_text()
+        assert "MemoryError" not in text and "Traceback" not in text
+        assert end - warm < 1024
+    finally:
+        if board is not None:
+            board.stop()
+        gw.close()
+        b.stop()

@@ -1,7 +1,6 @@
 """Car battery model (firmware/car/battery.py) on the real MicroPython unix port, 96 KB heap."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mp

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from brokers import REGION, Broker, connect_client
@@ -15,16 +14,12 @@ from mp import LIB, ROOT, STATION, umqtt_available, virtual_board
 from gateway import protocol as P
 
 VIRTUAL = ROOT / "boards" / "virtual" / "board.py"
+DIAGRAM = ROOT / "boards" / "station" / "diagram.json"  # the station board's wiring (docs/firmware.md)
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not VIRTUAL.exists(), reason="boards/virtual is not there yet"),
+    pytest.mark.skipif(not VIRTUAL.exists() or not DIAGRAM.exists(), reason="boards/virtual or boards/station missing"),
     pytest.mark.skipif(not umqtt_available(), reason="umqtt.simple not vendored: run scripts/fetch_umqtt.py"),
 ]
-
-# The station board of boards/station when it exists, else this suite's copy of the same
-# wiring (docs/firmware.md, "Pins and LEDs").
-BOARD_DIAGRAM = ROOT / "boards" / "station" / "diagram.json"
-DIAGRAM = BOARD_DIAGRAM if BOARD_DIAGRAM.exists() else Path(__file__).with_name("station_diagram.json")
 
 SID = "st-1"
 STATUS = P.station_topic(REGION, SID, "status")

@@ -67,6 +67,11 @@ class Timeline:
     def event(self, who: str, arrow: str, whom: str, text: str) -> None:
         self._write(f"+{self.elapsed():5.1f}s  {who:<{self.WHO}} {arrow} {whom:<8} {text}")
 
+    def line(self, who: str, mark: str, text: str) -> None:
+        """A line of a virtual board (│ its serial console, ◉ an LED it shows, ⇠ an input the
+        demo gives it) or of the gateway's log, with one mark in place of the arrow."""
+        self._write(f"+{self.elapsed():5.1f}s  {who:<{self.WHO}} {mark}  {text}")
+
     def note(self, text: str) -> None:
         self._write(f"+{self.elapsed():5.1f}s  {'':<{self.WHO}} ·  {text}")
 

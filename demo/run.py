@@ -1,12 +1,15 @@
-"""python -m demo [--fast] [--dir DIR]: the whole region on this machine, then clean up.
+"""python -m demo [--fast] [--no-boards] [--dir DIR]: the whole region on this machine, then clean up.
 
 1. a Mosquitto config from gateway.broker_config (auth + ACL on, a free loopback port), started;
 2. a gateway config over the whole Berlin register, and the real gateway process
    (`python -m gateway.cli run --config ...`), logging to a file in the run directory;
-3. eight stations and ten cars as MQTT clients (demo/actors.py), the scenes of
+3. the virtual-board act (demo/boards.py; --no-boards skips it): two station boards and three
+   car boards running the unmodified firmware on the MicroPython unix port, their serial
+   lines and LEDs printed as they happen; switched off (by pid) at its end;
+4. eight stations and ten cars as scripted MQTT clients (demo/actors.py), the scenes of
    demo/scenario.py printed as they happen;
-4. the reservations from the gateway's database (`python -m gateway.cli reservations --json`);
-5. everything it started stopped by pid, also on errors, Ctrl-C and SIGTERM.
+5. the reservations from the gateway's database (`python -m gateway.cli reservations --json`);
+6. everything it started stopped by pid, also on errors, Ctrl-C and SIGTERM.
 
 Exit status: 0 when every scene went as docs/protocol.md says, 1 when one did not (or something
 failed to start), 130 when interrupted.
@@ -24,10 +27,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boards.virtual.board import BoardError
+from demo import boards as board_act
 from demo import scenario
 from demo.actors import (
     ROOT,
@@ -52,13 +58,15 @@ MARKER = ".recarga-demo"  # marks a run directory as the demo's own, so it may b
 @dataclass(frozen=True)
 class Pace:
     hold_s: float  # the gateway's [reservations] hold_s
+    grace_s: float  # the gateway's [reservations] grace_s (a car board parked at a station is a
+    #                 no-show this long after it was told)
     step: float  # pause between a car's steps, so a reader can follow
     drive: float  # how long a drive to the station takes in the demo
     charge: float  # how long a charging session takes in the demo
 
 
-NORMAL = Pace(hold_s=20, step=1.0, drive=3.0, charge=4.0)
-FAST = Pace(hold_s=3, step=0.1, drive=0.3, charge=0.3)
+NORMAL = Pace(hold_s=12, grace_s=10, step=1.0, drive=3.0, charge=4.0)
+FAST = Pace(hold_s=3, grace_s=6, step=0.1, drive=0.3, charge=0.3)
 
 GATEWAY_TOML = """\
 # Written by the Recarga demo (python -m demo); see demo/run.py. Paths are relative to this file.
@@ -79,7 +87,7 @@ reconnect_max_s = 2
 
 [reservations]
 hold_s = {hold_s}        # short, so that a lapsing hold shows within the demo
-grace_s = 600
+grace_s = {grace_s}       # short, so that a no-show shows within the demo (every other car is minutes away)
 """
 
 
@@ -97,8 +105,10 @@ def _toml_str(value: str) -> str:
 class Demo:
     """The region (broker, gateway process, stations, cars) and what the scenes need of it."""
 
-    def __init__(self, run_dir: Path, pace: Pace, tl: Timeline):
+    def __init__(self, run_dir: Path, pace: Pace, tl: Timeline, boards: bool = True):
         self.dir = run_dir
+        self.with_boards = boards
+        self.boards: board_act.BoardAct | None = None
         self.pace = pace
         self.tl = tl
         self.region = REGION
@@ -123,22 +133,28 @@ class Demo:
         self.checks.append((passed, what))
         self.tl.note(("✓ " if passed else "✗ NOT AS EXPECTED: ") + what)
 
-    def wait_gateway_sees_stations(self, timeout: float = 10.0) -> None:
-        """Until the gateway's stored live state shows every demo station online, as it shows itself."""
+    def store(self) -> Store:
+        """The gateway's database (read here, written by the gateway process)."""
         if self._store is None:
             self._store = Store(self.dir / "gateway" / "gateway.db", "NORMAL")
+        return self._store
+
+    def wait_gateway_sees(self, pred: Callable[[dict[str, Any]], bool], what: str,
+                          timeout: float = 10.0) -> None:
+        """Until pred(the gateway's stored live state of the stations) holds."""
         deadline = time.monotonic() + timeout
-        while True:
-            live = self._store.stations_live()
-            behind = [sid for sid, st in self.stations.items()
-                      if sid not in live or not live[sid].online or live[sid].slots != st.shown()]
-            if not behind:
-                return
+        while not pred(self.store().stations_live()):
             self._check_gateway_alive()
             if time.monotonic() > deadline:
-                raise DemoError(f"the gateway has not taken in the status of {', '.join(behind)} "
-                                f"within {timeout:g} s")
+                raise DemoError(f"the gateway's database does not show {what} within {timeout:g} s")
             time.sleep(0.05)
+
+    def wait_gateway_sees_stations(self, timeout: float = 10.0) -> None:
+        """Until the gateway's stored live state shows every scripted station online, as it shows itself."""
+        def caught_up(live: dict[str, Any]) -> bool:
+            return all(sid in live and live[sid].online and live[sid].slots == st.shown()
+                       for sid, st in self.stations.items())
+        self.wait_gateway_sees(caught_up, "the status of every scripted station", timeout)
 
     # ------------------------------------------------------------ setting up
 
@@ -153,59 +169,89 @@ class Demo:
         (self.dir / MARKER).write_text("a Recarga demo run directory; python -m demo clears it\n")
 
     def start(self) -> None:
+        """The broker and the gateway (and the header lines about them)."""
         tl = self.tl
         self.prepare_dir()
         register = load_stations(STATIONS_CSV)
-        metas = {s.id: s for s in register if s.id in scenario.STATIONS}
-        missing = sorted(set(scenario.STATIONS) - set(metas))
+        board_stations, board_cars = board_act.BoardAct.users() if self.with_boards else ([], [])
+        wanted = {*scenario.STATIONS, *board_stations}
+        metas = {s.id: s for s in register if s.id in wanted}
+        missing = sorted(wanted - set(metas))
         if missing:
             raise DemoError(f"{STATIONS_CSV.name} has no station {', '.join(missing)}")
+        odd = [sid for sid in board_stations if len(metas[sid].slots) != 2]
+        if odd:
+            raise DemoError(f"the station board has 2 slots, but station {', '.join(odd)} has not 2 charging points")
         if scenario.NOT_A_STATION in {s.id for s in register}:
             raise DemoError(f"station {scenario.NOT_A_STATION} exists after all; pick another NOT_A_STATION")
-        labels = station_labels(metas)
-        models = {spec.model: load_ev_model(*spec.model) for spec in scenario.CARS}
+        self.metas = metas
+        self.labels = station_labels(metas)
+        self.models = {spec.model: load_ev_model(*spec.model) for spec in scenario.CARS}
         car_ids = [c.cid for c in scenario.CARS]
 
+        stations, cars = [*board_stations, *scenario.STATIONS], [*board_cars, *car_ids]
         passwords = {GATEWAY_USER: secrets.token_urlsafe(16)}
-        passwords.update({u: secrets.token_urlsafe(16) for u in [*scenario.STATIONS, *car_ids]})
-        self._start_broker(car_ids, passwords)
+        passwords.update({u: secrets.token_urlsafe(16) for u in [*stations, *cars]})
+        self.passwords = passwords
+        self._start_broker(stations, cars, passwords)
         assert self.broker is not None
+        boards = (f"{len(board_stations)} station boards + {len(scenario.STATIONS)} scripted stations, "
+                  f"{len(board_cars)} car boards + {len(car_ids)} scripted cars" if self.with_boards
+                  else f"{len(scenario.STATIONS)} stations, {len(car_ids)} cars")
         tl.plain(f"  broker   mosquitto pid {self.broker.pid} on {self.broker.host}:{self.broker.port}, "
-                 f"auth + ACL for {len(passwords)} users (gateway, {len(scenario.STATIONS)} stations, "
-                 f"{len(car_ids)} cars); log {_rel(self.broker.log_path)}")
+                 f"auth + ACL for {len(passwords)} users, each with its own password (gateway, {boards}); "
+                 f"log {_rel(self.broker.log_path)}")
 
         (self.dir / "gateway" / "gateway.password").write_text(passwords[GATEWAY_USER] + "\n")
         os.chmod(self.dir / "gateway" / "gateway.password", 0o600)
         self.gateway_config.write_text(GATEWAY_TOML.format(
             region=_toml_str(REGION), stations=_toml_str(str(STATIONS_CSV)), port=self.broker.port,
-            user=_toml_str(GATEWAY_USER), hold_s=self.pace.hold_s))
+            user=_toml_str(GATEWAY_USER), hold_s=self.pace.hold_s, grace_s=self.pace.grace_s))
         self.max_wait_s = gateway_config.load(self.gateway_config).engine.max_wait_s
         self._start_gateway()
         assert self.gateway is not None
         tl.plain(f"  gateway  pid {self.gateway.pid}, region {REGION}, {len(register):,} stations from "
-                 f"{_rel(STATIONS_CSV)}, hold {self.pace.hold_s:g} s, tick 0.5 s; "
-                 f"config {_rel(self.gateway_config)}, log {_rel(self.gateway_log)}")
-        tl.plain(f"  Only the {len(metas)} stations below come online, so only they can be assigned.")
+                 f"{_rel(STATIONS_CSV)}, hold {self.pace.hold_s:g} s, grace {self.pace.grace_s:g} s, "
+                 f"tick 0.5 s; config {_rel(self.gateway_config)}, log {_rel(self.gateway_log)}")
+        if self.with_boards:
+            tl.plain(f"  boards   firmware/station and firmware/car, unmodified, on the MicroPython unix port "
+                     f"(boards/virtual: machine and network emulated, wired as boards/*/diagram.json); "
+                     f"configs and serial logs in {_rel(self.dir / 'boards')}")
+        tl.plain("  Only the stations the demo brings online can be assigned"
+                 + (": first the two station boards, then (once they are off) the eight scripted stations."
+                    if self.with_boards else ": the eight below."))
         tl.plain("  Each line: seconds since start, who, -> sends to / <- receives from, what; "
-                 "· marks a note or a check.")
+                 "· a note or a check" + ("; boards: │ a serial line, ◉ an LED, ⇠ an input the demo gives "
+                                          "(pot turned, button pressed)." if self.with_boards else "."))
 
+    def play_boards(self) -> None:
+        """The virtual-board act; the boards are switched off at its end."""
+        self.boards = board_act.BoardAct(self, self.passwords, self.metas, self.labels)
+        self.boards.play()
+
+    def start_scripted(self) -> None:
+        """Scene 0: the scripted stations come online, the scripted cars connect."""
+        tl = self.tl
+        assert self.broker is not None
+        if self.with_boards:
+            tl.plain("\nThe protocol in detail: scripted stations and cars (MQTT clients), every message printed.")
         tl.scene("0 · Stations come online; cars connect")
         host, port = self.broker.host, self.broker.port
         for sid in scenario.STATIONS:
-            st = Station(tl, REGION, metas[sid], labels[sid], host, port, passwords[sid])
+            st = Station(tl, REGION, self.metas[sid], self.labels[sid], host, port, self.passwords[sid])
             self.stations[sid] = st
             st.come_online()
         self.wait_gateway_sees_stations()
         for spec in scenario.CARS:
-            car = Car(tl, REGION, spec.cid, models[spec.model], spec.where, spec.lat, spec.lon, spec.soc,
-                      labels, host, port, passwords[spec.cid])
+            car = Car(tl, REGION, spec.cid, self.models[spec.model], spec.where, spec.lat, spec.lon, spec.soc,
+                      self.labels, host, port, self.passwords[spec.cid])
             self.cars[spec.cid] = car
             car.come_online()
 
-    def _start_broker(self, cars: list[str], passwords: dict[str, str]) -> None:
+    def _start_broker(self, stations: list[str], cars: list[str], passwords: dict[str, str]) -> None:
         for attempt in range(3):  # the free port may be taken between choosing and binding it
             self.broker = Broker.generate(self.dir / "broker", region=REGION, gateway_user=GATEWAY_USER,
-                                          cars=cars, stations=list(scenario.STATIONS), passwords=passwords)
+                                          cars=cars, stations=stations, passwords=passwords)
             try:
                 self.broker.start()
                 return
@@ -287,6 +333,10 @@ class Demo:
     def close(self) -> list[str]:
         """Stop everything this demo started, by pid; returns what was stopped."""
         stopped = []
+        if self.boards is not None:
+            pids = self.boards.close()
+            if pids:
+                stopped.append(f"{len(pids)} virtual boards (micropython pids {', '.join(map(str, pids))})")
         self.stop_clients()
         if self.gateway is not None:
             self.stop_gateway()
@@ -313,8 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true",
-                    help=f"short pauses and a {FAST.hold_s:g} s hold (for tests); "
-                         f"default: a {NORMAL.hold_s:g} s hold, about 45 s in all")
+                    help=f"short pauses, a {FAST.hold_s:g} s hold and a {FAST.grace_s:g} s grace (for tests); "
+                         f"default: a {NORMAL.hold_s:g} s hold and a {NORMAL.grace_s:g} s grace, "
+                         f"about 70 s in all")
+    ap.add_argument("--no-boards", dest="boards", action="store_false",
+                    help="skip the virtual-board act (the firmware on the MicroPython unix port)")
     ap.add_argument("--dir", type=Path, default=ROOT / "run" / "demo",
                     help="run directory for configs, database and logs (cleared first; default run/demo)")
     args = ap.parse_args(argv)
@@ -325,10 +378,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tl = Timeline()
     tl.plain(f"Recarga demo: region {REGION} on this machine, run directory {_rel(args.dir)}")
-    demo = Demo(args.dir.resolve(), pace, tl)
+    demo = Demo(args.dir.resolve(), pace, tl, boards=args.boards)
     status = 1
     try:
         demo.start()
+        if args.boards:
+            demo.play_boards()
+        demo.start_scripted()
         scenario.play(demo)
         demo.stop_clients()
         demo.stop_gateway()
@@ -337,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         tl.plain("\ninterrupted; stopping what the demo started")
         status = 130
-    except (DemoError, BrokerError, OSError, subprocess.SubprocessError) as e:
+    except (DemoError, BrokerError, BoardError, OSError, subprocess.SubprocessError) as e:
         tl.plain(f"\ndemo failed: {e}")
         if demo.gateway_log.exists():
             tl.plain(f"gateway log: {_rel(demo.gateway_log)}")

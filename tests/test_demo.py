@@ -1,5 +1,6 @@
 """The demo end to end: `python -m demo --fast` as a user runs it (real Mosquitto, real gateway
-process, the whole Berlin register), then proof that it stopped everything it started."""
+process, the whole Berlin register, virtual boards running the firmware on the MicroPython unix
+port), then proof that it stopped everything it started, the boards' micropython processes too."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 120  # the fast demo takes about 10 s
+TIMEOUT_S = 120  # the fast demo takes about 25 s (10 s without the boards)
 
 # What a reader must see: every step of the reservation lifecycle, and the protocol's answers.
 KEY_EVENTS = [
@@ -35,6 +36,32 @@ KEY_EVENTS = [
     "✓ same answer for the repeated rid",
     "✓ each of the 2 free slots went to exactly one car at once",
     "✓ no slot carries two overlapping reservations",
+]
+
+# What the virtual-board act must show: the boards' own serial lines (prefixed by the board's
+# name), the slot LEDs as the virtual boards read them, the gateway's log about the boards.
+BOARD_EVENTS = [
+    "car ev6-1        │  [I] car: battery low: soc 12 %, asking for a charging point",
+    "car ev6-1        │  [I] car: slot reserved: station ",
+    "car ev6-1        │  [I] car: confirmed r",
+    "car ev6-1        │  [I] car: checked in at station ",
+    "car ev6-1        │  [I] car: charging: soc",
+    "car ev6-1        │  [I] car: charged: soc",
+    "completed, driving on",
+    "car mini-1       │  [I] car: reservation r",
+    "expired: battery fine, driving on",
+    "car leaf-1       │  [I] car: no capacity",
+    "│  [I] station: cmd applied, slot 1 reserved",
+    "│  [I] station: slot 1 occupied",
+    "◉  slot 1 LED: blue (reserved)",
+    "◉  slot 1 LED: red (occupied)",
+    "◉  slot 1 LED: green (free)",
+    "◉  status LED: blinking 5 Hz",
+    "gateway log      │  car ev6-1 rid ev6-1-",
+    "gateway log      │  reservation r",
+    "⇠  pot1 turned down to",
+    "⇠  btn1 pressed",
+    "✓ every board ran on one boot, without a traceback or MemoryError",
 ]
 
 
@@ -58,7 +85,11 @@ def _accepts(host: str, port: int) -> bool:
 
 def _started(out: str) -> tuple[list[tuple[int, str]], tuple[str, int] | None]:
     """(pid, program) of what the demo says it started, and the broker's address."""
-    pids: list[tuple[int, str]] = []
+    # the boards' pids as each one booted, and as listed when they were stopped
+    board_pids = re.findall(r"micropython pid (\d+), firmware/", out)
+    for listed in re.findall(r"micropython pids ([\d, ]+)", out):
+        board_pids += re.findall(r"\d+", listed)
+    pids: list[tuple[int, str]] = [(int(p), "micropython") for p in dict.fromkeys(board_pids)]
     broker = re.search(r"mosquitto pid (\d+) on ([\d.]+):(\d+)", out)
     if broker:
         pids.append((int(broker.group(1)), "mosquitto"))
@@ -87,13 +118,43 @@ def run_demo(*args: str) -> tuple[int, str]:
     return proc.returncode, out
 
 
+@pytest.mark.needs_micropython
 def test_fast_demo_shows_the_lifecycle_and_cleans_up(tmp_path):
     code, out = run_demo("--fast", "--dir", str(tmp_path / "demo"))
     pids, broker = _started(out)
     try:
         assert code == 0, out
-        missing = [e for e in KEY_EVENTS if e not in out]
+        missing = [e for e in KEY_EVENTS + BOARD_EVENTS if e not in out]
         assert not missing, f"missing in the demo's output: {missing}\n{out}"
+        boards = out.split("── Boards 0", 1)[1].split("── 0 ·", 1)[0]
+
+        # the car board's answer names a station board and slot; that slot's LED (read from the
+        # station board) turns blue, red when its button is pressed, green when released
+        answer = re.search(r"car ev6-1 +│  \[I\] car: slot reserved: station (\d+) slot (\d), .* UTC, "
+                           r"wait \d+ min, charge \d+ min, [\d.]+ EUR, hold until [\d:]+ UTC \((r\w+) held\)$",
+                           boards, re.MULTILINE)
+        assert answer, boards
+        sid, slot, rid = answer.groups()
+        act = boards.split("── Boards 1", 1)[1]  # after the boot (whose LEDs all show green)
+        led = [m.group(1) for m in re.finditer(rf"^\+ *[\d.]+s  station {sid} +◉  slot {slot} LED: (\w+)",
+                                               act, re.MULTILINE)]
+        assert led[:3] == ["blue", "red", "green"], (led, boards)
+        for state in ("confirmed", "checked in", "completed"):  # the gateway's log, in order
+            assert f"gateway log      │  reservation {rid} (car ev6-1, {sid} slot {slot}) {state}" in boards
+        assert boards.index(f"reservation {rid} (car ev6-1, {sid} slot {slot}) checked in") < boards.index(
+            f"car: unplugged: {rid} completed, driving on")
+        # the database agrees, step by step
+        for state in ("confirmed", "checked_in", "completed"):
+            assert f"✓ the gateway's database: {rid} {state} (ev6-1 at {sid} slot {slot})" in boards
+        # mini-1's hold lapses: the LED of its slot goes back to green, and leaf-1 gets that slot
+        expired = re.search(r"\[I\] car: reservation (r\w+) expired: battery fine, driving on", boards)
+        assert expired and f"✓ the gateway's database: {expired.group(1)} expired (mini-1 at 1017480 slot 1)" in boards
+        after = boards[expired.end():]
+        assert re.search(r"station 1017480  ◉  slot 1 LED: green \(free\)", after), boards
+        assert "car leaf-1       │  [I] car: slot reserved: station 1017480 slot 1" in after, boards
+        # every board was switched off by pid, and both stations went offline for the gateway
+        assert re.search(r"stopping the 5 virtual boards by pid: micropython pids \d+, \d+, \d+, \d+, \d+;", boards)
+        assert "gateway log      │  station 1017746 offline" in boards
         assert re.search(r"Checks: (\d+) of \1 as docs/protocol.md says\.", out), out
 
         # the repeated request id got a reply identical to the first one, word for word
@@ -110,10 +171,25 @@ def test_fast_demo_shows_the_lifecycle_and_cleans_up(tmp_path):
         assert (tmp_path / "demo" / "gateway" / "gateway.db").exists()
         assert "connected to" in (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
 
-        # nothing it started is left: both pids gone, the broker's port closed
-        assert [name for _, name in pids] == ["mosquitto", "gateway.cli"], out
+        # nothing it started is left: every pid gone (boards, broker, gateway), the broker's port closed
+        assert [name for _, name in pids] == ["micropython"] * 5 + ["mosquitto", "gateway.cli"], out
         assert not [p for p in pids if _alive(*p)], pids
         assert broker is not None and not _accepts(*broker), f"{broker} still accepts connections"
+    finally:
+        for pid, name in pids:
+            if _alive(pid, name):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_no_boards_skips_the_virtual_board_act(tmp_path):
+    code, out = run_demo("--fast", "--no-boards", "--dir", str(tmp_path / "demo"))
+    pids, _ = _started(out)
+    try:
+        assert code == 0, out
+        assert "── Boards" not in out and "micropython" not in out, out
+        assert not [e for e in KEY_EVENTS if e not in out], out
+        assert not (tmp_path / "demo" / "boards").exists()
+        assert not [p for p in pids if _alive(*p)], pids
     finally:
         for pid, name in pids:
             if _alive(pid, name):

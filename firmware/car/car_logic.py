@@ -15,7 +15,7 @@
 from micropython import const
 from time import ticks_add, ticks_diff
 
-from car_reply import handle, reservation_line
+from car_reply import handle, reservation_line, keep
 
 DRIVING = "driving"
 LOW = "low"
@@ -203,10 +203,10 @@ class CarLogic:
         self._at = None
 
     def _adopt(self, r, now):
-        self.res = r
+        self._say(reservation_line(r))
+        r = self.res = keep(r)
         self.no_answer = False
         self._ask_at = None
-        self._say(reservation_line(r))
         st = r.get("state")
         if st == "checked_in":
             self._checked_in()

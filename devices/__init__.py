@@ -10,7 +10,21 @@ docs/flashing.md is the manual; docs/firmware.md describes the board's filesyste
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("car", "station")
+
+
+def read_json_object(path: Path, what: str, error: type[Exception], missing_hint: str = "") -> dict:
+    """A JSON object from a file, or `error` with one clear line (what = "config", "template")."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found{missing_hint}") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{what} {path} is not readable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a JSON object")
+    return data

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -40,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devices import KINDS, ROOT
+from devices import KINDS, ROOT, read_json_object
 
 FIRMWARE_DIR = ROOT / "firmware"
 VENDOR_UMQTT = ROOT / "boards" / "virtual" / "vendor" / "umqtt" / "simple.py"
@@ -82,14 +81,7 @@ def read_config(path: str | Path, kind: str, *, check: bool = True) -> dict:
     """The device's config.json, checked against the board kind (and, with check, by the
     firmware's own validation of the common keys)."""
     path = Path(path)
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FlashError(f"config {path} not found (recarga-device provision writes one)") from None
-    except (OSError, ValueError) as e:
-        raise FlashError(f"config {path} is not readable JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise FlashError(f"config {path} must hold a JSON object")
+    cfg = read_json_object(path, "config", FlashError, " (recarga-device provision writes one)")
     if cfg.get("kind") != kind:
         raise FlashError(f"config {path} is for a {cfg.get('kind')!r} board, not a {kind!r} one")
     if check:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devices import KINDS, ROOT
+from devices import KINDS, ROOT, read_json_object
 from gateway import broker_config, protocol
 from gateway.localbroker import BrokerError, require_tool
 
@@ -134,14 +134,7 @@ def load_template(kind: str, template: str | Path | None = None,
     path = Path(template) if template is not None else default_template_path(kind, boards_dir)
     if path is None:
         return copy.deepcopy(BUILTIN_TEMPLATES[kind]), "built-in template (docs/firmware.md)"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProvisionError(f"template {path} not found") from None
-    except (OSError, ValueError) as e:
-        raise ProvisionError(f"template {path} is not readable JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ProvisionError(f"template {path} must hold a JSON object")
+    data = read_json_object(path, "template", ProvisionError)
     if data.get("kind", kind) != kind:
         raise ProvisionError(f"template {path} is a {data.get('kind')!r} config, not a {kind!r} one")
     return data, str(path)

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .board import BoardError, VirtualBoard, default_flash_files
+from .board import BoardError, VirtualBoard, cli_flash_files
 from .diagram import DiagramError
 
 
@@ -32,12 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the board on kill too
     board_dir = Path(args.board_dir)
-    files: dict = {} if args.flash else dict(default_flash_files(board_dir))
-    for spec in args.file:
-        dest, sep, src = spec.partition("=")
-        if not sep:
-            ap.error(f"--file wants DEST=SRC, got {spec!r}")
-        files[dest] = Path(src)
+    try:
+        files = cli_flash_files(board_dir, args.flash, args.file)
+    except ValueError as e:
+        ap.error(str(e))
     try:
         board = VirtualBoard(board_dir, files, flash_dir=args.flash, heapsize=args.heapsize,
                              serial="pty" if args.pty else None, proxy=not args.no_proxy,

@@ -946,6 +946,18 @@ class VirtualBoard:
         return sorted(str(p.relative_to(self.flash)) for p in self.flash.rglob("*") if p.is_file())
 
 
+def cli_flash_files(board_dir: str | Path, flash: str | None, specs: list[str]) -> dict[str, Path]:
+    """The files a command line asks for: the board's defaults (none with --flash) plus
+    every --file DEST=SRC; ValueError for a spec without '='."""
+    files: dict = {} if flash else dict(default_flash_files(board_dir))
+    for spec in specs:
+        dest, sep, src = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--file wants DEST=SRC, got {spec!r}")
+        files[dest] = Path(src)
+    return files
+
+
 def default_flash_files(board_dir: str | Path) -> dict[str, Path]:
     """The firmware for a board directory by the repository's layout: boards/<name>/ gets
     firmware/lib as /lib, firmware/<name>/ at the root, and boards/<name>/config.json if there

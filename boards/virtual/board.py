@@ -117,10 +117,14 @@ class _Proxy:
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        # config.json names this port for the board's whole life, also while Wi-Fi is off and
+        # nothing listens. A bound, never-listening socket keeps it ours: Linux then gives it
+        # to no bind(0) and no outgoing connect, while a listener with SO_REUSEADDR can still
+        # bind beside it. (Probing a port and closing it raced: EADDRINUSE at listen().)
+        self._hold = socket.socket()
+        self._hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._hold.bind(("127.0.0.1", 0))
+        self.port = self._hold.getsockname()[1]
         self._lsock: socket.socket | None = None
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._cut: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -160,7 +164,9 @@ class _Proxy:
                 pass
             up.close()
 
-    close = pause
+    def close(self):
+        self.pause()
+        self._hold.close()
 
     def _accept(self, lsock: socket.socket):
         while True:

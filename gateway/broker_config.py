@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
@@ -123,12 +124,14 @@ def _user_block(comment: str, user: str, rules: Sequence[tuple[str, str]]) -> li
 
 
 def render_acl(region: str, gateway_user: str, cars: Sequence[str], stations: Sequence[str],
-               extra_users: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> str:
+               extra_users: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+               central: bool = False) -> str:
     """The ACL file: one explicit `user NAME` block per client, topics from gateway.protocol.
 
     Car ids and station ids are the broker user names. Nothing stands before the first
     `user` line, so no topic is open to every client, and no `%u` pattern is used.
     `extra_users` maps further user names to (access, topic) pairs (e.g. a monitoring user).
+    central=True also gives the gateway its region's central subtree (overflow over a bridge).
     """
     extra_users = extra_users or {}
     names = [gateway_user, *cars, *stations, *extra_users]
@@ -141,7 +144,8 @@ def render_acl(region: str, gateway_user: str, cars: Sequence[str], stations: Se
         "# A topic no line grants is denied.",
         "",
     ]
-    lines += _user_block("gateway", gateway_user, protocol.acl_gateway(region))
+    gateway_rules = protocol.acl_gateway(region) + (protocol.acl_gateway_central(region) if central else [])
+    lines += _user_block("gateway", gateway_user, gateway_rules)
     for cid in cars:
         lines += _user_block(f"car {cid}", cid, protocol.acl_car(region, cid))
     for sid in stations:
@@ -201,8 +205,12 @@ def write_broker_dir(dir: str | Path, region: str, port: int, users: Mapping[str
                      dropin: bool = False,
                      extra_acl: Mapping[str, Sequence[tuple[str, str]]] | None = None,
                      max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-                     template: str | Path = TEMPLATE) -> Path:
+                     template: str | Path = TEMPLATE, bridge: BridgeSettings | None = None) -> Path:
     """Write conf, password file, ACL and (standalone) persistence dir into `dir`.
+
+    With `bridge`, the conf ends with the bridge to central (render_bridge; the conf then
+    holds the bridge's password and is mode 0640 like the other secrets) and the gateway
+    user may use the region's central subtree.
 
     `users` maps every user name (gateway, cars, stations, extra users) to its password.
     Returns the path of the conf (`dir/recarga-gateway.conf`); start it with
@@ -216,27 +224,43 @@ def write_broker_dir(dir: str | Path, region: str, port: int, users: Mapping[str
         raise BrokerConfigError(f"no password given for {missing}")
     d = Path(dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
-    acl = render_acl(region, gateway_user, cars, stations, extra_acl)
-    if dropin:
-        persistence, log_file = DEBIAN_PERSISTENCE, DEBIAN_LOG
-    else:
-        persistence = d / PERSISTENCE_NAME
-        persistence.mkdir(exist_ok=True)
-        log_file = None if log_stdout else d / LOG_NAME
+    acl = render_acl(region, gateway_user, cars, stations, extra_acl, central=bridge is not None)
+    persistence, log_file = _state_paths(d, dropin, log_stdout)
     conf = render_conf(region, password_file=d / PASSWD_NAME, acl_file=d / ACL_NAME, port=port,
                        host=host, persistence_location=persistence, log_file=log_file,
                        run_as=run_as, dropin=dropin, max_packet_size=max_packet_size,
                        template=template)
+    if bridge is not None:
+        conf += "\n" + render_bridge(region, bridge)
+    return _write_dir(d, conf, CONF_NAME, acl, users, run_as, dropin=dropin, log_file=log_file,
+                      secret_conf=bridge is not None)
+
+
+def _state_paths(d: Path, dropin: bool, log_stdout: bool) -> tuple[str | Path, str | Path | None]:
+    """Persistence location and log file: Debian's as a drop-in, else inside `d`."""
+    if dropin:
+        return DEBIAN_PERSISTENCE, DEBIAN_LOG
+    persistence = d / PERSISTENCE_NAME
+    persistence.mkdir(exist_ok=True)
+    return persistence, None if log_stdout else d / LOG_NAME
+
+
+def _write_dir(d: Path, conf: str, conf_name: str, acl: str, users: Mapping[str, str], run_as: str, *,
+               dropin: bool, log_file: str | Path | None, secret_conf: bool) -> Path:
     write_password_file(d / PASSWD_NAME, users)
     (d / ACL_NAME).write_text(acl)
     os.chmod(d / ACL_NAME, 0o640)
-    conf_path = d / CONF_NAME
+    conf_path = d / conf_name
+    if secret_conf:  # a bridge's remote_password: never readable by others, not even briefly
+        conf_path.unlink(missing_ok=True)
+        os.close(os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
     conf_path.write_text(conf)
-    _hand_over(d, run_as, dropin=dropin, log_file=log_file)
+    _hand_over(d, run_as, dropin=dropin, log_file=log_file, conf=conf_path if secret_conf else None)
     return conf_path
 
 
-def _hand_over(d: Path, run_as: str, *, dropin: bool, log_file: str | Path | None) -> None:
+def _hand_over(d: Path, run_as: str, *, dropin: bool, log_file: str | Path | None,
+               conf: Path | None = None) -> None:
     """Let the account the broker switches to read its files and write its state.
 
     Mosquitto 2.0 opens the password file, the ACL and its log only after it has dropped
@@ -249,14 +273,144 @@ def _hand_over(d: Path, run_as: str, *, dropin: bool, log_file: str | Path | Non
         entry = pwd.getpwnam(run_as)
     except KeyError:
         raise BrokerConfigError(f"account {run_as!r} (run_as) does not exist on this machine") from None
-    for name in (PASSWD_NAME, ACL_NAME):
-        os.chown(d / name, 0, entry.pw_gid)
+    for path in (d / PASSWD_NAME, d / ACL_NAME, *([conf] if conf is not None else [])):
+        os.chown(path, 0, entry.pw_gid)
     if dropin:
         return
     os.chown(d / PERSISTENCE_NAME, entry.pw_uid, entry.pw_gid)
     if log_file is not None:
         Path(log_file).touch()
         os.chown(log_file, entry.pw_uid, entry.pw_gid)
+
+
+# ---------------------------------------------------------------- bridge to central
+
+CENTRAL_TEMPLATE = TEMPLATE.parent / "recarga-central.conf.template"
+CENTRAL_CONF_NAME = "recarga-central.conf"
+
+
+def bridge_user(region: str) -> str:
+    """The central broker's user name for a region's bridge (also its MQTT client id there)."""
+    return f"bridge-{protocol.check_region(region)}"
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """Where and how a region's broker reaches the central broker."""
+
+    host: str
+    port: int
+    password: str = field(repr=False)
+    username: str = ""  # default: bridge_user(region)
+    restart_min_s: int = 2  # reconnect backoff (Mosquitto's restart_timeout base cap)
+    restart_max_s: int = 30
+    keepalive_s: int = 30
+
+
+def render_bridge(region: str, b: BridgeSettings) -> str:
+    """The Mosquitto bridge section of a region's broker: its central subtree, each leaf one
+    way at QoS 1 (protocol.bridge_topics), persistent session (cleansession false) so QoS 1
+    messages wait in both brokers while the link is down, and the link state as a retained
+    notification ("1"/"0") on the region's central/link topic for the gateway. The TLS lines
+    are present but commented out."""
+    user = b.username or bridge_user(region)
+    _check_user(user)
+    _check_line("bridge password", b.password)
+    if any(c.isspace() or c == "#" for c in b.password):
+        raise BrokerConfigError("the bridge password must not contain whitespace or '#' (Mosquitto's "
+                                "conf cannot quote it)")
+    if not 0 < b.port < 65536:
+        raise BrokerConfigError(f"bridge port {b.port} outside 1..65535")
+    if not 0 < b.restart_min_s <= b.restart_max_s:
+        raise BrokerConfigError("bridge restart times must satisfy 0 < min <= max")
+    host = _check_line("bridge host", b.host)
+    if any(c.isspace() for c in host):
+        raise BrokerConfigError(f"bridge host {host!r} must not contain whitespace")
+    lines = [
+        "# ---------------------------------------------------------------- bridge to central",
+        f"# Generated by gateway.broker_config: the region {region!r} <-> the central broker.",
+        "# Mosquitto's own bridge: this broker connects out to central, so the region needs no",
+        "# inbound port. QoS 1 and persistent sessions both ways: while the link is down the",
+        "# messages wait (here for central, there for the region) and flow once it is back.",
+        f"connection recarga-central-{region}",
+        f"address {host}:{b.port}",
+        "bridge_protocol_version mqttv311",
+        f"remote_clientid {user}",
+        f"local_clientid {user}-local",
+        f"remote_username {user}",
+        f"remote_password {b.password}",
+        "cleansession false",
+        "try_private true",
+        "start_type automatic",
+        f"restart_timeout {b.restart_min_s} {b.restart_max_s}",
+        f"keepalive_interval {b.keepalive_s}",
+        "# The gateway learns from this retained flag that overflow is (un)available.",
+        "notifications true",
+        "notifications_local_only true",
+        f"notification_topic {protocol.central_topic(region, protocol.LINK_LEAF)}",
+        "# The region's central subtree only (gateway/protocol.py, bridge_topics); the central",
+        "# broker's ACL lets this bridge's user write and read nothing else.",
+    ]
+    lines += [f"topic {topic} {direction} {protocol.QOS}" for topic, direction in protocol.bridge_topics(region)]
+    lines += [
+        "# TLS to central: give the central broker a TLS listener (8883), point address at it",
+        "# and uncomment these. bridge_insecure must stay false (it would skip the host name check).",
+        "#bridge_cafile /etc/mosquitto/certs/recarga-central-ca.crt",
+        "#bridge_tls_version tlsv1.2",
+        "#bridge_insecure false",
+        "#bridge_certfile /etc/mosquitto/certs/bridge.crt",
+        "#bridge_keyfile /etc/mosquitto/certs/bridge.key",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_central_acl(central_user: str, regions: Sequence[str],
+                       extra_users: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> str:
+    """The central broker's ACL: the central service user over every region's central subtree,
+    each region's bridge user (bridge_user) over its own subtree only."""
+    extra_users = extra_users or {}
+    bridges = [bridge_user(r) for r in regions]
+    names = [central_user, *bridges, *extra_users]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BrokerConfigError(f"user names used twice (central, bridges, extra): {dupes}")
+    lines = [
+        "# Mosquitto ACL of the Recarga central broker.",
+        "# Generated by gateway.broker_config from gateway/protocol.py; do not edit.",
+        "# A topic no line grants is denied.",
+        "",
+    ]
+    lines += _user_block("central service", central_user, protocol.acl_central())
+    for region, user in zip(regions, bridges):
+        lines += _user_block(f"bridge of region {region}", user, protocol.acl_bridge(region))
+    for name, rules in extra_users.items():
+        lines += _user_block(f"extra user {name}", name, rules)
+    return "\n".join(lines)
+
+
+def write_central_broker_dir(dir: str | Path, port: int, users: Mapping[str, str], central_user: str,
+                             regions: Sequence[str], host: str = "127.0.0.1", *, run_as: str = "mosquitto",
+                             log_stdout: bool = False, dropin: bool = False,
+                             extra_acl: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+                             max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+                             template: str | Path = CENTRAL_TEMPLATE) -> Path:
+    """The central broker's directory, as write_broker_dir does a region's: conf (from
+    deploy/mosquitto/recarga-central.conf.template), password file, ACL. `users` holds the
+    passwords of central_user, of bridge_user(r) for every region r, and of extra users."""
+    needed = [central_user, *(bridge_user(r) for r in regions), *(extra_acl or {})]
+    missing = [n for n in needed if n not in users]
+    if missing:
+        raise BrokerConfigError(f"no password given for {missing}")
+    d = Path(dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    acl = render_central_acl(central_user, regions, extra_acl)
+    persistence, log_file = _state_paths(d, dropin, log_stdout)
+    conf = render_conf(protocol.CENTRAL, password_file=d / PASSWD_NAME, acl_file=d / ACL_NAME, port=port,
+                       host=host, persistence_location=persistence, log_file=log_file, run_as=run_as,
+                       dropin=dropin, max_packet_size=max_packet_size, template=template)
+    return _write_dir(d, conf, CENTRAL_CONF_NAME, acl, users, run_as, dropin=dropin, log_file=log_file,
+                      secret_conf=False)
 
 
 # ---------------------------------------------------------------- command line

@@ -1,22 +1,25 @@
-"""The gateway's imperative shell: paho-mqtt in, engine, SQLite, paho-mqtt out.
+"""The gateway's imperative shell: paho-mqtt in, engine, SQLite, paho-mqtt out, in one thread.
 
-paho's network thread only queues inbound messages. One worker thread owns the engine and
-the store: it takes every message waiting (up to `MAX_BATCH`), runs each through the
-engine, commits all their results in one SQLite transaction (group commit: one fsync for
-the batch), then publishes the replies and station commands and only then acknowledges the
-inbound messages. So an acknowledged request is always on disk, and one that was not
-acknowledged is redelivered by the broker and recognised by its request id.
+One thread drives paho's external-loop API (loop_read / loop_write / loop_misc) through a
+selector on the client's socket. The messages read in one pass over the socket (at most
+`MAX_BATCH`) are one batch: each runs through the engine, all their results are committed in
+one SQLite transaction (group commit: one fsync for the batch), then the replies and station
+commands are published and only then are the inbound messages acknowledged. So an
+acknowledged request is always on disk, and one that was not acknowledged is redelivered by
+the broker and recognised by its request id. While a batch is processed nothing is read:
+the broker's in-flight window and TCP hold the rest back (backpressure). No second thread
+means no inbox queue and no GIL hand-over between a network thread and the engine.
 """
 from __future__ import annotations
 
 import logging
 import os
-import queue
+import selectors
 import socket
 import sqlite3
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,9 +32,13 @@ from .store import Store
 
 log = logging.getLogger("recarga.gateway")
 
-MAX_BATCH = 256  # inbound messages per transaction
-INBOX_SIZE = 4096  # paho's thread blocks when this is full: backpressure, not memory growth
+MAX_BATCH = 256  # inbound messages per transaction: bounds the wait of a batch's first message
 EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
+MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
+
+Handler = Callable[[str, bytes, float], Result]
 
 
 class GatewayService:
@@ -45,11 +52,22 @@ class GatewayService:
         now = clock()
         self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
                             self.store.stations_live())
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(INBOX_SIZE)
         self.stopping = threading.Event()
-        self.connected = threading.Event()
+        self._connected = False
         self._next_tick = 0.0
         self._pruned = 0.0
+        self._batch: list[mqtt.MQTTMessage] = []
+        self._topics: dict[str, tuple[Handler, str] | None] = {}
+        # the selector: the broker socket while there is one, and a wake-up pair for stop()
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, READ)
+        self._sock: Any = None
+        self._writing = False  # the selector watches the socket for writability
+        self._delay: float | None = None  # reconnect backoff; None after a successful connect
+        self._reconnect_at = 0.0  # time.monotonic() of the next connection attempt
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
         b = cfg.broker
@@ -62,12 +80,19 @@ class GatewayService:
         )
         self.client.username_pw_set(b.username, b.password)
         self.client.will_set(P.gateway_online_topic(self.region), P.online_message(False), qos=P.QOS, retain=True)
-        self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)
-        self.client.max_inflight_messages_set(200)
+        # No client-side in-flight limit: paho rescans every queued message on each PUBACK
+        # while one is set. What we publish is bounded by what we read (one batch at a time).
+        self.client.max_inflight_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda client, userdata, msg: self.inbox.put(msg)
-        self._handlers = {
+        self.client.on_message = lambda client, userdata, msg: self._batch.append(msg)
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        # with these set paho queues what it sends instead of writing it at once; _flush()
+        # writes everything a batch produced together
+        self.client.on_socket_register_write = lambda client, userdata, sock: None
+        self.client.on_socket_unregister_write = lambda client, userdata, sock: None
+        self._handlers: dict[tuple[str, str], Handler] = {
             ("car", "request"): self.engine.car_message,
             ("station", "status"): self.engine.station_status,
             ("station", "online"): self.engine.station_online,
@@ -76,34 +101,60 @@ class GatewayService:
 
     # ------------------------------------------------------------ paho callbacks
 
+    def _on_socket_open(self, client: mqtt.Client, userdata, sock) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small replies: no Nagle delay
+        self._sock, self._writing = sock, False
+        self._sel.register(sock, READ)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata, sock) -> None:
+        if self._sock is sock:
+            self._sel.unregister(sock)
+            self._sock, self._writing = None, False
+            self._schedule_reconnect()
+
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
-        sock = client.socket()
-        if sock is not None:  # small replies: no Nagle delay
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._delay = None
         # renewed on every connect: a broker that lost its session state still delivers
         client.subscribe([(t, P.QOS) for t in P.gateway_subscriptions(self.region)])
         client.publish(P.gateway_online_topic(self.region), P.online_message(True), qos=P.QOS, retain=True)
-        self.connected.set()
+        self._connected = True
         log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected.clear()
+        self._connected = False
         if not self.stopping.is_set():
-            log.warning("disconnected from broker (%s); paho reconnects with backoff", reason_code)
+            log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
 
-    # ------------------------------------------------------------ the engine thread
+    def _schedule_reconnect(self) -> None:
+        """Next attempt after reconnect_min_s, doubling up to reconnect_max_s until one succeeds."""
+        b = self.cfg.broker
+        self._delay = float(b.reconnect_min_s) if self._delay is None else min(2 * self._delay, b.reconnect_max_s)
+        self._reconnect_at = time.monotonic() + self._delay
+
+    # ------------------------------------------------------------ one batch
+
+    def _route(self, topic: str) -> tuple[Handler, str] | None:
+        route = self._topics.get(topic, False)
+        if route is False:
+            ref = P.parse_topic(self.region, topic)
+            handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
+            route = None if handler is None else (handler, ref.id)
+            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                self._topics.clear()
+            self._topics[topic] = route
+        return route
 
     def _handle(self, msg: mqtt.MQTTMessage, now: float) -> Result | None:
-        ref = P.parse_topic(self.region, msg.topic)
-        handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
-        if handler is None:
+        route = self._route(msg.topic)
+        if route is None:
             log.warning("message on unexpected topic %s ignored", msg.topic)
             return None
+        handler, ident = route
         try:
-            return handler(ref.id, msg.payload, now)
+            return handler(ident, msg.payload, now)
         except Exception:
             # a bug must not take the region down: this message is logged and dropped
             log.exception("failed to handle message on %s", msg.topic)
@@ -126,54 +177,115 @@ class GatewayService:
             log.critical("database write failed; exiting for a clean restart", exc_info=True)
             logging.shutdown()
             os._exit(EXIT_DB_FAILURE)
+        publish = self.client.publish
         for result in results:
             for m in result.messages:
-                self.client.publish(m.topic, P.encode(m.payload), qos=P.QOS, retain=m.retain)
+                publish(m.topic, P.encode(m.payload), qos=P.QOS, retain=m.retain)
+        ack = self.client.ack
         for msg in batch:
             if msg.qos > 0:
-                self.client.ack(msg.mid, msg.qos)
+                ack(msg.mid, msg.qos)
 
-    def _work(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                batch = [self.inbox.get(timeout=self.cfg.tick_s)]
-            except queue.Empty:
-                batch = []
-            while batch and len(batch) < MAX_BATCH:
+    # ------------------------------------------------------------ the loop
+
+    def _read(self) -> None:
+        """Read what the socket holds (paho's loop_read stops after as many packets as it
+        has messages in flight, at least 1) up to MAX_BATCH inbound messages."""
+        client, sel = self.client, self._sel
+        while self._sock is not None:
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= MAX_BATCH:
+                return
+            if not any(key.fileobj is self._sock for key, _ in sel.select(0)):
+                return
+
+    def _flush(self) -> None:
+        """Write everything paho queued; watch for writability only while some is left."""
+        client, sock = self.client, self._sock
+        if sock is None or not client.want_write():
+            return
+        client.loop_write()
+        if self._sock is not sock:
+            return  # the connection broke while writing
+        want = client.want_write()
+        if want != self._writing:
+            self._sel.modify(sock, READ | WRITE if want else READ)
+            self._writing = want
+
+    def _step(self, timeout: float, process: bool = True) -> None:
+        """Wait up to `timeout` s for the socket, then read, process one batch, write.
+        Without `process` what was read is dropped unacknowledged (the broker redelivers it)."""
+        for key, mask in self._sel.select(timeout):
+            if key.fileobj is self._wake_r:
                 try:
-                    batch.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+                continue
+            if mask & WRITE:
+                self._flush()
+            if mask & READ and self._sock is not None:
+                self._read()
+        if not process:
+            self._batch.clear()
+        elif self._batch or self.clock() >= self._next_tick:
+            batch, self._batch = self._batch, []
             self._process(batch)
+        self._flush()
+
+    def _serve(self) -> None:
+        client = self.client
+        misc_at = 0.0
+        while not self.stopping.is_set():
+            mono = time.monotonic()
+            if self._sock is None and mono >= self._reconnect_at:
+                try:
+                    client.reconnect()  # a new socket (_on_socket_open) with CONNECT queued
+                except OSError as e:
+                    self._schedule_reconnect()
+                    log.warning("cannot connect to broker %s:%d (%s); next attempt in %.0f s",
+                                self.cfg.broker.host, self.cfg.broker.port, e, self._delay)
+            if self._sock is not None and mono >= misc_at:
+                client.loop_misc()  # keepalive: PINGREQ, or a dead connection closed
+                misc_at = mono + MISC_S
+            wait = self._next_tick - self.clock()
+            wait = min(wait, MISC_S) if self._sock is not None else min(wait, self._reconnect_at - mono)
+            self._step(max(0.0, wait))
 
     # ------------------------------------------------------------ lifecycle
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         """Connect and serve until stop() (or SIGTERM via the CLI)."""
         b = self.cfg.broker
-        worker = threading.Thread(target=self._work, name="engine", daemon=True)
-        worker.start()
         self.client.connect_async(b.host, b.port, keepalive=b.keepalive)
-        self.client.loop_start()
         if ready is not None:
             ready()
         try:
-            while not self.stopping.wait(1.0) and worker.is_alive():
-                pass
+            self._serve()
         finally:
-            self.stopping.set()
-            worker.join(5)
-            if self.connected.is_set():
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            if self._connected and self._sock is not None:
                 info = self.client.publish(P.gateway_online_topic(self.region), P.online_message(False),
                                            qos=P.QOS, retain=True)
-                try:
-                    info.wait_for_publish(2)
-                except (RuntimeError, ValueError):
-                    pass  # going away anyway; the Last Will covers it
+                deadline = time.monotonic() + 2.0
+                while not info.is_published() and self._sock is not None and time.monotonic() < deadline:
+                    self._step(0.05, process=False)  # if this fails, the Last Will says it
+            self.stopping.set()
             self.client.disconnect()
-            self.client.loop_stop()
+            self._flush()  # sends DISCONNECT; paho then closes the socket
+        finally:
+            self._sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
             self.store.close()
             log.info("stopped")
 
     def stop(self) -> None:
+        """From a signal handler or another thread: the loop ends after the current batch."""
         self.stopping.set()
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already woken, or closed after the loop ended

@@ -269,3 +269,47 @@ def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_fact
     assert second["ok"]
     # the slot held before the restart is still held: car-b got the other one
     assert (second["reservation"]["station"], second["reservation"]["slot"]) != (first["station"], first["slot"])
+
+
+def online_flags(monitor: MqttClient) -> list[bool]:
+    return [json.loads(m.payload)["online"] for m in monitor.messages(P.gateway_online_topic(REGION))]
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_online_flag_clean_stop_is_prompt_and_last_will_on_kill(region_factory):
+    region = region_factory(["car-a"], station_set(1, 1))
+    # the gateway's own user may read its flag; a second connection with another client id
+    monitor = region.client("gateway", password="gw-pw")
+    monitor.subscribe(P.gateway_online_topic(REGION))
+    wait_for(lambda: online_flags(monitor) == [True], 5, "the retained online flag")
+    t0 = time.monotonic()
+    region.gw.stop()  # SIGTERM: the single loop wakes at once, says offline, disconnects
+    assert region.gw.proc.returncode == 0
+    assert time.monotonic() - t0 < 4.0
+    wait_for(lambda: online_flags(monitor)[-1:] == [False], 5, "offline after a clean stop")
+    assert "stopped" in region.gw.log_text()
+    region.gw.start().wait_connected()
+    wait_for(lambda: online_flags(monitor)[-1:] == [True], 5, "online again")
+    region.gw.kill()  # no goodbye: the broker publishes the Last Will
+    wait_for(lambda: online_flags(monitor)[-1:] == [False], 10, "the Last Will")
+
+
+def test_gateway_started_before_its_broker_connects_with_backoff(region_factory):
+    region = region_factory(["car-a"], station_set(2, 1))
+    region.gw.stop()
+    region.broker.stop()
+    region.gw.start()
+    wait_for(lambda: region.gw.log_text().count("cannot connect to broker") >= 2, 10, "failed attempts")
+    assert region.gw.proc.poll() is None
+    region.broker.start()  # reconnect_max_s = 2 in the test config: back within a few seconds
+    wait_for(lambda: region.gw.log_text().count("connected to") >= 2, 10, "the reconnection")
+    car = region.client("car-a")
+    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    assert ask(car, reserve_msg("car-a", "late"))["ok"] is True

@@ -1,20 +1,26 @@
 """The MQTT session of a board, on umqtt.simple: connect, Last Will, online, resubscribe,
-keepalive, reconnect with backoff. Non-blocking except for bounded socket operations.
+keepalive, reconnect with backoff. Never blocks the loop for long: every wait is bounded
+and keeps calling `idle()`.
 
     s = Session(cid, host, port, user, password, keepalive, online_topic, on_message, Backoff())
     s.subscribe(cmd_topic)                  # remembered, subscribed again on every connect
     s.on_connect = republish_state          # called after every (re)connect
+    s.idle = keep_leds_live                 # called every _SLICE_MS while a socket waits
+    s.clean = False                         # persistent session (the car); default True
     while True:
         s.poll(time.ticks_ms())            # connect when due, check_msg(), ping
         ...
         s.publish(status_topic, payload, retain=True)   # False while offline
 
-- Connect: clean session, Last Will `{"v":1,"online":false}` retained QoS 1 on
-  `will_topic`, then `{"v":1,"online":true}` retained QoS 1, then every remembered
-  subscription (QoS 1), then `on_connect()`.
-- Every socket operation is bounded by `timeout_s` (connect, CONNACK, PUBACK, SUBACK); an
-  umqtt.simple socket is wrapped so that its `setblocking(True)` means "blocking with that
-  timeout" (umqtt.simple itself would otherwise wait forever).
+- Connect: clean session unless `clean` is False (then the broker keeps the subscriptions
+  and queues QoS 1 messages for this client id while it is away), Last Will
+  `{"v":1,"online":false}` retained QoS 1 on `will_topic`, then `{"v":1,"online":true}`
+  retained QoS 1, then every remembered subscription (QoS 1), then `on_connect()`.
+- The socket under umqtt.simple is non-blocking. What umqtt.simple does as a blocking step
+  (the TCP connect, waiting for CONNACK, PUBACK, SUBACK, the rest of a packet) polls the
+  socket in slices of _SLICE_MS and calls `idle()` (if set) between them, for at most
+  `timeout_s` per step; then OSError(110). So LEDs and inputs stay live while a silent
+  broker is waited for. `idle()` must not use the session.
 - A PINGREQ goes out every keepalive/2; when nothing at all has arrived for `keepalive`
   seconds the connection counts as dead.
 - Any error in a socket or protocol operation (OSError, a refused CONNACK, a garbled
@@ -33,11 +39,14 @@ keepalive, reconnect with backoff. Non-blocking except for bounded socket operat
 
 Also: `connected`, `set_server(host, port)` (region hand-over), `disconnect()` (clean
 goodbye, then idle until set_server), `drop(why)` (the link is gone, e.g. Wi-Fi: reconnect
-later), `dropped` (messages lost to a full inbox). Plain TCP only (no TLS). umqtt.simple is
+later), `dropped` (messages lost to a full inbox). Plain TCP only (no TLS); the host should
+be an address (a name would be resolved by a blocking getaddrinfo). umqtt.simple is
 imported on the first connect, not when this module is imported.
 """
 import gc
-import time
+from errno import EINPROGRESS
+from time import ticks_add, ticks_diff, ticks_ms
+
 from micropython import const
 
 import log
@@ -47,56 +56,72 @@ OFFLINE = b'{"v":1,"online":false}'
 
 _MAX_SUBS = const(4)
 _PID_WRAP = const(65000)  # umqtt.simple never wraps its packet id; past 65535 it breaks QoS 1
-
-_CONNACK = ("", "bad protocol version", "client id rejected", "server unavailable",
-            "bad user name or password", "not authorized")
+_SLICE_MS = const(20)
 
 
 class _Sock:
-    """A socket whose blocking mode has a timeout; remembers when data last arrived."""
+    # umqtt.simple's socket, non-blocking underneath; its "blocking" reads and writes wait
+    # in slices (Session._wait). rx: ticks_ms of the last data received.
 
-    def __init__(self, sock, timeout_s):
-        self._s = sock
-        self._t = timeout_s
-        sock.settimeout(timeout_s)
-        self.rx = time.ticks_ms()
+    def __init__(self, s, ses):
+        s.setblocking(False)
+        self._s = s
+        self._ses = ses
+        self._p = None
+        self.blk = True
+        self.rx = ticks_ms()
+
+    def _wait(self, ev):
+        s = self._s
+        p = self._p
+        if p is None:
+            import select
+
+            p = self._p = select.poll()
+            p.register(s, ev)
+        else:
+            p.modify(s, ev)
+        self._ses._wait(p)
 
     def connect(self, addr):
-        self._s.connect(addr)
+        try:
+            self._s.connect(addr)
+        except OSError as e:
+            if e.args[0] != EINPROGRESS:
+                raise
+        self._wait(4)  # POLLOUT: connected (or failed: the next read or write says how)
 
     def setblocking(self, flag):
-        self._s.settimeout(self._t if flag else 0)
-
-    def settimeout(self, t):
-        self._s.settimeout(t)
+        self.blk = flag
 
     def read(self, n):
-        b = self._s.read(n)
+        s = self._s
+        b = s.read(n)
+        while self.blk and (b is None or 0 < len(b) < n):
+            self._wait(1)  # POLLIN
+            d = s.read(n - len(b) if b else n)
+            if d == b"":
+                return d  # EOF
+            if d:
+                b = b + d if b else d
         if b:
-            self.rx = time.ticks_ms()
+            self.rx = ticks_ms()
         return b
 
-    def write(self, buf, n=None):
-        if n is None:
-            return self._s.write(buf)
-        return self._s.write(buf, n)
+    def write(self, b, n=0):
+        if n:
+            b = memoryview(b)[:n]
+        k = 0
+        while k < len(b):
+            w = self._s.write(b[k:] if k else b)
+            if w:
+                k += w
+            else:
+                self._wait(4)
+        return k
 
     def close(self):
         self._s.close()
-
-
-def _timed(base, timeout_s):
-    # A subclass whose `sock` attribute wraps whatever socket umqtt.simple's connect() makes.
-    class Timed(base):
-        @property
-        def sock(self):
-            return self._sk
-
-        @sock.setter
-        def sock(self, s):
-            self._sk = s if s is None or isinstance(s, _Sock) else _Sock(s, timeout_s)
-
-    return Timed
 
 
 def _why(e):
@@ -104,13 +129,14 @@ def _why(e):
         return e
     if isinstance(e, OSError):
         return "OSError %s" % (e.args[0] if e.args else "")
-    name = type(e).__name__
-    if name == "MQTTException" and e.args and type(e.args[0]) is int:
-        code = e.args[0]
-        if code == 0x80:
+    n = type(e).__name__
+    if n == "MQTTException" and e.args:
+        c = e.args[0]
+        if c == 0x80:
             return "broker refused a subscription (ACL?)"
-        return "broker refused the connection (%d: %s)" % (code, _CONNACK[code] if code < len(_CONNACK) else "?")
-    return "%s %s" % (name, e)
+        return "broker refused the connection (%s%s)" % (
+            c, ": bad user name or password" if c == 4 else ": not authorized" if c == 5 else "")
+    return "%s %s" % (n, e)
 
 
 class Session:
@@ -118,38 +144,31 @@ class Session:
                  on_message, backoff, client_cls=None, timeout_s=5, inbox=8):
         """keepalive in seconds; will_topic is the device's .../online topic;
         on_message(topic, msg) gets bytes; client_cls defaults to umqtt.simple.MQTTClient;
-        timeout_s bounds every socket operation; inbox: how many received messages may wait
-        for dispatch (size it for the largest burst the device expects)."""
-        self._cid = client_id
+        timeout_s bounds every wait of a socket step; inbox: how many received messages may
+        wait for dispatch (size it for the largest burst the device expects)."""
+        self._args = (client_id, user, password, keepalive)
         self._host = host
         self._port = port
-        self._user = user
-        self._password = password
-        self._ka_ms = keepalive * 1000
         self._will = will_topic
         self._on_message = on_message
         self._backoff = backoff
         self._cls = client_cls
-        self._timeout = timeout_s
+        self._tmo = timeout_s * 1000
         self.on_connect = None  # called with no arguments after every (re)connect
+        self.idle = None  # called while a socket step waits (must not use the session)
+        self.clean = True  # False: a persistent session (QoS 1 messages kept while away)
+        self.connected = False
         self._c = None  # the MQTTClient, made on the first connect and reused
-        self._up = False
         self._stopped = False
         self._due = None  # ticks_ms of the next connect attempt; None = at the next poll
         self._ping_at = 0
         self._subs = []
         self._inbox = [None] * inbox
-        self._in_head = 0
-        self._in_len = 0
+        self._head = 0
+        self._len = 0
         self._received = 0  # messages received, ever (wraps harmlessly)
         self.dropped = 0  # messages dropped because the inbox was full
         self._unreported = 0
-
-    # ------------------------------------------------------------ public
-
-    @property
-    def connected(self):
-        return self._up
 
     def subscribe(self, topic):
         """Remember `topic` (QoS 1); subscribed now if connected and after every connect."""
@@ -158,16 +177,16 @@ class Session:
         if len(self._subs) >= _MAX_SUBS:
             raise ValueError("session: too many subscriptions")
         self._subs.append(topic)
-        if self._up:
+        if self.connected:
             try:
                 self._c.subscribe(topic, 1)
             except Exception as e:
-                self._lost(e, time.ticks_ms())
+                self._lost(e, ticks_ms())
 
     def publish(self, topic, payload, retain=False):
         """Publish at QoS 1 and wait (bounded) for the PUBACK. True when acknowledged;
         False when offline or the connection broke (then a reconnect is scheduled)."""
-        if not self._up:
+        if not self.connected:
             return False
         c = self._c
         if c.pid >= _PID_WRAP:
@@ -176,7 +195,7 @@ class Session:
             c.publish(topic, payload, retain, 1)
             return True
         except Exception as e:
-            self._lost(e, time.ticks_ms())
+            self._lost(e, ticks_ms())
             return False
 
     def poll(self, now_ms):
@@ -184,28 +203,29 @@ class Session:
         dead link; then hand queued messages to on_message. Returns `connected`."""
         if self._stopped:
             return False
-        if not self._up:
-            if self._due is None or time.ticks_diff(now_ms, self._due) >= 0:
+        if not self.connected:
+            if self._due is None or ticks_diff(now_ms, self._due) >= 0:
                 self._connect(now_ms)
         else:
             c = self._c
+            ka = self._args[3] * 1000
             try:
                 size = len(self._inbox)
                 for _ in range(size):
                     n = self._received
                     c.check_msg()
-                    if self._received == n or self._in_len == size:
+                    if self._received == n or self._len == size:
                         break  # drained (or a PINGRESP), or full: the rest waits in the broker
-                if time.ticks_diff(now_ms, self._ping_at) >= self._ka_ms >> 1:
+                if ticks_diff(now_ms, self._ping_at) >= ka >> 1:
                     self._ping_at = now_ms
                     c.ping()
-                if time.ticks_diff(now_ms, c.sock.rx) > self._ka_ms:
+                if ticks_diff(now_ms, c.sock.rx) > ka:
                     raise OSError(110)  # not even a PINGRESP for a whole keepalive period
             except Exception as e:
                 self._lost(e, now_ms)
-        if self._in_len:
+        if self._len:
             self._dispatch()
-        return self._up
+        return self.connected
 
     def set_server(self, host, port):
         """Use another broker (region hand-over): leave the current one cleanly (online false,
@@ -226,16 +246,16 @@ class Session:
     def drop(self, why="link down"):
         """Close the connection without a goodbye (e.g. Wi-Fi went away: the broker will
         publish the Last Will) and reconnect after a backoff delay at a later poll()."""
-        if self._up:
-            self._lost(why, time.ticks_ms())
+        if self.connected:
+            self._lost(why, ticks_ms())
 
     def disconnect(self):
         """Go offline cleanly: publish online false (retained), send DISCONNECT, close.
         The session then stays idle until set_server() is called."""
         self._stopped = True
-        if not self._up:
+        if not self.connected:
             return
-        self._up = False
+        self.connected = False
         c = self._c
         try:
             c.publish(self._will, OFFLINE, True, 1)
@@ -247,17 +267,26 @@ class Session:
 
     # ------------------------------------------------------------ inside
 
+    def _wait(self, p):
+        # One blocking socket step: poll p in slices, idle() between, timeout_s at most.
+        t = ticks_ms()
+        while not p.poll(_SLICE_MS):
+            if ticks_diff(ticks_ms(), t) >= self._tmo:
+                raise OSError(110)  # ETIMEDOUT
+            if self.idle is not None:
+                self.idle()
+
     def _cb(self, topic, msg):
         # Called by umqtt.simple inside check_msg()/publish()/subscribe(): only queue.
         self._received += 1
         size = len(self._inbox)
-        i = self._in_head + self._in_len
-        if self._in_len == size:
+        i = self._head + self._len
+        if self._len == size:
             self.dropped += 1
             self._unreported += 1
-            self._in_head = (self._in_head + 1) % size
+            self._head = (self._head + 1) % size
         else:
-            self._in_len += 1
+            self._len += 1
         self._inbox[i % size] = (topic, msg)
 
     def _dispatch(self):
@@ -265,47 +294,55 @@ class Session:
             log.warn("mqtt: inbox full, dropped", self._unreported, "message(s)")
             self._unreported = 0
         size = len(self._inbox)
-        while self._in_len:
-            i = self._in_head
+        while self._len:
+            i = self._head
             topic, msg = self._inbox[i]
             self._inbox[i] = None
-            self._in_head = (i + 1) % size
-            self._in_len -= 1
+            self._head = (i + 1) % size
+            self._len -= 1
             try:
                 self._on_message(topic, msg)
             except Exception as e:
                 log.error("mqtt: message handler failed:", type(e).__name__, e)
         gc.collect()
 
-    def _client(self):
-        if self._c is None:
+    def _connect(self, now_ms):
+        gc.collect()
+        c = self._c
+        if c is None:
             cls = self._cls
             if cls is None:
                 from umqtt.simple import MQTTClient as cls
-            c = _timed(cls, self._timeout)(self._cid, self._host, self._port, self._user,
-                                           self._password, self._ka_ms // 1000)
+
+            class C(cls):
+                # umqtt.simple's connect() makes the socket: wrapped as it is set
+                @property
+                def sock(self):
+                    return self._sk
+
+                @sock.setter
+                def sock(self, s):
+                    self._sk = s if s is None or isinstance(s, _Sock) else _Sock(s, self.ses)
+
+            a = self._args
+            c = self._c = C(a[0], self._host, self._port, a[1], a[2], a[3])
+            c.ses = self
             c.set_callback(self._cb)
             c.set_last_will(self._will, OFFLINE, True, 1)
-            self._c = c
-        return self._c
-
-    def _connect(self, now_ms):
-        gc.collect()
-        c = self._client()
         c.pid = 0
         log.info("mqtt: connecting to", self._host, self._port)
         try:
-            c.connect()
+            c.connect(self.clean)
             c.publish(self._will, ONLINE, True, 1)
             for t in self._subs:
                 c.subscribe(t, 1)
         except Exception as e:
             self._close()
             d = self._backoff.delay()
-            self._due = time.ticks_add(now_ms, d)
+            self._due = ticks_add(now_ms, d)
             log.warn("mqtt: connect failed:", _why(e), "- next attempt in", d, "ms")
             return
-        self._up = True
+        self.connected = True
         self._ping_at = now_ms
         self._backoff.reset()
         log.info("mqtt: connected")
@@ -317,10 +354,10 @@ class Session:
         gc.collect()
 
     def _lost(self, e, now_ms):
-        self._up = False
+        self.connected = False
         self._close()
         d = self._backoff.delay()
-        self._due = time.ticks_add(now_ms, d)
+        self._due = ticks_add(now_ms, d)
         log.warn("mqtt: connection lost:", _why(e), "- reconnect in", d, "ms")
 
     def _close(self):

@@ -216,14 +216,14 @@ def test_inbox_is_bounded_and_delivers_in_order_outside_umqtt_calls():
 from session import Session
 from backoff import Backoff
 class FakeSock:
-    def settimeout(self, t): pass
+    def setblocking(self, flag): pass
     def read(self, n): return None
     def close(self): pass
 class FakeClient:
     def __init__(self, *args): self.sock = None
     def set_callback(self, cb): self.cb = cb
     def set_last_will(self, *a): pass
-    def connect(self): self.sock = FakeSock()
+    def connect(self, clean_session=True): self.sock = FakeSock()
     def subscribe(self, t, q): pass
     def check_msg(self): pass
     def ping(self): pass

@@ -1,2 +1,4 @@
-import car_app
-car_app.main()
+import car_boot
+app = car_boot.boot()
+del car_boot
+app.run()

@@ -1,7 +1,7 @@
 """The car app (firmware/car/car_app.py + firmware/lib) on the real MicroPython unix port with a
 96 KB heap, against a real Mosquitto (auth + ACL) and the real gateway process.
 
-Two ways to run the board: "hosted" (CarApp with small stand-ins for the hardware objects,
+Two ways to run the board: "hosted" (car_boot.boot with small stand-ins for the hardware objects,
 defined in the driver script: an ADC whose reading the test sets through a control file, an
 LED, a WLAN that is always up; stdin is the serial console) and on the virtual board
 (boards/virtual: the unmodified firmware booted from its flash directory, emulated machine /
@@ -67,7 +67,7 @@ def car_config(car: str, region: str, port: int, *, regions: list[dict] | None =
 
 DRIVER = r"""
 import sys, time, gc
-import car_app
+import car_boot
 
 CTRL = sys.argv[2]
 
@@ -107,12 +107,10 @@ def control(adc, app):
             adc.uv = int(ln[3:])
     return len(lines)
 
-cfg = car_app.boot(sys.argv[1])
 adc = Adc()
 control(adc, None)
 led = Led()
-app = car_app.CarApp(cfg, adc, led, Wlan(), "t%d" % (time.ticks_ms() % 1000))
-app.start(time.ticks_ms())
+app = car_boot.boot(sys.argv[1], (adc, led, Wlan(), "t%d" % (time.ticks_ms() % 1000)))
 gc.collect()
 peak = 0
 last_ctrl = time.ticks_ms()

@@ -192,14 +192,22 @@ def wait_until(pred, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_two_instances_answer_each_request_of_a_burst_exactly_once(tmp_path, central_broker, started):
+def setup(tmp_path: Path, broker: CentralBroker, started, names=("c1",), **target):
+    """Region b (TargetRegion(**target)), the monitor, central instances sharing one database
+    (subscribed: the retained summary comes right after the SUBACK, before any request) and
+    region a's side. Returns (target, monitor, instances, origin, database)."""
     db = tmp_path / "central.db"
-    target = started(TargetRegion(central_broker))
-    monitor = started(CliSubscriber(central_broker, "monitor", ["recarga/v1/+/central/#"]).start())
-    instances = [started(CentralProcess(tmp_path / n, n, central_broker, db).start()) for n in ("c1", "c2")]
-    for c in instances:  # the retained summary comes right after the SUBACK, before any request
+    region_b = started(TargetRegion(broker, **target))
+    monitor = started(CliSubscriber(broker, "monitor", ["recarga/v1/+/central/#"]).start())
+    instances = [started(CentralProcess(tmp_path / n, n, broker, db).start()) for n in names]
+    for c in instances:
         c.wait_for("subscribed: serving overflow")
-    origin = started(connect_client(central_broker, "bridge-a", client_id="test-region-a"))
+    origin = started(connect_client(broker, "bridge-a", client_id="test-region-a"))
+    return region_b, monitor, instances, origin, db
+
+
+def test_two_instances_answer_each_request_of_a_burst_exactly_once(tmp_path, central_broker, started):
+    target, monitor, instances, origin, db = setup(tmp_path, central_broker, started, ("c1", "c2"))
     deadline = time.time() + 20
     sent = dict(overflow(f"car-{i}", deadline) for i in range(40))
     for payload in sent.values():
@@ -223,13 +231,9 @@ def test_two_instances_answer_each_request_of_a_burst_exactly_once(tmp_path, cen
 
 
 def test_restarted_central_loses_and_duplicates_no_hold(tmp_path, central_broker, started):
-    db = tmp_path / "central.db"
     # answers take 0.1 s each: the kill comes while hold answers wait for central in the broker
-    target = started(TargetRegion(central_broker, delay={f"car-{i}": 0.1 for i in range(30)}))
-    monitor = started(CliSubscriber(central_broker, "monitor", ["recarga/v1/+/central/#"]).start())
-    c1 = started(CentralProcess(tmp_path / "c1", "c1", central_broker, db).start())
-    c1.wait_for("subscribed: serving overflow")
-    origin = started(connect_client(central_broker, "bridge-a", client_id="test-region-a"))
+    target, monitor, [c1], origin, db = setup(tmp_path, central_broker, started,
+                                              delay={f"car-{i}": 0.1 for i in range(30)})
     deadline = time.time() + 25
     sent = dict(overflow(f"car-{i}", deadline) for i in range(30))
     for payload in sent.values():
@@ -260,12 +264,7 @@ def test_restarted_central_loses_and_duplicates_no_hold(tmp_path, central_broker
 
 
 def test_messages_past_their_deadline_are_ignored_and_leave_no_hold(tmp_path, central_broker, started):
-    db = tmp_path / "central.db"
-    target = started(TargetRegion(central_broker, delay={"car-slow": 2.5}))
-    monitor = started(CliSubscriber(central_broker, "monitor", ["recarga/v1/+/central/#"]).start())
-    c1 = started(CentralProcess(tmp_path / "c1", "c1", central_broker, db).start())
-    c1.wait_for("subscribed: serving overflow")
-    origin = started(connect_client(central_broker, "bridge-a", client_id="test-region-a"))
+    target, monitor, [c1], origin, db = setup(tmp_path, central_broker, started, delay={"car-slow": 2.5})
     now = time.time()
     # 1. a request that arrives past its deadline: no hold request, no answer
     stale, payload = overflow("car-stale", now - 1)

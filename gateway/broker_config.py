@@ -444,7 +444,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--template", type=Path, default=TEMPLATE, help=f"default: {TEMPLATE}")
     p.add_argument("--dropin", action="store_true",
                    help="write a conf.d drop-in for Debian's mosquitto.conf (docs/deployment.md)")
+    p.add_argument("--bridge-host", help="the central broker: write a bridge to it (docs/central.md)")
+    p.add_argument("--bridge-port", type=int, default=1883)
+    p.add_argument("--bridge-password-file", type=Path,
+                   help="file holding this region's bridge password on the central broker")
     args = p.parse_args(argv)
+    bridge = None
+    if args.bridge_host is not None:
+        if args.bridge_password_file is None:
+            p.error("--bridge-host needs --bridge-password-file")
+        bridge = BridgeSettings(args.bridge_host, args.bridge_port, args.bridge_password_file.read_text().strip())
 
     if args.gateway_password_file is not None:
         # read as gateway/config.py reads [broker] password_file, so one file serves both
@@ -461,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 [c for c, _ in args.car], [s for s, _ in args.station],
                                 args.gateway_user, args.host, run_as=args.run_as,
                                 log_stdout=args.log_stdout, dropin=args.dropin,
-                                template=args.template)
+                                template=args.template, bridge=bridge)
     except (BrokerConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -61,6 +61,19 @@ def test_central_acl_and_region_acl_with_bridge(tmp_path: Path):
     assert conf.read_text().count("connection recarga-central-a") == 1
 
 
+def test_broker_config_cli_writes_the_bridge(tmp_path: Path):
+    (tmp_path / "gw").write_text("gw-secret\n")
+    (tmp_path / "bridge").write_text("bridge-secret\n")
+    args = ["--region", "a", "--dir", str(tmp_path / "out"), "--gateway-user", "gateway", "--gateway-password-file",
+            str(tmp_path / "gw"), "--run-as", "root", "--car", "car-1:pw"]
+    assert broker_config.main(args + ["--bridge-host", "central.example", "--bridge-password-file",
+                                      str(tmp_path / "bridge")]) == 0
+    conf = (tmp_path / "out" / broker_config.CONF_NAME).read_text()
+    assert "address central.example:1883" in conf and "remote_password bridge-secret" in conf
+    with pytest.raises(SystemExit):
+        broker_config.main(args + ["--bridge-host", "central.example"])
+
+
 # ---------------------------------------------------------------- real brokers
 
 @pytest.fixture

@@ -3,7 +3,7 @@ keepalive, reconnect with backoff. Never blocks the loop for long: every wait is
 and keeps calling `idle()`.
 
     s = Session(cid, host, port, user, password, keepalive, online_topic, on_message, Backoff())
-    s.subscribe(cmd_topic)                  # remembered, subscribed again on every connect
+    s.subscribe(cmd_topic)                  # before the first poll; subscribed on every connect
     s.on_connect = republish_state          # called after every (re)connect
     s.idle = keep_leds_live                 # called every _SLICE_MS while a socket waits
     s.clean = False                         # persistent session (the car); default True
@@ -37,11 +37,13 @@ and keeps calling `idle()`.
 - Nothing is queued for sending: publish() while offline returns False and the caller keeps
   its latest state to publish in `on_connect`.
 
-Also: `connected`, `set_server(host, port)` (region hand-over), `disconnect()` (clean
-goodbye, then idle until set_server), `drop(why)` (the link is gone, e.g. Wi-Fi: reconnect
-later), `dropped` (messages lost to a full inbox). Plain TCP only (no TLS); the host should
-be an address (a name would be resolved by a blocking getaddrinfo). umqtt.simple is
-imported on the first connect, not when this module is imported.
+Also: `connected`, `disconnect()` (clean goodbye, then the session stays offline: a region
+hand-over opens a new Session), `drop(why)` (the link is gone, e.g. Wi-Fi: reconnect later),
+`dropped` (messages lost to a full inbox). Plain TCP only (no TLS); the host should be an
+address (a name would be resolved by a blocking getaddrinfo). umqtt.simple is imported on
+the first connect, not when this module is imported; its MQTTClient makes its socket through
+its module global `socket`, which the session points at `_Sock` (whose socket() returns the
+non-blocking wrapper).
 """
 import gc
 from errno import EINPROGRESS
@@ -60,18 +62,25 @@ _SLICE_MS = const(20)
 
 
 class _Sock:
-    # umqtt.simple's socket, non-blocking underneath; its "blocking" reads and writes wait
-    # in slices (Session._wait). rx: ticks_ms of the last data received.
+    # Stands in for umqtt.simple's `socket` module (its connect() calls socket.getaddrinfo()
+    # and socket.socket()) and is the socket it gets: non-blocking underneath, its "blocking"
+    # steps wait in slices (_wait). `ses`: the session whose connect() is running.
+    ses = None
 
-    def __init__(self, s, ses):
+    def socket():  # called on the class: _Sock.socket()
+        import socket
+
+        return _Sock(socket.socket())
+
+    def __init__(self, s):
         s.setblocking(False)
         self._s = s
-        self._ses = ses
+        self._ses = _Sock.ses
         self._p = None
         self.blk = True
-        self.rx = ticks_ms()
 
     def _wait(self, ev):
+        # One blocking step: poll in slices, idle() between, the session's timeout at most.
         s = self._s
         p = self._p
         if p is None:
@@ -81,7 +90,13 @@ class _Sock:
             p.register(s, ev)
         else:
             p.modify(s, ev)
-        self._ses._wait(p)
+        ses = self._ses
+        t = ticks_ms()
+        while not p.poll(_SLICE_MS):
+            if ticks_diff(ticks_ms(), t) >= ses._tmo:
+                raise OSError(110)  # ETIMEDOUT
+            if ses.idle is not None:
+                ses.idle()
 
     def connect(self, addr):
         try:
@@ -105,7 +120,7 @@ class _Sock:
             if d:
                 b = b + d if b else d
         if b:
-            self.rx = ticks_ms()
+            self._ses.rx = ticks_ms()
         return b
 
     def write(self, b, n=0):
@@ -127,16 +142,10 @@ class _Sock:
 def _why(e):
     if type(e) is str:
         return e
-    if isinstance(e, OSError):
-        return "OSError %s" % (e.args[0] if e.args else "")
-    n = type(e).__name__
-    if n == "MQTTException" and e.args:
-        c = e.args[0]
-        if c == 0x80:
-            return "broker refused a subscription (ACL?)"
-        return "broker refused the connection (%s%s)" % (
-            c, ": bad user name or password" if c == 4 else ": not authorized" if c == 5 else "")
-    return "%s %s" % (n, e)
+    a = e.args[0] if e.args else ""
+    if type(e).__name__ == "MQTTException":  # CONNACK 4, 5: user or password; 128: SUBACK (ACL)
+        return "broker refused, code %s" % a
+    return "%s %s" % (type(e).__name__, a)
 
 
 class Session:
@@ -146,9 +155,7 @@ class Session:
         on_message(topic, msg) gets bytes; client_cls defaults to umqtt.simple.MQTTClient;
         timeout_s bounds every wait of a socket step; inbox: how many received messages may
         wait for dispatch (size it for the largest burst the device expects)."""
-        self._args = (client_id, user, password, keepalive)
-        self._host = host
-        self._port = port
+        self._args = (client_id, host, port, user, password, keepalive)
         self._will = will_topic
         self._on_message = on_message
         self._backoff = backoff
@@ -158,6 +165,7 @@ class Session:
         self.idle = None  # called while a socket step waits (must not use the session)
         self.clean = True  # False: a persistent session (QoS 1 messages kept while away)
         self.connected = False
+        self.rx = 0  # ticks_ms when data last arrived
         self._c = None  # the MQTTClient, made on the first connect and reused
         self._stopped = False
         self._due = None  # ticks_ms of the next connect attempt; None = at the next poll
@@ -171,17 +179,10 @@ class Session:
         self._unreported = 0
 
     def subscribe(self, topic):
-        """Remember `topic` (QoS 1); subscribed now if connected and after every connect."""
-        if topic in self._subs:
-            return
+        """Remember `topic` (QoS 1), subscribed on every connect. Call before the first poll()."""
         if len(self._subs) >= _MAX_SUBS:
             raise ValueError("session: too many subscriptions")
         self._subs.append(topic)
-        if self.connected:
-            try:
-                self._c.subscribe(topic, 1)
-            except Exception as e:
-                self._lost(e, ticks_ms())
 
     def publish(self, topic, payload, retain=False):
         """Publish at QoS 1 and wait (bounded) for the PUBACK. True when acknowledged;
@@ -195,7 +196,7 @@ class Session:
             c.publish(topic, payload, retain, 1)
             return True
         except Exception as e:
-            self._lost(e, ticks_ms())
+            self.drop(e)
             return False
 
     def poll(self, now_ms):
@@ -208,9 +209,9 @@ class Session:
                 self._connect(now_ms)
         else:
             c = self._c
-            ka = self._args[3] * 1000
+            ka = self._args[5] * 1000
+            size = len(self._inbox)
             try:
-                size = len(self._inbox)
                 for _ in range(size):
                     n = self._received
                     c.check_msg()
@@ -219,39 +220,37 @@ class Session:
                 if ticks_diff(now_ms, self._ping_at) >= ka >> 1:
                     self._ping_at = now_ms
                     c.ping()
-                if ticks_diff(now_ms, c.sock.rx) > ka:
+                if ticks_diff(now_ms, self.rx) > ka:
                     raise OSError(110)  # not even a PINGRESP for a whole keepalive period
             except Exception as e:
-                self._lost(e, now_ms)
-        if self._len:
-            self._dispatch()
+                self.drop(e)
+        if self._len:  # hand the queued messages over, outside any umqtt.simple call
+            if self._unreported:
+                log.warn("mqtt: inbox full, dropped", self._unreported, "message(s)")
+                self._unreported = 0
+            size = len(self._inbox)
+            while self._len:
+                i = self._head
+                topic, msg = self._inbox[i]
+                self._inbox[i] = None
+                self._head = (i + 1) % size
+                self._len -= 1
+                try:
+                    self._on_message(topic, msg)
+                except Exception as e:
+                    log.error("mqtt: message handler failed:", type(e).__name__, e)
+            gc.collect()
         return self.connected
-
-    def set_server(self, host, port):
-        """Use another broker (region hand-over): leave the current one cleanly (online false,
-        DISCONNECT) and connect to host:port at the next poll. Also restarts a session
-        stopped by disconnect()."""
-        if host == self._host and port == self._port and not self._stopped:
-            return
-        self.disconnect()
-        self._host = host
-        self._port = port
-        if self._c is not None:
-            self._c.server = host
-            self._c.port = port
-        self._stopped = False
-        self._backoff.reset()
-        self._due = None
 
     def drop(self, why="link down"):
         """Close the connection without a goodbye (e.g. Wi-Fi went away: the broker will
         publish the Last Will) and reconnect after a backoff delay at a later poll()."""
         if self.connected:
-            self._lost(why, ticks_ms())
+            self._down(why, "connection lost:")
 
     def disconnect(self):
         """Go offline cleanly: publish online false (retained), send DISCONNECT, close.
-        The session then stays idle until set_server() is called."""
+        The session then stays offline."""
         self._stopped = True
         if not self.connected:
             return
@@ -263,18 +262,9 @@ class Session:
         except Exception:
             pass
         self._close()
-        log.info("mqtt: disconnected from", self._host, self._port)
+        log.info("mqtt: disconnected from", self._args[1], self._args[2])
 
     # ------------------------------------------------------------ inside
-
-    def _wait(self, p):
-        # One blocking socket step: poll p in slices, idle() between, timeout_s at most.
-        t = ticks_ms()
-        while not p.poll(_SLICE_MS):
-            if ticks_diff(ticks_ms(), t) >= self._tmo:
-                raise OSError(110)  # ETIMEDOUT
-            if self.idle is not None:
-                self.idle()
 
     def _cb(self, topic, msg):
         # Called by umqtt.simple inside check_msg()/publish()/subscribe(): only queue.
@@ -289,61 +279,35 @@ class Session:
             self._len += 1
         self._inbox[i % size] = (topic, msg)
 
-    def _dispatch(self):
-        if self._unreported:
-            log.warn("mqtt: inbox full, dropped", self._unreported, "message(s)")
-            self._unreported = 0
-        size = len(self._inbox)
-        while self._len:
-            i = self._head
-            topic, msg = self._inbox[i]
-            self._inbox[i] = None
-            self._head = (i + 1) % size
-            self._len -= 1
-            try:
-                self._on_message(topic, msg)
-            except Exception as e:
-                log.error("mqtt: message handler failed:", type(e).__name__, e)
-        gc.collect()
-
     def _connect(self, now_ms):
         gc.collect()
+        a = self._args
         c = self._c
         if c is None:
             cls = self._cls
             if cls is None:
-                from umqtt.simple import MQTTClient as cls
+                import socket
+                import umqtt.simple as u
 
-            class C(cls):
-                # umqtt.simple's connect() makes the socket: wrapped as it is set
-                @property
-                def sock(self):
-                    return self._sk
-
-                @sock.setter
-                def sock(self, s):
-                    self._sk = s if s is None or isinstance(s, _Sock) else _Sock(s, self.ses)
-
-            a = self._args
-            c = self._c = C(a[0], self._host, self._port, a[1], a[2], a[3])
-            c.ses = self
+                _Sock.getaddrinfo = socket.getaddrinfo
+                u.socket = _Sock
+                cls = u.MQTTClient
+            c = self._c = cls(a[0], a[1], a[2], a[3], a[4], a[5])
             c.set_callback(self._cb)
             c.set_last_will(self._will, OFFLINE, True, 1)
         c.pid = 0
-        log.info("mqtt: connecting to", self._host, self._port)
+        _Sock.ses = self
+        log.info("mqtt: connecting to", a[1], a[2])
         try:
             c.connect(self.clean)
             c.publish(self._will, ONLINE, True, 1)
             for t in self._subs:
                 c.subscribe(t, 1)
         except Exception as e:
-            self._close()
-            d = self._backoff.delay()
-            self._due = ticks_add(now_ms, d)
-            log.warn("mqtt: connect failed:", _why(e), "- next attempt in", d, "ms")
+            self._down(e, "connect failed:")
             return
         self.connected = True
-        self._ping_at = now_ms
+        self._ping_at = self.rx = now_ms
         self._backoff.reset()
         log.info("mqtt: connected")
         if self.on_connect is not None:
@@ -353,12 +317,12 @@ class Session:
                 log.error("mqtt: on_connect failed:", type(e).__name__, e)
         gc.collect()
 
-    def _lost(self, e, now_ms):
+    def _down(self, e, what):
         self.connected = False
         self._close()
         d = self._backoff.delay()
-        self._due = ticks_add(now_ms, d)
-        log.warn("mqtt: connection lost:", _why(e), "- reconnect in", d, "ms")
+        self._due = ticks_add(ticks_ms(), d)
+        log.warn("mqtt:", what, _why(e), "- next attempt in", d, "ms")
 
     def _close(self):
         c = self._c

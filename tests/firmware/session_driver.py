@@ -1,7 +1,8 @@
 # Runs on MicroPython: a firmware/lib Session against a real broker, for test_session.py.
 # argv[1] is a JSON file (the unix port cannot take arguments over 255 bytes) with cid host port user password keepalive will subs status base cap timeout run_ms.
 # Prints one line per event. Control messages arrive on the subscribed topic as payloads:
-#   "set_server <port>"  "disconnect"  "publish <text>"  "pid <n>"  "mem"  "exit"
+#   "handover <port>" (disconnect, then a new Session to that port, as a car's region
+#   hand-over does)  "disconnect"  "publish <text>"  "pid <n>"  "mem"  "exit"
 import gc
 import json
 import sys
@@ -18,10 +19,12 @@ state = {"exit": False}
 
 
 def on_message(topic, msg):
+    global s
     print("MSG", topic.decode(), msg.decode())
     words = msg.decode().split(" ", 1)
-    if words[0] == "set_server":
-        s.set_server(P["host"], int(words[1]))
+    if words[0] == "handover":
+        s.disconnect()
+        s = session(int(words[1]))
     elif words[0] == "disconnect":
         s.disconnect()
     elif words[0] == "publish":
@@ -40,11 +43,16 @@ def on_connect():
     print("PUB", s.publish(P["status"], b'{"v":1,"slots":["free"],"seq":0}', True))
 
 
-s = Session(P["cid"], P["host"], P["port"], P["user"], P["password"], P["keepalive"], P["will"],
-            on_message, Backoff(P.get("base", 200), P.get("cap", 2000)), None, P.get("timeout", 5))
-for t in P.get("subs", ()):
-    s.subscribe(t)
-s.on_connect = on_connect
+def session(port):
+    n = Session(P["cid"], P["host"], port, P["user"], P["password"], P["keepalive"], P["will"],
+                on_message, Backoff(P.get("base", 200), P.get("cap", 2000)), None, P.get("timeout", 5))
+    for t in P.get("subs", ()):
+        n.subscribe(t)
+    n.on_connect = on_connect
+    return n
+
+
+s = session(P["port"])
 print("OFFLINE_PUB", s.publish(P["status"], b"x", True))
 end = time.ticks_add(time.ticks_ms(), P.get("run_ms", 60000))
 while not state["exit"] and time.ticks_diff(end, time.ticks_ms()) > 0:

@@ -7,7 +7,8 @@ network.WLAN, passes them into Station, and runs its loop.
 
 Station.step(now_ms), every _TICK_MS:
 1. read the occupancy inputs (debounced); a changed slot shows on its LED at once, online
-   or not, and marks the status for publishing;
+   or not, and marks the status for publishing (also while the session waits on its socket,
+   e.g. for a silent broker: its idle hook does this and the status LED);
 2. Wi-Fi and MQTT session: connect / reconnect when due, read commands (reserve, release,
    out_of_service, in_service; a bad one is logged and ignored);
 3. publish the retained status when it changed, and every heartbeat_s as heartbeat; while
@@ -83,6 +84,7 @@ class Station:
                                client_cls, inbox=max(8, 2 * n))  # a burst: one cmd per slot, twice
         self.session.subscribe(cmd_topic)
         self.session.on_connect = self._publish
+        self.session.idle = self._idle
         self._debounce = [Debouncer(cfg["debounce_ms"]) for _ in range(n)]
         self._heartbeat_ms = cfg["heartbeat_s"] * 1000
         self._dirty = True
@@ -104,8 +106,8 @@ class Station:
     def _names(self):
         return ",".join([NAMES[self.slots.state(i)] for i in range(self.slots.n)])
 
-    def step(self, now_ms):
-        """One pass of the loop (see the module docstring)."""
+    def _inputs(self, now_ms):
+        # Occupancy (debounced) to the slot LEDs at once; a change marks the status dirty.
         slots = self.slots
         for i in range(slots.n):
             d = self._debounce[i]
@@ -114,6 +116,17 @@ class Station:
                     self.leds.show(i, slots.state(i))
                     self._dirty = True
                     log.info("station: slot", i + 1, NAMES[slots.state(i)])
+
+    def _idle(self):
+        # While the session waits on its socket (e.g. a silent broker during a connect):
+        # occupancy and every LED stay live; the status goes out after the wait.
+        now = time.ticks_ms()
+        self._inputs(now)
+        self.leds.status(self.session.connected, now)
+
+    def step(self, now_ms):
+        """One pass of the loop (see the module docstring)."""
+        self._inputs(now_ms)
         if self.wifi.poll(now_ms):
             up = self.session.poll(now_ms)
         else:

@@ -4,7 +4,9 @@ Wokwi diagram) against a real Mosquitto with auth and ACL, observed as the gatew
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -227,6 +229,39 @@ def test_broker_outage_blinks_keeps_leds_live_and_republishes_after_restart(stat
     delays = [int(x) for x in re.findall(r"(?:next attempt|reconnect) in (\d+) ms", "\n".join(board.serial_lines(mark)))]
     assert delays and all(d < 30000 for d in delays)
     assert took < max(delays) / 1000 + 3, (took, delays)
+
+
+def test_leds_and_occupancy_stay_live_while_a_connect_waits_on_a_silent_broker(station, gateway, broker):
+    """The broker frozen (SIGSTOP): TCP still connects (the kernel's backlog) but no CONNACK
+    comes, so every connect attempt waits its full timeout (5 s). During that wait a button
+    press shows at once and the status LED keeps blinking; the status goes out once the
+    broker answers again."""
+    board = station()
+    board.wait_serial("mqtt: connected", timeout=10)
+    wait_status(gateway, ["free", "free"])
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        mark = board.mark()
+        board.wifi(False)  # cut the open connection; the session reconnects through the proxy
+        board.wifi(True)
+        board.wait_serial("mqtt: connecting to", timeout=10, since=mark)
+        t0 = time.monotonic()
+        waiting = board.mark()
+        time.sleep(0.3)
+        board.press("btn2")
+        board.wait_rgb("rgb2", RED, timeout=0.3)
+        hz = board.blink_hz("led1", 2.0)
+        assert 1.5 <= hz <= 2.5, hz
+        # all of that happened inside one connect attempt, which then timed out (bounded)
+        assert time.monotonic() - t0 < 4.5
+        board.wait_serial("mqtt: connect failed: OSError 110", timeout=5, since=waiting)
+        assert not any("connect failed" in ln for ln in board.serial_lines(waiting)[:-1])
+        assert time.monotonic() - t0 < 5 + 1.5
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    board.wait_serial("mqtt: connected", timeout=30, since=mark)
+    wait_status(gateway, ["free", "occupied"], timeout=5)
+    board.wait_led("led1", True, timeout=2)
 
 
 def test_wifi_outage_fires_the_last_will_and_recovers(station, gateway, broker):

@@ -493,3 +493,52 @@ def test_on_the_virtual_board_many_messages_without_heap_drift(tmp_path):
             board.stop()
         gw.close()
         b.stop()
+
+
+def test_on_the_virtual_board_what_the_gateway_sends_while_the_car_is_away_arrives(tmp_path):
+    """The car's MQTT session is persistent (clean_session false, its id as client id), so
+    the broker keeps the QoS 1 replies and events the gateway sends while the car is away (here
+    Wi-Fi off: the connection is cut) and delivers them when it is back: the reply to its
+    reserve, then a faulted event with an offer for the slot it took."""
+    b = Broker.launch(tmp_path / "broker", region="north", cars=["car-a"], stations=[],
+                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"})
+    gw = connect_client(b, "gateway")
+    board = None
+    try:
+        req_t, reply_t = (P.car_topic("north", "car-a", leaf) for leaf in ("request", "reply"))
+        online_t = P.car_topic("north", "car-a", "online")
+        gw.subscribe(req_t)
+        gw.subscribe(online_t)
+        (tmp_path / "vb").mkdir()
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600))
+        board.set_pot("pot1", pot_for(0.6))
+        board.start()
+        board.wait_serial("mqtt: connected", timeout=15)
+        board.set_pot("pot1", pot_for(0.15))
+        req = P.parse_car_request("car-a", gw.expect(req_t, timeout=10).payload)
+        assert req.op == "reserve"
+        board.wifi(False)  # the car is away; the broker sees it go (its Last Will)
+        wait_until(lambda: [P.parse_online(m.payload) for m in gw.messages(online_t)][-1:] == [False],
+                   timeout=5, what="the car's Last Will")
+        res = {"id": "r1", "station": "st-1", "slot": 2, "state": "held", "distance_km": 1.2, "eta": 1795000000,
+               "wait_min": 0, "charge_min": 30, "energy_kwh": 30, "power_kw": 11, "price_eur": 14.7,
+               "hold_until": 1795000120}
+        gw.publish(reply_t, P.encode(P.ok_reply(req.rid, "reserve", res)), qos=1)
+        offer = dict(res, id="r2", slot=1)
+        gw.publish(reply_t, P.encode(P.car_event("faulted", dict(res, state="faulted"), offer=offer)), qos=1)
+        mark = board.mark()
+        board.wifi(True)
+        board.wait_serial("slot reserved: station st-1 slot 2", timeout=15, since=mark)
+        board.wait_serial("slot out of service: taking the offered one", timeout=5, since=mark)
+        board.wait_serial("slot reserved: station st-1 slot 1", timeout=5, since=mark)
+        confirms = lambda: [r for r in (P.parse_car_request("car-a", m.payload) for m in gw.messages(req_t))
+                            if r.op == "confirm"]
+        wait_until(lambda: any(r.fields["reservation"] == "r2" for r in confirms()), timeout=10,
+                   what="a confirm of the offered slot")
+        text = board.serial_text()
+        assert "MemoryError" not in text and "Traceback" not in text
+    finally:
+        if board is not None:
+            board.stop()
+        gw.close()
+        b.stop()

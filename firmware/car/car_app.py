@@ -7,12 +7,12 @@
 # on its socket (a silent broker), the status LED keeps its pattern (idle). Nothing happens
 # at import time.
 #
-# Attributes (set by car_boot.build): car (id), battery, route, wifi, logic, console,
-# session, region (index into _regions: (name, host, port); the last one is the home region
-# of the common keys, used while the position is in no configured region), _bounds (per
-# region, None for the home one), _broker (user, password, keepalive), _topics (leaf ->
-# topic), _adc, _led, _level, _t (ticks of the last battery reading, route step, region
-# check, gc).
+# Attributes (set by car_boot.boot): car (id), battery, route, wifi, logic, console, session
+# (None until the first step opens it), region (index into _regions: (name, host, port); the
+# last one is the home region of the common keys, used while the position is in no
+# configured region), _bounds (per region, None for the home one), _broker (user, password,
+# keepalive), _topics (leaf -> topic), _adc, _led, _level, _t (ticks of the last battery
+# reading, route step, region check, gc).
 import gc
 
 from micropython import const
@@ -38,10 +38,10 @@ class CarApp:
         s = self.session
         return s is not None and s.publish(self._topics[leaf], payload)
 
-    def _open(self, i):
-        """A persistent session to region i's broker with its topics (the topic tree, the Last
-        Will and the reply subscription all carry the region's name)."""
-        name, host, port = self._regions[i]
+    def _open(self):
+        """A persistent session to the broker of the current region with its topics (the topic
+        tree, the Last Will and the reply subscription all carry the region's name)."""
+        name, host, port = self._regions[self.region]
         car = self.car
         tp = self._topics
         tp["request"] = topic(name, "car", car, "request")
@@ -53,7 +53,6 @@ class CarApp:
         s.clean = False  # replies and events sent while the car reconnects wait in the broker
         s.idle = self._idle
         self.session = s
-        self.region = i
 
     def _on_message(self, topic_b, msg):
         self.logic.on_message(msg, ticks_ms())
@@ -73,8 +72,9 @@ class CarApp:
         self.logic.leave_region(now)  # gives back a held slot on the old broker
         self.session.disconnect()
         self.session = None
+        self.region = i
         gc.collect()
-        self._open(i)
+        self._open()
 
     def _idle(self):
         self._show(ticks_ms())
@@ -88,6 +88,8 @@ class CarApp:
 
     def step(self, now):
         """One pass of the loop."""
+        if self.session is None:  # the first pass (after car_boot has gone) opens it
+            self._open()
         up = self.wifi.poll(now) and self.session.poll(now)
         self.console.poll()
         t = self._t

@@ -52,9 +52,11 @@ def boot(path="config.json", hw=None):
     if i < 0:
         i = len(bounds) - 1
         log.warn("car: start position in no configured region, using", a._regions[i][0])
-    a._open(i)
+    a.region = i
     log.info("car: region", a._regions[i][0])
     now = ticks_ms()
     a._t = [ticks_add(now, -1000), now, now, now]
+    gc.collect()
+    log.debug("car: heap at boot", gc.mem_alloc())  # the most it holds at boot (this module too)
     sys.modules.pop("car_boot", None)
     return a

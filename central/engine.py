@@ -161,6 +161,9 @@ class Overflow:
         candidates = self._neighbours(row.origin) - set(row.tried)
         fresh = self.view.fresh_regions(now)
         if not candidates & set(fresh):
+            if row.tried:  # those asked refused; the others are silent
+                return self._answer(row, now, d, code=P.NO_CAPACITY,
+                                    message=f"no region could hold a slot (asked: {', '.join(row.tried)})")
             return self._answer(row, now, d, code=P.OVERFLOW_UNAVAILABLE,
                                 message="no neighbouring region has reported its capacity recently")
         best = self.view.best(car_need(row.need), now, candidates, row.beat_s)

@@ -128,6 +128,10 @@ def test_nothing_fresh_or_reachable_is_answered_at_once():
     assert ans.error["code"] == P.OVERFLOW_UNAVAILABLE
     [ans] = parsed(rules().on_request(request(beat_s=10), None, None, NOW), "overflow/answer", "a")
     assert ans.error["code"] == P.NO_CAPACITY
+    only_b = rules(view_with(summary("b", [("b1", 52.53, 13.40, 2, None)])))
+    row = only_b.on_request(request(), None, None, NOW).requests[0]
+    [ans] = parsed(only_b.on_hold_answer(refused("b"), row, None, NOW + 1), "overflow/answer", "a")
+    assert ans.error["code"] == P.NO_CAPACITY  # b refused, c is silent: not "unavailable"
     neighbours = {**REGIONS, "a": RegionInfo("a", "a.example", neighbours=("c",))}
     o = Overflow(OverflowConfig(), neighbours, rules().view)
     assert o.on_request(request(), None, None, NOW).requests[0].target == "c"

@@ -7,12 +7,14 @@ import config
 _ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 does not work while Wi-Fi is on
 
 
-def _num(cfg, key, lo, hi):
-    return config.need(cfg, key, float, lo, hi)
-
-
-def _fail(msg):
-    raise config.ConfigError("config error: " + msg)
+def _pairs(cfg, key, n, most, lo, hi, lo2, hi2):
+    # The list at key of n..most [a, b] number pairs (lo <= a <= hi, lo2 <= b <= hi2), as floats.
+    p = config.need(cfg, key, list, n, most)
+    for i in range(1, len(p) + 1):
+        k = "%s.%d" % (key, i)
+        config.need(cfg, k, list, 2, 2)
+        p[i - 1] = [config.need(cfg, k + ".1", float, lo, hi), config.need(cfg, k + ".2", float, lo2, hi2)]
+    return p
 
 
 def check_car(cfg):
@@ -21,54 +23,47 @@ def check_car(cfg):
     every number a float."""
     need = config.need
     get = config.get
+    fail = config.fail
     if need(cfg, "pins.battery_adc", int, 0, 39) not in _ADC1_PINS:
-        _fail("pins.battery_adc must be an ADC1 pin (32-39)")
+        fail("pins.battery_adc must be an ADC1 pin (32-39)")
     need(cfg, "pins.status_led", int, 0, 33)  # 34-39 are input only
-    cfg_b = need(cfg, "battery", dict)
-    cfg_b["divider"] = _num(cfg, "battery.divider", 0.001, 10000.0)
-    cfg_b["samples"] = get(cfg, "battery.samples", int, 9, 1, 31)
-    curve = need(cfg, "battery.curve", list, 2, 32)
-    for i in range(1, len(curve) + 1):
-        k = "battery.curve.%d" % i
-        need(cfg, k, list, 2, 2)
-        curve[i - 1] = [_num(cfg, k + ".1", 0.0, 10000.0), _num(cfg, k + ".2", 0.0, 1.0)]
-        if i > 1 and curve[i - 1][0] <= curve[i - 2][0]:
-            _fail(k + ": volts must rise along the curve")
-    th = get(cfg, "thresholds", dict, {})
-    cfg["thresholds"] = th
-    th["ask_below"] = ask = get(cfg, "thresholds.ask_below", float, 0.20, 0.01, 0.95)
-    th["clear_above"] = clear = get(cfg, "thresholds.clear_above", float, 0.25, 0.02, 1.0)
-    if clear <= ask:
-        _fail("thresholds.clear_above must be above thresholds.ask_below")
+    b = need(cfg, "battery", dict)
+    b["divider"] = need(cfg, "battery.divider", float, 0.001, 10000.0)
+    b["samples"] = get(cfg, "battery.samples", int, 9, 1, 31)
+    c = _pairs(cfg, "battery.curve", 2, 32, 0.0, 10000.0, 0.0, 1.0)
+    for i in range(1, len(c)):
+        if c[i][0] <= c[i - 1][0]:
+            fail("battery.curve.%d: volts must rise along the curve" % (i + 1))
+    t = cfg["thresholds"] = get(cfg, "thresholds", dict, {})
+    t["ask_below"] = get(cfg, "thresholds.ask_below", float, 0.20, 0.01, 0.95)
+    t["clear_above"] = c = get(cfg, "thresholds.clear_above", float, 0.25, 0.02, 1.0)
+    if c <= t["ask_below"]:
+        fail("thresholds.clear_above must be above thresholds.ask_below")
     m = need(cfg, "model", dict)
     get(cfg, "model.name", str, "", 0, 64)
     for k, lo, hi in (("battery_kwh", 1, 300), ("consumption_kwh_100km", 5, 80), ("max_ac_kw", 0, 50),
                       ("max_dc_kw", 0, 500), ("target_soc", 0.05, 1)):
-        m[k] = _num(cfg, "model." + k, lo, hi)
+        m[k] = need(cfg, "model." + k, float, lo, hi)
     if m["max_ac_kw"] <= 0 and m["max_dc_kw"] <= 0:
-        _fail("model.max_ac_kw or model.max_dc_kw must be above 0")
-    if m["target_soc"] <= clear:
-        _fail("model.target_soc must be above thresholds.clear_above")
+        fail("model.max_ac_kw or model.max_dc_kw must be above 0")
+    if m["target_soc"] <= c:
+        fail("model.target_soc must be above thresholds.clear_above")
     r = need(cfg, "route", dict)
-    r["speed_kmh"] = _num(cfg, "route.speed_kmh", 0.0, 300.0)
+    r["speed_kmh"] = need(cfg, "route.speed_kmh", float, 0.0, 300.0)
     r["loop"] = get(cfg, "route.loop", bool, True)
-    pts = need(cfg, "route.points", list, 1, 64)
-    for i in range(1, len(pts) + 1):
-        k = "route.points.%d" % i
-        need(cfg, k, list, 2, 2)
-        pts[i - 1] = [_num(cfg, k + ".1", -90.0, 90.0), _num(cfg, k + ".2", -180.0, 180.0)]
-    regions = need(cfg, "regions", list, 1, 16)
-    for i in range(1, len(regions) + 1):
+    _pairs(cfg, "route.points", 1, 64, -90.0, 90.0, -180.0, 180.0)
+    g = need(cfg, "regions", list, 1, 16)
+    for i in range(1, len(g) + 1):
         k = "regions.%d" % i
         need(cfg, k, dict)
         config.need_id(cfg, k + ".name")
         need(cfg, k + ".host", str, 1, 253)
         need(cfg, k + ".port", int, 1, 65535)
         need(cfg, k + ".bounds", list, 4, 4)
-        bd = [_num(cfg, "%s.bounds.%d" % (k, j), -180.0, 180.0) for j in (1, 2, 3, 4)]
-        if not (-90 <= bd[0] < bd[2] <= 90 and bd[1] < bd[3]):
-            _fail(k + ".bounds must be [lat_min, lon_min, lat_max, lon_max]")
-        regions[i - 1]["bounds"] = bd
+        x = [need(cfg, "%s.bounds.%d" % (k, j), float, -180.0, 180.0) for j in (1, 2, 3, 4)]
+        if not (-90 <= x[0] < x[2] <= 90 and x[1] < x[3]):
+            fail(k + ".bounds must be [lat_min, lon_min, lat_max, lon_max]")
+        g[i - 1]["bounds"] = x
     cfg["telemetry_s"] = get(cfg, "telemetry_s", int, 30, 5, 3600)
     return cfg
 

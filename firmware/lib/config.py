@@ -12,21 +12,28 @@ Every problem is a ConfigError whose text is one line starting with "config erro
 naming the key as a dotted path ("broker.port", "slots.2.red": a number indexes a list,
 counting from 1 as slots are counted in the protocol). Values of string keys are never
 echoed (they may be passwords).
+
+Boot-time only: the boards drop this module after boot. Its identifiers and short string
+literals stay interned as qstrs for good, though, so it keeps to few of them (messages are
+built from literals longer than 10 characters, which are not interned).
 """
 import json
 import time
 
-_HALT_SLEEP_MS = 60000
-
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-               list: "a list", dict: "an object"}
-
-_LOG_LEVELS = ("debug", "info", "warn", "error")
-_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+import log
 
 
 class ConfigError(Exception):
     """A missing, unreadable or invalid config.json; str(e) is the serial line to print."""
+
+
+_KINDS = {int: " must be an integer", float: " must be a number", str: " must be a string",
+          bool: " must be true or false", list: " must be a list", dict: " must be an object"}
+
+
+def fail(msg):
+    """Raise the ConfigError "config error: <msg>"."""
+    raise ConfigError("config error: " + msg)
 
 
 def load(path="config.json"):
@@ -34,48 +41,47 @@ def load(path="config.json"):
     try:
         f = open(path)
     except OSError:
-        raise ConfigError("config error: " + path + " not found")
+        fail("%s not found" % path)
     try:
         cfg = json.load(f)
     except ValueError:  # MicroPython: "syntax error in JSON"; also bad UTF-8
-        raise ConfigError("config error: " + path + " is not valid JSON")
+        fail("%s is not valid JSON" % path)
     finally:
         f.close()
     if type(cfg) is not dict:
-        raise ConfigError("config error: " + path + " must hold a JSON object")
+        fail("%s must hold a JSON object" % path)
     return cfg
 
 
 def _lookup(cfg, key):
     # Walk the dotted path; (True, value) if present, (False, None) if missing.
     v = cfg
-    done = ""
-    for part in key.split("."):
+    d = ""
+    for p in key.split("."):
         if type(v) is dict:
-            if part not in v:
+            if p not in v:
                 return False, None
-            v = v[part]
-        elif type(v) is list and part.isdigit():
-            i = int(part)
+            v = v[p]
+        elif type(v) is list and p.isdigit():
+            i = int(p)
             if not 1 <= i <= len(v):
                 return False, None
             v = v[i - 1]
         else:
-            raise ConfigError("config error: " + done + " must be "
-                              + ("a list" if part.isdigit() else "an object"))
-        done = part if not done else done + "." + part
+            fail(d + _KINDS[list if p.isdigit() else dict])
+        d = p if not d else d + "." + p
     return True, v
 
 
-def _range(key, what, v, lo, hi):
+def _range(key, v, lo, hi):
     if lo is not None and hi is not None:
         if not lo <= v <= hi:
-            raise ConfigError("config error: %s%s must be between %s and %s, got %s" % (key, what, lo, hi, v))
+            fail("%s must be between %s and %s, got %s" % (key, lo, hi, v))
     elif lo is not None:
         if v < lo:
-            raise ConfigError("config error: %s%s must be at least %s, got %s" % (key, what, lo, v))
+            fail("%s must be at least %s, got %s" % (key, lo, v))
     elif hi is not None and v > hi:
-        raise ConfigError("config error: %s%s must be at most %s, got %s" % (key, what, hi, v))
+        fail("%s must be at most %s, got %s" % (key, hi, v))
 
 
 def need(cfg, key, kind, lo=None, hi=None):
@@ -87,36 +93,31 @@ def need(cfg, key, kind, lo=None, hi=None):
     "... must be between 1 and 65535, got 70000", "config error: id length must be
     between 1 and 32, got 40".
     """
-    found, v = _lookup(cfg, key)
-    if not found:
-        raise ConfigError("config error: " + key + " is missing")
+    f, v = _lookup(cfg, key)
+    if not f:
+        fail("%s is missing" % key)
     t = type(v)
-    if kind is float:
-        ok = t is float or t is int
-    else:
-        ok = t is kind
-    if not ok:
-        raise ConfigError("config error: " + key + " must be " + _KIND_NAMES.get(kind, str(kind)))
+    if not (t is kind or kind is float and t is int):
+        fail(key + _KINDS[kind])
     if lo is not None or hi is not None:
         if kind is int or kind is float:
-            _range(key, "", v, lo, hi)
+            _range(key, v, lo, hi)
         elif kind is not bool:
-            _range(key, " length", len(v), lo, hi)
+            _range(key + " length", len(v), lo, hi)
     return float(v) if kind is float else v
 
 
 def get(cfg, key, kind, default, lo=None, hi=None):
     """Like need(), but a missing key gives `default` (which is not checked)."""
-    found, _ = _lookup(cfg, key)
-    return need(cfg, key, kind, lo, hi) if found else default
+    return need(cfg, key, kind, lo, hi) if _lookup(cfg, key)[0] else default
 
 
 def need_id(cfg, key):
     """A protocol id (1-32 of A-Z a-z 0-9 _ -) at `key`."""
     v = need(cfg, key, str, 1, 32)
-    for ch in v:
-        if ch not in _ID_CHARS:
-            raise ConfigError("config error: " + key + " must be 1-32 of A-Z a-z 0-9 _ -")
+    for c in v:
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
+            fail("%s must be 1-32 of A-Z a-z 0-9 _ -" % key)
     return v
 
 
@@ -130,21 +131,21 @@ def check_common(cfg, kind):
     """
     k = need(cfg, "kind", str)
     if k != kind:
-        raise ConfigError("config error: kind must be '" + kind + "' for this firmware, got '" + k + "'")
-    ident = need_id(cfg, "id")
+        fail("kind must be '%s' for this firmware, got '%s'" % (kind, k))
+    i = need_id(cfg, "id")
     need_id(cfg, "region")
     need(cfg, "wifi.ssid", str, 1, 32)
     need(cfg, "wifi.password", str, 0, 64)
     need(cfg, "broker.host", str, 1, 253)
     need(cfg, "broker.port", int, 1, 65535)
-    if need(cfg, "broker.user", str, 1, 32) != ident:
-        raise ConfigError("config error: broker.user must equal id (the broker knows each device by its id)")
+    if need(cfg, "broker.user", str, 1, 32) != i:
+        fail("broker.user must equal id (the broker knows each device by its id)")
     need(cfg, "broker.password", str, 0, 128)
     cfg["broker"]["keepalive"] = get(cfg, "broker.keepalive", int, 30, 5, 3600)
-    lv = get(cfg, "log", str, "info")
-    if lv not in _LOG_LEVELS:
-        raise ConfigError("config error: log must be one of debug, info, warn, error")
-    cfg["log"] = lv
+    v = get(cfg, "log", str, "info")
+    if v not in log.LEVELS:
+        fail("log must be one of debug, info, warn, error")
+    cfg["log"] = v
 
 
 def halt(msg, leds=()):
@@ -158,4 +159,4 @@ def halt(msg, leds=()):
         except Exception:
             pass
     while True:
-        time.sleep_ms(_HALT_SLEEP_MS)
+        time.sleep_ms(60000)

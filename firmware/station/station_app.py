@@ -47,10 +47,10 @@ def check_station(cfg):
         # only, no pull-ups).
         g = config.need(cfg, key, int)
         if not (g in (0, 2, 4, 5) or 12 <= g <= 19 or 21 <= g <= 23 or 25 <= g <= 27 or 32 <= g <= 33):
-            raise config.ConfigError("config error: " + key + " must be an ESP32 GPIO with output and pull-up "
-                                     "(0, 2, 4, 5, 12-19, 21-23, 25-27, 32, 33), got %d" % g)
+            config.fail(key + " must be an ESP32 GPIO with output and pull-up "
+                        "(0, 2, 4, 5, 12-19, 21-23, 25-27, 32, 33), got %d" % g)
         if g in used:
-            raise config.ConfigError("config error: " + key + " uses GPIO %d, already used by %s" % (g, used[g]))
+            config.fail(key + " uses GPIO %d, already used by %s" % (g, used[g]))
         used[g] = key
 
     pin("pins.status_led")

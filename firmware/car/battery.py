@@ -37,12 +37,8 @@ class Battery:
         self.ask_below = ask_below
         self.clear_above = clear_above
         self.low = False
-        self.episodes = 0  # low episodes started since boot
         self.volts = None  # filtered pack volts
         self.soc = None  # filtered state of charge 0..1
-
-    def soc_of(self, volts):
-        return interpolate(self._cv, self._cs, volts)
 
     def add_uv(self, uv):
         """One reading in microvolts at the pin. True exactly when a low episode starts."""
@@ -70,7 +66,6 @@ class Battery:
             return False
         if soc < self.ask_below:
             self.low = True
-            self.episodes += 1
             return True
         return False
 

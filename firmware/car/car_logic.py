@@ -64,7 +64,6 @@ class CarLogic:
         self.online = False
         self.no_answer = False  # the last question got no usable answer
         self.served = False  # this episode was charged: no question until the next one
-        self.sent = 0  # requests published
         self._seq = 0
         self._op = None  # the pending request: op, rid, payload, due, sent at (None: not yet)
         self._rid = None
@@ -115,7 +114,6 @@ class CarLogic:
             if self._at is None:
                 if online and ticks_diff(now, self._due) >= 0 and self._send("request", self._pl):
                     self._at = now
-                    self.sent += 1
             elif ticks_diff(now, self._at) >= self.reply_timeout_ms:
                 d = self._delay()
                 self.no_answer = True
@@ -144,7 +142,6 @@ class CarLogic:
         r = self.res
         if r is not None and self.state == HEADING:
             self._send("request", self._request("cancel")[1])
-            self.sent += 1
             self._lost(now, "left the region: gave back " + str(r.get("id")))
         elif self.state == LOW:
             self._ask_at = now

@@ -19,7 +19,6 @@ class Backoff:
             raise ValueError("backoff: need 0 < base_ms <= cap_ms")
         self.base_ms = base_ms
         self.cap_ms = cap_ms
-        self.attempts = 0  # delays handed out since the last reset
         self._ceil = base_ms
 
     def ceiling(self):
@@ -27,13 +26,12 @@ class Backoff:
         return self._ceil
 
     def delay(self):
-        """The next delay in ms: uniform in [0, min(cap_ms, base_ms * 2**attempts))."""
+        """The next delay in ms: uniform in [0, min(cap_ms, base_ms * 2**n)) after n delays
+        since the last reset."""
         c = self._ceil
-        self.attempts += 1
         if c < self.cap_ms:
             self._ceil = min(c * 2, self.cap_ms)
         return (c * getrandbits(_JITTER_BITS)) >> _JITTER_BITS
 
     def reset(self):
-        self.attempts = 0
         self._ceil = self.base_ms

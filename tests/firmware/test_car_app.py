@@ -542,3 +542,32 @@ def test_on_the_virtual_board_what_the_gateway_sends_while_the_car_is_away_arriv
             board.stop()
         gw.close()
         b.stop()
+
+
+def test_on_the_virtual_board_the_led_keeps_blinking_while_a_connect_waits(tmp_path):
+    """A frozen broker (SIGSTOP) takes the TCP connection but never answers CONNECT: the
+    connect attempt waits its timeout (5 s). The status LED keeps its pattern meanwhile (low
+    and offline: 5 Hz) instead of freezing with the loop."""
+    b = Broker.launch(tmp_path / "broker", region="north", cars=["car-a"], stations=[],
+                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"})
+    board = None
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        (tmp_path / "vb").mkdir()
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port))
+        board.set_pot("pot1", pot_for(0.15))
+        board.start()
+        board.wait_serial("battery low", timeout=15)
+        mark = board.mark()
+        board.wait_serial("mqtt: connecting to", timeout=15, since=mark)
+        t0 = time.monotonic()
+        hz = board.blink_hz("led1", 2.0)
+        assert time.monotonic() - t0 < 4.5  # measured inside the one attempt
+        assert not any("connect failed" in ln for ln in board.serial_lines(mark)), board.serial_lines(mark)
+        assert 3.5 <= hz <= 5.5, hz
+        board.wait_serial("mqtt: connect failed: OSError 110", timeout=5, since=mark)
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+        if board is not None:
+            board.stop()
+        b.stop()

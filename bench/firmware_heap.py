@@ -48,7 +48,13 @@ How the heap is read, from outside, with what the firmware already prints:
 
 Both figures include the emulation's own modules (`machine`, `network`, the control socket,
 about 20 KB), which live in the same heap on the virtual board; the harness reports that
-figure after boot (`board.boot_heap`) and it is subtracted: what is left is the firmware's.
+figure after boot (`board.boot_heap`) and it is subtracted: what is left is the firmware's,
+i.e. what it adds on top of the emulation. Where the emulation's boot leaves room in a
+structure that the firmware then fills, that room is not charged to the firmware: it matters
+for the interned-string (qstr) pools, whose fourth one the emulation leaves with ~100 of 300
+entries free for the firmware's first names (~1 KB at 64 bits); the firmware's own pool comes
+after. The car's `status` line reads gc.mem_alloc() after building the line's own strings,
+which counts a few hundred bytes of the command itself (so the car's figure errs high).
 
 - peak: the largest sample of a run (live heap, after a collection; transient garbage
   between collections is not counted), in KB (1024 bytes).

@@ -54,6 +54,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from simulation.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="recarga-gateway", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -69,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="load the configuration and the stations, then exit")
     p.add_argument("--config", required=True)
     p.set_defaults(func=_check)
+    p = sub.add_parser("simulate", help="city simulation: the policies on a simulated day in Berlin (docs/simulation.md)")
+    from simulation.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_simulate)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -227,6 +227,7 @@ class Engine:
         if len(live.occupied_since) != len(slots):
             live.occupied_since = [now if s == "occupied" else None for s in slots]
         live.slots = list(slots)
+        self._forget(sid)
         for i, (before, after) in enumerate(zip(old, slots), 1):
             key = (sid, i)
             if after in ("free", "reserved"):
@@ -369,6 +370,7 @@ class Engine:
             return
         r = replace(waiting[0], state="checked_in", start=now, end=now + waiting[0].charge_s)
         self.reservations[r.id] = r
+        self._forget(*key)
         res.changed.append(r)
         log.info("reservation %s (car %s, %s slot %d) checked in", r.id, r.car, r.station, r.slot)
         self._event(res, r.car, P.car_event("checked_in", reservation_view(r)))
@@ -403,7 +405,7 @@ class Engine:
             live = self.live
             usable = [m for sid, m in self.stations.items()
                       if sid in live and live[sid].online and live[sid].slots is not None]
-            self._selector = Selector(usable, self.cfg.selection)
+            self._selector = Selector(usable, self.cfg.selection, learn=True)
         return self._selector
 
     def _choose(self, need: CarNeed, now: float, only: str | None = None,
@@ -455,6 +457,14 @@ class Engine:
             ids.remove(r.id)
             if not ids:
                 del self.by_slot[key]
+        self._forget(*key)
+
+    def _forget(self, sid: str, slot: int | None = None) -> None:
+        """busy_until of the slot (every slot of the station if None) may have dropped:
+        selection forgets what it learnt about it. Any change that can make a slot free
+        earlier must call this (see Selector's learn)."""
+        if self._selector is not None:
+            self._selector.forget(sid, slot)
 
     def _add(self, r: Reservation, res: Result) -> None:
         self._index(r)

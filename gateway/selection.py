@@ -43,6 +43,7 @@ _PRUNE_SLACK_S = 1e-6
 
 _FIRST_CHUNK = 8  # neighbours fetched by the first k-d query of a stream; grows x4
 _SCAN_MAX_SLOTS = 1500  # up to this many slots least_completion scans them all, vectorised
+_SCAN_FIRST = 16  # the scan evaluates this many lowest bounds before looking at the rest
 _SEED_K = 8  # least_completion's first ball holds about this many stations around a station
 
 
@@ -76,6 +77,24 @@ def _arc_to_chord(arc: float) -> float:
     if arc >= math.pi * EARTH_RADIUS_KM:
         return math.inf
     return 2.0 * EARTH_RADIUS_KM * math.sin(arc / (2.0 * EARTH_RADIUS_KM))
+
+
+def _by_bound(lb: np.ndarray, bound: Callable[[], float]) -> Iterator[tuple[int, float]]:
+    """(index, lb) by increasing lb: the _SCAN_FIRST lowest first (with learnt floors the
+    answer is nearly always among them), then, if the caller did not stop there, the others
+    below its current bound(), without sorting the whole array. Overwrites lb."""
+    n = len(lb)
+    if n <= _SCAN_FIRST:
+        order = np.argsort(lb)
+        yield from zip(order.tolist(), lb[order].tolist())
+        return
+    first = np.argpartition(lb, _SCAN_FIRST - 1)[:_SCAN_FIRST]
+    first = first[np.argsort(lb[first])]
+    yield from zip(first.tolist(), lb[first].tolist())
+    lb[first] = np.inf
+    rest = np.flatnonzero(lb <= bound())
+    rest = rest[np.argsort(lb[rest])]
+    yield from zip(rest.tolist(), lb[rest].tolist())
 
 
 def _stream(tree: cKDTree, q: np.ndarray, bound: float) -> Iterator[tuple[float, int]]:
@@ -166,9 +185,15 @@ class Selector:
 
     def __init__(self, stations: Sequence[StationMeta],
                  params: SelectionParams = SelectionParams(),
-                 scan_max_slots: int = _SCAN_MAX_SLOTS) -> None:
+                 scan_max_slots: int = _SCAN_MAX_SLOTS, learn: bool = False) -> None:
         """scan_max_slots: up to this many slots least_completion scans them all (the
-        same answers as the spatial search; tests set it to check both)."""
+        same answers as the spatial search; tests set it to check both).
+
+        learn: least_completion remembers each busy_until it asks as that slot's floor and
+        bounds the slot's completion with it in later decisions, so a busy region costs a
+        few busy_until calls instead of one per slot that could win without its wait. Only
+        for a view whose busy_until never decreases without forget() being called for the
+        slot first (as time passes it can only grow): the engine is one."""
         self.params = params
         self.stations: tuple[StationMeta, ...] = tuple(stations)
         self._index: dict[str, int] = {}
@@ -201,6 +226,11 @@ class Selector:
         # Per slot, for least_completion's scan of a small region: station, slot no, kW
         # (as AC and as DC, 0 for the other kind) and position.
         flat = [(i, k, kw, dc) for i, slots in enumerate(self._slots) for k, kw, dc in slots]
+        # station i's slot k is flat slot _base[i] + k - 1
+        self._base = np.cumsum([0] + [len(sl) for sl in self._slots])[:-1].tolist()
+        # learned busy_until floors per flat slot (epoch s; -inf: nothing known)
+        self._floor: np.ndarray | None = np.full(len(flat), -np.inf) if learn else None
+        self._floor_now = -math.inf
         self._scan = len(flat) <= scan_max_slots
         if self._scan:
             self._slot_station = [f[0] for f in flat]
@@ -247,6 +277,42 @@ class Selector:
 
     def station(self, station_id: str) -> StationMeta:
         return self.stations[self._index[station_id]]
+
+    def forget(self, station_id: str, slot: int | None = None) -> None:
+        """The view's busy_until for this slot (every slot of the station if None) may have
+        decreased: drop what least_completion learnt about it (see learn)."""
+        i = self._index.get(station_id)
+        if self._floor is None or i is None:
+            return
+        b, n = self._base[i], len(self._slots[i])
+        if slot is None:
+            self._floor[b:b + n] = -np.inf
+        elif 1 <= slot <= n:
+            self._floor[b + slot - 1] = -np.inf
+
+    def _floors(self, now: float) -> np.ndarray | None:
+        """The learnt floors, forgotten all at once if the clock went back (busy_until of a
+        free slot is `now`)."""
+        floor = self._floor
+        if floor is not None:
+            if now < self._floor_now:
+                floor.fill(-np.inf)
+            self._floor_now = now
+        return floor
+
+    def _asker(self, view: SlotView) -> Callable[[str, int], float | None]:
+        """view.busy_until; when learning, each answer becomes the slot's floor."""
+        floor = self._floor
+        if floor is None:
+            return view.busy_until
+        busy_until, index, base = view.busy_until, self._index, self._base
+
+        def ask(station_id: str, slot: int) -> float | None:
+            bu = busy_until(station_id, slot)
+            if bu is not None:
+                floor[base[index[station_id]] + slot - 1] = bu
+            return bu
+        return ask
 
     def reachable_km(self, car: CarNeed) -> float:
         """Straight-line radius the car can reach and still arrive with the safety margin."""
@@ -400,8 +466,9 @@ class Selector:
            query; the search ends when no class's bound is below B.
 
         Candidates are evaluated in order of their own lower bound, drive + charge at the
-        slot's power (the completion time if the slot is free on arrival, computed in the
-        same floating-point steps as the completion itself, so it never exceeds it): the
+        slot's power (the completion time if the slot is free on arrival; with `learn` plus
+        the wait until its learnt floor; computed in the same floating-point steps as the
+        completion itself, so it never exceeds it): the
         first bound above B ends the batch, and busy_until is asked only for slots that
         could still win. Ties go to the smallest (completion, station id, slot).
         """
@@ -409,7 +476,8 @@ class Selector:
             return self._least_completion_scan(trip, view, excl)
         car = trip.car
         ids = self._ids
-        busy_until = view.busy_until
+        self._floors(trip.now)
+        busy_until = self._asker(view)
         q = trip.q
         reach_chord = trip.chord_bound
         ac_cap, dc_cap = car.max_ac_kw, car.max_dc_kw
@@ -520,11 +588,15 @@ class Selector:
         if e0 < 0:
             energy = np.maximum(energy, 0.0)
         # 1e-300: a slot the car cannot use gets a huge bound instead of a division by 0
-        lb = chord * trip.s_per_km + energy / np.maximum(draw, 1e-300)
-        order = np.argsort(lb)
-        lbs = (lb[order] * (1.0 - 1e-9)).tolist()  # the margin covers the float paths
+        charge = energy / np.maximum(draw, 1e-300)
+        floor = self._floors(trip.now)
+        if floor is None:
+            lb = chord * trip.s_per_km + charge
+        else:  # it waits until at least the slot's learnt floor; 1 us covers the float paths
+            lb = np.maximum(chord * trip.s_per_km, floor - trip.now) + charge - 1e-6
+        lb *= 1.0 - 1e-9  # the margin covers the float paths
 
-        ids, busy_until = self._ids, view.busy_until
+        ids, busy_until = self._ids, self._asker(view)
         st_of, no_of, kw_of, dc_of = self._slot_station, self._slot_no, self._slot_kw, self._slot_dc
         soc, b_kwh, target = car.soc, car.battery_kwh, car.target_soc
         kwh_per_km, s_per_km, margin, now = trip.kwh_per_km, trip.s_per_km, trip.margin, trip.now
@@ -535,7 +607,7 @@ class Selector:
         best_key: tuple[float, str, int] | None = None
         best: tuple[int, int, float, float] | None = None  # station, slot, dist, busy_until
         bound = math.inf
-        for j, lbj in zip(order.tolist(), lbs):
+        for j, lbj in _by_bound(lb, lambda: bound):
             if lbj > bound:
                 break
             cap = dc_cap if dc_of[j] else ac_cap
@@ -609,6 +681,7 @@ class Selector:
         drive_s = d * trip.s_per_km
         eta = trip.now + drive_s
         sid = self._ids[i]
+        floor, b = self._floor, self._base[i] - 1
         for sl in slots:
             k, kw = sl[0], sl[1]
             cap = (dc_cap if (sl[2] if dc is None else dc) else ac_cap)
@@ -617,7 +690,10 @@ class Selector:
             if excl and (sid, k) in excl:
                 continue
             draw = kw if kw < cap else cap
-            out.append((drive_s + energy_s / draw, i, k, d, drive_s, eta, energy_s, draw))
+            # the wait from a learnt floor, in the completion's own float steps (floor <= busy_until)
+            f = -math.inf if floor is None else float(floor[b + k])
+            out.append((drive_s + (f - eta if f > eta else 0.0) + energy_s / draw,
+                        i, k, d, drive_s, eta, energy_s, draw))
 
     def _nearest(self, trip: _Trip, view: SlotView,
                  excl: Collection[tuple[str, int]]) -> Choice | None:

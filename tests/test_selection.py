@@ -454,3 +454,137 @@ def test_most_free_and_shortest_queue_equal_brute_force(seed, n, spread, c, k):
     assert queue[got_queue.station_id] == least
     assert got_queue.distance_km == pytest.approx(
         min(d for d, sid in nearest_k if queue[sid] == least), rel=1e-9, abs=1e-9)
+
+
+# ------------------------------------------------------------------ learnt floors (Selector learn=True)
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(50, 200), spread=st.floats(0.5, 20),
+       cs=st.lists(cars, min_size=4, max_size=10))
+def test_learnt_floors_keep_least_completion_exact_as_the_view_changes(seed, n, spread, cs):
+    """A learning selector asked again and again while slots get busier (nothing to tell it)
+    or freer, unusable or usable again (forget() first, as the engine does) answers as the
+    brute force does every time, on both paths."""
+    stations, busy = random_world(seed, n, spread)
+    rng = np.random.default_rng(seed + 2)
+    params = SelectionParams()
+    view = FakeView(busy)
+    learners = [Selector(stations, params, scan_max_slots=m, learn=True) for m in (0, 10**9)]
+    now = NOW
+    for c in cs:
+        for _ in range(int(rng.integers(1, 30))):
+            s = stations[int(rng.integers(0, len(stations)))]
+            k = int(rng.integers(1, len(s.slots) + 1))
+            before = view.busy_until(s.id, k)
+            r = rng.random()
+            if r < 0.4:  # busier: a longer queue (no forget needed)
+                view.busy[(s.id, k)] = None if before is None else max(before, now) + float(rng.uniform(0, 7200))
+            elif r < 0.55:  # out of service: unusable (no forget needed)
+                view.busy[(s.id, k)] = None
+            else:  # freer, or usable again: the view tells the selector first
+                for sel in learners:
+                    if r < 0.9:
+                        sel.forget(s.id, k)
+                    else:
+                        sel.forget(s.id)
+                view.busy[(s.id, k)] = now + float(rng.uniform(-600, 3600))
+        want = brute_force(stations, c, view, now, params)
+        for sel in learners:
+            got = sel.choose("least_completion", c, now, view)
+            if want is None:
+                assert got is None
+            else:
+                assert got is not None
+                assert got.completion_s == pytest.approx(want[0], rel=1e-9, abs=1e-6)
+        now += float(rng.uniform(0, 900))
+
+
+def test_forget_and_learn_off_by_default():
+    stations = [station("A", 1, 0, AC22, AC22), station("B", 2, 0, DC50)]
+    sel = Selector(stations)
+    sel.forget("A", 1)  # no-op without learn, as for an unknown station or slot
+    learner = Selector(stations, learn=True)
+    learner.forget("nope")
+    learner.forget("A", 9)
+    view = FakeView({("A", 1): NOW + 7200, ("A", 2): NOW + 7200})
+    assert learner.choose("least_completion", car(), NOW, view).station_id == "B"
+    # A frees up: told, the learner takes it again
+    view.busy.clear()
+    learner.forget("A")
+    assert learner.choose("least_completion", car(), NOW, view) == sel.choose("least_completion", car(), NOW, view)
+
+
+def test_clock_going_back_drops_learnt_floors():
+    stations = [station("A", 0.1, 0, AC22), station("B", 3, 0, AC22)]
+    # B's slot is free "at now": busy_until grows with the clock, as the engine's does
+    clock = {"now": NOW}
+
+    class Clocked(FakeView):
+        def busy_until(self, station_id, slot):
+            return clock["now"] if station_id == "B" else NOW + 36000
+
+    learner = Selector(stations, learn=True)
+    assert learner.choose("least_completion", car(), NOW + 3600, Clocked()) is not None
+    clock["now"] = NOW - 3600  # the clock was stepped back: B is free earlier than learnt
+    got = learner.choose("least_completion", car(), NOW - 3600, Clocked())
+    want = Selector(stations).choose("least_completion", car(), NOW - 3600, Clocked())
+    assert got == want
+
+
+# a busy region of 200 slots (the scan) and one of 1,800 (the spatial search)
+@pytest.mark.parametrize("n_stations, slots_each, n_cars", [(100, 2, 300), (300, 6, 600)])
+def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each, n_cars):
+    """Random requests, cancels and station events through the real engine (which forgets
+    what it must): every least_completion answer equals a fresh non-learning selector's."""
+    from gateway import protocol as P
+    from gateway.engine import Engine, EngineConfig
+
+    rng = np.random.default_rng(7)
+    kinds = [AC11, AC22, DC50, DC150]
+    sts = [StationMeta(f"S{i:03d}", *at(*rng.uniform(-3, 3, 2)),
+                       tuple(kinds[int(j)] for j in rng.integers(0, 4, slots_each)), price_per_kwh=0.5)
+           for i in range(n_stations)]
+    e = Engine(EngineConfig(region="t", hold_s=900, grace_s=300, max_wait_s=86400), sts)
+    t = NOW
+    for s in sts:  # most slots taken: queues and waits from the start
+        e.station_online(s.id, P.online_message(True), t)
+        e.station_status(s.id, P.encode(P.station_status(
+            ["occupied" if rng.random() < 0.97 else "free" for _ in s.slots])), t)
+    checked = []
+    real = Selector.choose
+
+    def compare(self, policy, c, now, view, exclude=()):
+        got = real(self, policy, c, now, view, exclude)
+        want = real(Selector(self.stations, self.params, scan_max_slots=0), policy, c, now, view, exclude)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert got.completion_s == pytest.approx(want.completion_s, rel=1e-9, abs=1e-6)
+        checked.append(got)
+        return got
+
+    monkeypatch.setattr(Selector, "choose", compare)
+    held: dict[str, str] = {}
+    for step in range(600):
+        t += float(rng.uniform(0, 30))
+        r = rng.random()
+        car_id = f"c{int(rng.integers(0, n_cars))}"
+        if r < 0.7:
+            lat, lon = at(*rng.uniform(-3, 3, 2))
+            res = e.car_message(car_id, P.encode(P.reserve_request(
+                f"q{step}", car_id, lat=lat, lon=lon, soc=0.2, battery_kwh=60, consumption_kwh_100km=18,
+                max_ac_kw=11, max_dc_kw=float(rng.choice([0, 50, 150])), target_soc=0.8)), t)
+            reply = next(m.payload for m in res.messages if m.topic.endswith(f"/{car_id}/reply"))
+            if reply["ok"]:
+                held[car_id] = reply["reservation"]["id"]
+        elif r < 0.85 and held:
+            car_id = list(held)[int(rng.integers(0, len(held)))]
+            e.car_message(car_id, P.encode(P.reservation_request("cancel", f"q{step}", car_id, held.pop(car_id))), t)
+        elif r < 0.97:  # a station reports: plugs in and out, faults, repairs
+            s = sts[int(rng.integers(0, len(sts)))]
+            states = [str(rng.choice(["free", "occupied", "occupied", "occupied", "out_of_service"]))
+                      for _ in s.slots]
+            e.station_status(s.id, P.encode(P.station_status(states)), t)
+        else:
+            t += 120
+            e.tick(t)  # the oldest holds lapse: their slots free up
+    assert len(checked) > 150 and sum(c is not None and c.wait_s > 0 for c in checked) > 20

@@ -28,7 +28,7 @@ from . import protocol as P
 from .config import GatewayConfig
 from .engine import Engine, Result
 from .stations import load_stations
-from .store import Store
+from .store import Store, encode_json
 
 log = logging.getLogger("recarga.gateway")
 
@@ -169,8 +169,15 @@ class GatewayService:
             if now - self._pruned > 3600:
                 self._pruned = now
                 self.store.prune_requests(now - self.cfg.engine.request_memory_s)
+        # every payload is encoded once: the stored reply is the published text
+        texts: dict[int, str] = {}
+        out = []
+        for result in results:
+            for m in result.messages:
+                text = texts[id(m.payload)] = encode_json(m.payload)
+                out.append((m.topic, text.encode(), m.retain))
         try:
-            self.store.commit_all(results)
+            self.store.commit_all(results, texts)
         except sqlite3.Error:
             # the engine already changed its memory: only a restart from the database is
             # consistent again. Nothing of this batch was acknowledged, so nothing is lost.
@@ -178,9 +185,8 @@ class GatewayService:
             logging.shutdown()
             os._exit(EXIT_DB_FAILURE)
         publish = self.client.publish
-        for result in results:
-            for m in result.messages:
-                publish(m.topic, P.encode(m.payload), qos=P.QOS, retain=m.retain)
+        for topic, payload, retain in out:
+            publish(topic, payload, qos=P.QOS, retain=retain)
         ack = self.client.ack
         for msg in batch:
             if msg.qos > 0:

@@ -10,8 +10,9 @@ import json
 import sqlite3
 from dataclasses import asdict, fields
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from . import protocol as P
 from .engine import RequestRecord, Result, StationLive
@@ -59,7 +60,10 @@ CREATE TABLE IF NOT EXISTS stations_live (
 
 _COLUMNS = [f.name for f in fields(Reservation)]
 _COLUMN_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
-_INSERT = f"INSERT OR REPLACE INTO reservations ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# an upsert: a reservation is written several times in its life, and updating its row in
+# place costs SQLite less than INSERT OR REPLACE's delete and insert
+_INSERT = (f"INSERT INTO reservations ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           "ON CONFLICT(id) DO UPDATE SET " + ", ".join(f'"{c}" = excluded."{c}"' for c in _COLUMNS[1:]))
 _SELECT = f"SELECT {_COLUMN_LIST} FROM reservations"
 _ACTIVE = "('" + "', '".join(sorted(P.ACTIVE_STATES)) + "')"
 
@@ -84,14 +88,18 @@ class Store:
         """Write one engine Result atomically (all of it or nothing)."""
         self.commit_all([Result(changed=list(changed), request=request, station=station)])
 
-    def commit_all(self, results: Iterable[Result]) -> None:
-        """Write several engine Results in one transaction (group commit), in order."""
+    def commit_all(self, results: Iterable[Result], encoded: Mapping[int, str] | None = None) -> None:
+        """Write several engine Results in one transaction (group commit), in order.
+
+        encoded: JSON text of reply dicts by id(), from a caller that encodes them for
+        publishing anyway (each is encoded once); others are encoded here."""
         rows, requests, stations = [], [], []
         for res in results:
             rows += [_row(r) for r in res.changed]
             if res.request is not None:
                 q = res.request
-                requests.append((q.car, q.rid, q.at, json.dumps(q.reply)))
+                text = encoded.get(id(q.reply)) if encoded else None
+                requests.append((q.car, q.rid, q.at, text if text is not None else encode_json(q.reply)))
             if res.station is not None:
                 sid, live = res.station
                 stations.append((sid, int(live.online), None if live.slots is None else json.dumps(live.slots),
@@ -130,6 +138,9 @@ class Store:
 
 
 _NEED = _COLUMNS.index("need")
+_values = attrgetter(*_COLUMNS)
+# protocol.encode's text (compact), without building an encoder per call
+encode_json: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @lru_cache(maxsize=4096)
@@ -139,9 +150,8 @@ def _need_json(need: CarNeed) -> str:
 
 
 def _row(r: Reservation) -> tuple:
-    values = [getattr(r, c) for c in _COLUMNS]
-    values[_NEED] = _need_json(r.need)
-    return tuple(values)
+    values = _values(r)
+    return values[:_NEED] + (_need_json(r.need),) + values[_NEED + 1:]
 
 
 def _reservation(row: tuple) -> Reservation:

@@ -81,3 +81,38 @@ def test_station_live_state_survives_restart(tmp_path):
     fresh.live.clear()
     fresh.restore([], [], live)
     assert fresh.busy_until("near", 2) is not None and fresh.busy_until("far", 1) is None
+
+
+def test_encode_json_is_protocol_encode():
+    from gateway import protocol as P
+    from gateway.store import encode_json
+    e = make()
+    res = reserve(e, "c1", "q1")
+    for m in res.messages:
+        assert encode_json(m.payload).encode() == P.encode(m.payload)
+
+
+def test_reply_text_from_the_caller_is_stored_as_given(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    e = make()
+    res = reserve(e, "c1", "q1")
+    text = '{"v":1,"rid":"q1","ok":true,"stored":"as given"}'
+    store.commit_all([res], {id(res.request.reply): text})
+    [(stored,)] = store.db.execute("SELECT reply FROM requests").fetchall()
+    assert stored == text
+    # without one the store encodes the reply itself, and it reads back equal
+    res2 = reserve(e, "c1", "q2")
+    store.commit_all([res2])
+    assert store.requests(0)[-1] == res2.request
+
+
+def test_a_reservation_written_many_times_keeps_one_row_with_its_latest_state(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    e = make()
+    first = reserve(e, "c1", "q1")
+    again = reserve(e, "c1", "q2")  # replaces the car's reservation: the first is cancelled
+    store.commit_all([first, again])
+    rows = store.reservations("c1")
+    assert len(rows) == 2 and len({r.id for r in rows}) == 2
+    assert sorted(r.state for r in rows) == ["cancelled", "held"]
+    assert [r.id for r in store.active()] == [again.changed[-1].id]

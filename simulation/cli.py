@@ -57,7 +57,7 @@ def run_point(job: dict[str, Any], progress: Any = None) -> report.Point:
     cars_per_day = job["load"] * slots * job["hours"] / 24.0
     ecfg = loop.engine_config(job["policy"])
     dp = demand.DemandParams(cars_per_day=cars_per_day * 24.0 / job["hours"], hours=job["hours"],
-                             no_show=job["no_show"])
+                             no_show=job["no_show"], fast_only=job["fast_only"])
     plans = demand.generate(job["seed"], dp, stations, models, ecfg.selection.road_factor)
     cfg = loop.SimConfig(job["policy"], ecfg)
     stop = (job["hours"] + cfg.drain_s / 3600.0) * 3600.0
@@ -132,6 +132,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--radius-km", type=float, help="only stations this close to the centre (0: all)")
     ap.add_argument("--hours", type=float, default=24.0, help="cars appear over this many hours")
     ap.add_argument("--no-show", type=float, default=0.05, help="share of cars that never come")
+    ap.add_argument("--fast-only", action="store_true",
+                    help="sensitivity: drivers of DC-capable cars ask for fast chargers only")
     ap.add_argument("--stations", default=str(DEFAULT_STATIONS), help="BNetzA CSV or stations JSON")
     ap.add_argument("--models", default=str(evmodels.DEFAULT_PATH), help="Open EV Data JSON")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the CSV and plots")
@@ -171,13 +173,14 @@ def run(args: argparse.Namespace) -> int:
     slots = sum(len(s.slots) for s in stations)
     print(f"{len(stations)} stations, {slots} slots"
           f"{f' within {radius:g} km of the centre' if radius else ''}; loads {', '.join(f'{x:g}' for x in loads)} "
-          f"cars/slot/day over {args.hours:g} h; seed {args.seed}; policies {', '.join(args.policies)}", flush=True)
+          f"cars/slot/day over {args.hours:g} h; seed {args.seed}; policies {', '.join(args.policies)}"
+          f"{'; DC-capable cars ask for fast chargers only' if args.fast_only else ''}", flush=True)
     jobs = []
     for load in loads:
         for policy in args.policies:
             jobs.append({"id": len(jobs), "policy": policy, "load": load, "seed": args.seed,
                          "radius_km": radius, "stations": args.stations, "models": args.models,
-                         "hours": args.hours, "no_show": args.no_show})
+                         "hours": args.hours, "no_show": args.no_show, "fast_only": args.fast_only})
     # the slow runs first, so two workers finish together
     jobs.sort(key=lambda j: (-j["load"], j["policy"] != "most_free"))
     t0 = time.perf_counter()

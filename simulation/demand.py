@@ -9,7 +9,7 @@ stations the way a real city's is.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +40,9 @@ class DemandParams:
     ask_soc: tuple[float, float] = (0.10, 0.35)  # state of charge when the car asks, uniform
     target_soc: float = 0.80
     no_show: float = 0.05  # share of cars that get an answer and never come
+    # sensitivity: drivers of DC-capable cars look for fast chargers only (they tell the app
+    # max_ac_kw 0), which makes the power-blind baselines power-aware
+    fast_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,8 @@ def generate(seed: int, p: DemandParams, stations: list[StationMeta],
         ask = (float(la + (lb - la) * f), float(lo + (lob - lo) * f))
         leg_road = straight * road_factor
         m = models[int(which[i])]
+        if p.fast_only and m.max_dc_kw > 0:
+            m = replace(m, max_ac_kw=0.0, ac_per_point=())
         soc_ask = float(socs[i])
         soc_start = soc_ask + leg_road * m.consumption_kwh_100km / 100.0 / m.battery_kwh
         if soc_start > 1.0:  # a small battery cannot have driven that far: shorten the leg

@@ -33,6 +33,7 @@ _COLUMNS = (  # header, Metrics field, format
     ("stranded", "stranded", "{:d}"),
     ("unfinished", "unfinished", "{:d}"),
     ("expired", "expired_waiting", "{:d}"),
+    ("charge/est", "charge_vs_estimate", "{:.2f}"),
     ("decisions/s", "decisions_per_s", "{:,.0f}"),
 )
 
@@ -172,7 +173,8 @@ def plot_map(points: Sequence[Point], stations: Sequence[StationMeta], load: flo
     n = len(at)
     cols = 2 if n > 1 else 1
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows + 0.6), squeeze=False,
+                             layout="constrained")
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
     size = np.array([4 + 3 * len(s.slots) for s in stations])
@@ -191,9 +193,11 @@ def plot_map(points: Sequence[Point], stations: Sequence[StationMeta], load: flo
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if sc is not None:
-        fig.colorbar(sc, ax=axes, shrink=0.6, label="station utilisation over the day (%)")
-    fig.suptitle(f"Berlin's stations coloured by load at {load:g} cars per slot per day")
-    fig.text(0.01, 0.005, ATTRIBUTION, fontsize=6)
+        fig.colorbar(sc, ax=axes, shrink=0.7, label="station utilisation over the day (%)")
+    fig.suptitle(f"Berlin's stations coloured by load at {load:g} cars per slot per day "
+                 "(dot size: slots)")
+    fig.get_layout_engine().set(h_pad=0.1)
+    fig.text(0.01, 0.003, ATTRIBUTION, fontsize=6)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -5,6 +5,7 @@
 board="car") : the vendored umqtt.simple, and returns its stdout; a non-zero exit fails the
 test with stdout and stderr. `MicroPython` starts one as a child process that keeps running
 (a board's main loop), collects its output lines in a thread, and stops it by its pid.
+`wait_until(pred)` polls a condition. Car boards against real brokers: `car_board.py`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ STATION = ROOT / "firmware" / "station"
 CAR = ROOT / "firmware" / "car"
 UMQTT = ROOT / "boards" / "virtual" / "vendor"  # holds umqtt/simple.py (scripts/fetch_umqtt.py)
 HEAP = "96k"
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 15, what: str = "condition") -> object:
+    """pred()'s first truthy value, polled every 50 ms; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def micropython() -> str:

@@ -14,55 +14,24 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from brokers import Broker, MqttClient, connect_client
+from brokers import Broker, connect_client
+from car_board import CAR, LIB, World, car_config, pot_for, reservations, uv_for, virtual_board
 from gateway import protocol as P
 from gateway.model import SlotMeta, StationMeta
-from gateway_proc import GatewayProcess
+from mp import wait_until
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
-CAR = ROOT / "firmware" / "car"
-LIB = ROOT / "firmware" / "lib"
 UMQTT = ROOT / "boards" / "virtual" / "vendor"  # umqtt/simple.py (frozen into ESP32 builds)
 
-CURVE = [[300, 0.0], [345, 0.1], [360, 0.3], [372, 0.5], [388, 0.8], [403, 1.0]]
-DIVIDER = 130.0
 AC22 = SlotMeta(22.0, False)
-
-
-def uv_for(soc: float) -> int:
-    """The pin microvolts that give `soc` through CURVE and DIVIDER."""
-    for (v0, s0), (v1, s1) in zip(CURVE, CURVE[1:]):
-        if s0 <= soc <= s1:
-            return round((v0 + (soc - s0) / (s1 - s0) * (v1 - v0)) / DIVIDER * 1e6)
-    raise ValueError(soc)
-
-
-def car_config(car: str, region: str, port: int, *, regions: list[dict] | None = None,
-               points=((52.521, 13.401),), speed_kmh=0, telemetry_s=5) -> dict:
-    return {
-        "kind": "car", "id": car, "region": region,
-        "wifi": {"ssid": "recarga", "password": "pw"},
-        "broker": {"host": "127.0.0.1", "port": port, "user": car, "password": f"{car}-pw", "keepalive": 10},
-        "log": "info",
-        "pins": {"battery_adc": 34, "status_led": 2},
-        "battery": {"divider": DIVIDER, "samples": 3, "curve": CURVE},
-        "thresholds": {"ask_below": 0.20, "clear_above": 0.25},
-        "model": {"name": "Volkswagen ID.3 58 kWh", "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
-                  "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8},
-        "route": {"speed_kmh": speed_kmh, "loop": True, "points": [list(p) for p in points]},
-        "regions": regions or [{"name": region, "host": "127.0.0.1", "port": port,
-                                "bounds": [52.33, 13.08, 52.68, 13.77]}],
-        "telemetry_s": telemetry_s,
-    }
 
 
 DRIVER = r"""
@@ -192,80 +161,20 @@ class HostedCar:
             self._out.close()
 
 
-class World:
-    """Regions (broker + gateway + paho station clients) and hosted cars; all stopped at the end."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.brokers: list[Broker] = []
-        self.gateways: list[GatewayProcess] = []
-        self.clients: list[MqttClient] = []
-        self.cars: list[HostedCar] = []
-
-    def region(self, name: str, cars: list[str], stations: list[StationMeta]) -> tuple[Broker, GatewayProcess]:
-        passwords = {"gateway": "gw-pw", **{c: f"{c}-pw" for c in cars}, **{s.id: f"{s.id}-pw" for s in stations}}
-        b = Broker.launch(self.tmp / name / "broker", region=name, cars=cars, stations=[s.id for s in stations],
-                          passwords=passwords)
-        self.brokers.append(b)
-        for s in stations:
-            c = connect_client(b, s.id)
-            self.clients.append(c)
-            c.subscribe(P.station_topic(name, s.id, "cmd"))
-            c.publish(P.station_topic(name, s.id, "online"), P.online_message(True), retain=True)
-            c.publish(P.station_topic(name, s.id, "status"), P.encode(P.station_status(["free"] * len(s.slots))),
-                      retain=True)
-        gw = GatewayProcess(self.tmp / name / "gw", name, b.port, "gateway", "gw-pw", stations, hold_s=60, grace_s=300)
-        self.gateways.append(gw)
-        gw.start().wait_connected()
-        return b, gw
-
-    def client(self, broker: Broker, user: str) -> MqttClient:
-        c = connect_client(broker, user)
-        self.clients.append(c)
-        return c
-
-    def station(self, sid: str) -> MqttClient:
-        return next(c for c in self.clients if c.username == sid)
-
+class HostedWorld(World):
     def car(self, cfg: dict, soc: float) -> HostedCar:
         car = HostedCar(self.tmp / cfg["id"], cfg, soc)
         self.cars.append(car)
         return car.start()
 
-    def close(self) -> None:
-        for car in self.cars:
-            car.stop()
-        for c in self.clients:
-            c.close()
-        for gw in self.gateways:
-            gw.stop()
-        for b in self.brokers:
-            b.stop()
-
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(tmp_path)
+    w = HostedWorld(tmp_path)
     try:
         yield w
     finally:
         w.close()
-
-
-def reservations(gw: GatewayProcess) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "reservations", "--config", str(gw.config), "--json"],
-                         capture_output=True, text=True, timeout=30, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines()]
-
-
-def wait_until(pred, timeout: float = 15, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def test_low_battery_asks_gets_a_slot_charges_and_completes(world):
@@ -339,44 +248,6 @@ def test_region_hand_over_on_serial_position(world):
 
 
 # ---------------------------------------------------------------- on the virtual board
-
-BOARD_DIAGRAM = ROOT / "boards" / "car" / "diagram.json"
-# The car board of docs/firmware.md, for when boards/car/diagram.json is not there (yet):
-# pot1's wiper on GPIO 34, led1 (through r1) on GPIO 2.
-FALLBACK_DIAGRAM = {
-    "version": 1, "author": "recarga tests", "editor": "wokwi",
-    "parts": [
-        {"type": "board-esp32-devkit-c-v4", "id": "esp", "top": 0, "left": 0, "attrs": {}},
-        {"type": "wokwi-potentiometer", "id": "pot1", "top": 0, "left": 200, "attrs": {}},
-        {"type": "wokwi-led", "id": "led1", "top": 100, "left": 200, "attrs": {"color": "red"}},
-        {"type": "wokwi-resistor", "id": "r1", "top": 100, "left": 150, "attrs": {"value": "220"}},
-    ],
-    "connections": [
-        ["esp:TX", "$serialMonitor:RX", "", []], ["esp:RX", "$serialMonitor:TX", "", []],
-        ["pot1:VCC", "esp:3V3", "red", []], ["pot1:GND", "esp:GND.1", "black", []],
-        ["pot1:SIG", "esp:34", "green", []],
-        ["esp:2", "r1:1", "green", []], ["r1:2", "led1:A", "green", []], ["led1:C", "esp:GND.2", "black", []],
-    ],
-}
-
-
-def pot_for(soc: float) -> float:
-    """The pot position (SIG = position x 3.3 V) that gives `soc`."""
-    return uv_for(soc) / 3.3e6
-
-
-def virtual_board(tmp: Path, cfg: dict):
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from boards.virtual.board import VirtualBoard
-
-    diagram = BOARD_DIAGRAM
-    if not diagram.exists():
-        diagram = tmp / "diagram.json"
-        diagram.write_text(json.dumps(FALLBACK_DIAGRAM))
-    (tmp / "config.json").write_text(json.dumps(cfg))
-    return VirtualBoard(diagram, {"": CAR, "lib": LIB, "config.json": tmp / "config.json"}, name=cfg["id"])
-
 
 def test_on_the_virtual_board_lowering_the_pot_gets_a_slot(world, tmp_path):
     stations = [StationMeta("st-1", 52.52, 13.40, (AC22, AC22), operator="op", price_per_kwh=0.45)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from brokers import REGION, Broker
-from mp import MicroPython, run, umqtt_available
+from mp import MicroPython, run, umqtt_available, wait_until
 
 from gateway import protocol as P
 
@@ -44,16 +44,6 @@ def driver(broker: Broker | None, tmp_path: Path, **over) -> MicroPython:
 
 def online_payloads(client, topic=ONLINE) -> list[bool]:
     return [P.parse_online(m.payload) for m in client.messages(topic)]
-
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_connect_online_retained_subscribe_and_last_will(broker, mqtt_client, tmp_path):

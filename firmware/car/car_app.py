@@ -7,12 +7,22 @@
 # on its socket (a silent broker), the status LED keeps its pattern (idle). Nothing happens
 # at import time.
 #
+# Regions: the session follows the position (the region check, every _REGION_MS) unless the
+# car holds a reservation: then it stays with the reservation's region until the reservation
+# ends (completed, expired, cancelled, faulted), whatever boundary the car crosses, and only
+# then follows the position again. An overflow answer (car_reply) puts the reservation in
+# another region: handover() moves the session there before the confirm goes out.
+#
 # Attributes (set by car_boot.boot): car (id), battery, route, wifi, logic, console, session
-# (None until the first step opens it), region (index into _regions: (name, host, port); the
-# last one is the home region of the common keys, used while the position is in no
-# configured region), _bounds (per region, None for the home one), _broker (user, password,
-# keepalive), _topics (leaf -> topic), _adc, _led, _level, _t (ticks of the last battery
-# reading, route step, region check, gc).
+# (None until the first step opens it), region (index into _regions: (name, host, port); after
+# the configured regions comes the home region of the common keys, used while the position is
+# in no configured region, then at most one region met through an overflow answer, not in
+# config.json), _bounds (per configured region, None for the home one), _broker (user,
+# password, keepalive), _topics (leaf -> topic), _adc, _led, _level, _t (ticks of the last
+# battery reading, route step, region check, gc); _stay: not None while a reservation keeps
+# the session away from the position's region (the index of that region, or of the
+# reservation's own right after an overflow hand-over), so that the region check runs in the
+# very pass the reservation ends, before the logic asks again.
 import gc
 
 from micropython import const
@@ -31,6 +41,8 @@ _GC_MS = const(1000)
 
 
 class CarApp:
+    _stay = None
+
     def _say(self, line):
         log.info("car:", line)
 
@@ -57,24 +69,49 @@ class CarApp:
     def _on_message(self, topic_b, msg):
         self.logic.on_message(msg, ticks_ms())
 
+    def handover(self, region, host, port):
+        """Move the session to region's broker host:port, as the region check does on a
+        boundary: disconnect (online false, retained), then a new persistent session with that
+        region's topics, same user and password (the car must be provisioned on that broker
+        too). Also for a region not in config.json (an overflow answer): it takes the one entry
+        of _regions after the configured and home ones."""
+        g = self._regions
+        r = (region, host, port)
+        if r not in g:
+            del g[len(self._bounds):]  # the previous region met through an overflow answer
+            g.append(r)
+        log.info("car: handing over to region %s: broker %s:%d" % r)
+        s = self.session
+        if s is not None:
+            s.disconnect()
+        self.session = None
+        self.region = g.index(r)
+        self._stay = None
+        gc.collect()
+        self._open()
+
     def _check_region(self, now):
         rt = self.route
         i = find_region(self._bounds, rt.lat, rt.lon, self.region)
+        old = self._stay
+        self._stay = None
         if i < 0 or i == self.region:
             return
-        old = self._regions[self.region]
         new = self._regions[i]
-        if old == new:  # the home region is this one
+        if new == self._regions[self.region]:  # the home region is this one
             self.region = i
             return
-        log.info("car: left region %s at %.5f %.5f, now in region %s: switching to broker %s:%d"
-                 % (old[0], rt.lat, rt.lon, new[0], new[1], new[2]))
-        self.logic.leave_region(now)  # gives back a held slot on the old broker
-        self.session.disconnect()
-        self.session = None
-        self.region = i
-        gc.collect()
-        self._open()
+        r = self.logic.res
+        if r is not None:  # the reservation keeps the session with its region until it ends
+            self._stay = i
+            if old != i:
+                log.info("car: now in region %s at %.5f %.5f, staying with region %s while reservation %s lasts"
+                         % (new[0], rt.lat, rt.lon, self._regions[self.region][0], r.get("id")))
+            return
+        log.info("car: left region %s at %.5f %.5f, now in region %s"
+                 % (self._regions[self.region][0], rt.lat, rt.lon, new[0]))
+        self.logic.leave_region(now)  # a pending reserve is asked again in the new region
+        self.handover(*new)
 
     def _idle(self):
         self._show(ticks_ms())
@@ -91,11 +128,21 @@ class CarApp:
         if self.session is None:  # the first pass (after car_boot has gone) opens it
             self._open()
         up = self.wifi.poll(now) and self.session.poll(now)
+        lg = self.logic
+        r = lg.res
+        if r is None:
+            if self._stay is not None:  # the reservation that kept the session has ended
+                self._check_region(now)
+        else:
+            r = r["region"]
+            if type(r) is tuple and r != self._regions[self.region]:  # an overflow answer
+                self.handover(*r)  # before the confirm goes out (lg.poll below)
+                self._stay = self.region  # when it ends: the region check at once
+        up = up and self.session.connected
         self.console.poll()
         t = self._t
         b = self.battery
         rt = self.route
-        lg = self.logic
         if ticks_diff(now, t[0]) >= _BATTERY_MS:
             t[0] = now
             b.read(self._adc)

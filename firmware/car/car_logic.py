@@ -8,6 +8,8 @@
 #            faulted with an offer -> heading with the offer; checked_in -> waiting
 #   waiting  measured soc rises -> charging; charging: soc >= target -> done
 #   waiting / charging / done: completed -> driving (the episode is served)
+#   an ok reserve naming another region (overflow): as ok, the reservation keeps that region
+#   (car_reply); the app moves the session there before the confirm goes out
 #
 # At most one request is pending (the "queue" has one slot). Telemetry on every change of
 # state and every telemetry_ms; offline nothing is queued, the latest goes out on reconnect.
@@ -134,16 +136,14 @@ class CarLogic:
         handle(self, payload, self._now)
 
     def leave_region(self, now):
-        """The position left the region: give back a reservation not checked in (best effort,
-        on the old region's broker, called before the session moves), forget the pending
-        request; still low: ask the next region's gateway."""
-        self._op = None
+        """The session moves to the region the position is in (called before it moves). The
+        app does so only while the car holds no reservation: a reservation keeps the session
+        with its region until it ends, across any boundary. Still low: forget the pending
+        reserve (the old region's gateway may answer it there; an unconfirmed hold lapses by
+        itself) and ask the new region's gateway at once."""
         self._tele_due = True
-        r = self.res
-        if r is not None and self.state == HEADING:
-            self._send("request", self._request("cancel")[1])
-            self._lost(now, "left the region: gave back " + str(r.get("id")))
-        elif self.state == LOW:
+        if self.state == LOW:
+            self._op = None
             self._ask_at = now
 
     def led_pattern(self):

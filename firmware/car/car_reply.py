@@ -1,6 +1,11 @@
 # What the car does with a message on car/<id>/reply: a reply to its pending request or an
 # unsolicited event (docs/protocol.md). Part of car_logic (kept apart so that each module
 # compiles in a small heap); hardware-free.
+# An ok `reserve` reply with `region` and `broker` is an overflow answer (docs/protocol.md,
+# "Across regions"): the slot is held in that region. The kept reservation then carries
+# "region": (name, host, port), and the app hands the session over to that broker before the
+# logic's confirm goes out (car_app.step). A reply with `overflow` says why overflow did not
+# help; it is printed, the reply is handled as it would be without it.
 import json
 
 from time import ticks_add
@@ -15,12 +20,14 @@ def hhmm(t, sec=False):
     return r + ":%02d" % (s % 60) if sec else r
 
 
-_KEEP = ("id", "station", "slot", "state", "hold_until")
+_KEEP = ("id", "station", "slot", "state", "hold_until", "region")
 
 
 def keep(r):
     """The part of a reservation object the car uses later (the rest is printed once and
-    dropped: every byte counts on a board without PSRAM)."""
+    dropped: every byte counts on a board without PSRAM). "region" is set by handle() for an
+    overflow answer only: (name, host, port) of the region holding the slot; None otherwise
+    (the region of the session it came on)."""
     return {k: r.get(k) for k in _KEEP}
 
 
@@ -74,10 +81,23 @@ def handle(lg, payload, now):
         return
     op = lg._op
     lg._op = None
+    ev = m.get("overflow")  # why overflow to another region did not help (local reply)
+    if type(ev) is dict:
+        lg._say("no overflow to another region: %s (%s)" % (ev.get("code"), ev.get("message")))
     if m.get("ok") is True:
         if r is None:
             return
         if op == "reserve":
+            ev = m.get("region")
+            if ev is not None:  # an overflow answer: held in region ev, reached at broker
+                b = m.get("broker")
+                if type(ev) is not str or type(b) is not dict or type(b.get("host")) is not str \
+                        or type(b.get("port")) is not int:
+                    lg._op = op  # as if it never came: the reply timeout asks again
+                    lg._say("reply: overflow answer without a usable region and broker, ignored")
+                    return
+                r["region"] = ev = (ev, b["host"], b["port"])
+                lg._say("overflow: slot held in region %s, handing over to its broker %s:%d" % ev)
             lg._backoff.reset()
             lg._adopt(r, now)
         elif lg.res is not None and r.get("id") == lg.res.get("id"):

@@ -237,7 +237,8 @@ def test_region_hand_over_on_serial_position(world):
     n = len(car.serial())
     car.write("pos 51.06 13.75")
     line = car.wait_for("left region north", after=n)
-    assert "now in region south" in line and f"127.0.0.1:{bs.port}" in line
+    assert "now in region south" in line
+    assert car.wait_for("handing over to region south", after=n).endswith(f"broker 127.0.0.1:{bs.port}")
     car.wait_for("mqtt: connected", after=n)
     car.set_soc(0.12)
     line = car.wait_for("slot reserved: station st-s slot 1")

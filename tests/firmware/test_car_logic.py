@@ -87,6 +87,21 @@ def reply_err(code, **extra):
     err.update(extra)
     deliver({"v": 1, "rid": last_request()["rid"], "ok": False, "error": err})
 
+def reply_with(res=None, **fields):
+    # a reply to the last request: ok with res, or the fields given (error, overflow, region, broker)
+    r = last_request()
+    m = {"v": 1, "rid": r["rid"], "ok": res is not None, "op": r["op"]}
+    if res is not None:
+        m["reservation"] = res
+    m.update(fields)
+    deliver(m)
+
+def reply_overflow(res, region="south", host="127.0.0.1", port=1884):
+    reply_with(res, region=region, broker={"host": host, "port": port})
+
+def show_res():
+    OUT.append({"k": "res", "t": T[0], "res": car.res, "state": car.state})
+
 def event(name, res, offer=None):
     m = {"v": 1, "event": name, "reservation": res}
     if offer is not None:
@@ -349,3 +364,93 @@ OUT.append({"k": "drift", "bytes": gc.mem_alloc() - base, "n": n, "sent": SENT[0
     assert drift["n"] == 150 and drift["sent"] >= 300
     print(drift)
     assert drift["bytes"] < 1024, drift
+
+
+def shown(out: list[dict]) -> list[dict]:
+    return [o for o in out if o["k"] == "res"]
+
+
+def test_overflow_answer_keeps_the_region_and_confirms_with_the_same_rid_on_timeout(tmp_path):
+    """An ok reserve with region and broker: the slot is held in another region. The car keeps
+    the reservation with that region (name, host, port: what the app hands over to), prints
+    where it goes, and confirms; a confirm without a reply is repeated with the same rid."""
+    out = run_car(tmp_path, """
+run(1000, 0.15)
+reply_overflow(res("r7", station="st-b"), region="south", host="10.0.0.2", port=1884)
+show_res()
+run(20000, 0.15)                 # confirm at 1000, no reply: again at 1000 + 10 s + 2 s
+reply_ok(res("r7", "confirmed", station="st-b"))
+show_res()
+run(21000, 0.15)
+""")
+    reqs = requests(out)
+    assert [r["op"] for r in reqs] == ["reserve", "confirm", "confirm"]
+    assert reqs[1]["reservation"] == "r7" and reqs[1]["rid"] == reqs[2]["rid"] != reqs[0]["rid"]
+    assert reqs[2]["t"] - reqs[1]["t"] == 12000  # the reply timeout, then the backoff
+    first, then = shown(out)
+    assert first["res"] == {"id": "r7", "station": "st-b", "slot": 1, "state": "held", "hold_until": 1795000120,
+                            "region": ["south", "10.0.0.2", 1884]} and first["state"] == "heading"
+    assert then["res"]["state"] == "confirmed" and then["res"]["region"] is None  # handed over by then
+    lines = says(out)
+    i = lines.index("overflow: slot held in region south, handing over to its broker 10.0.0.2:1884")
+    assert lines[i + 1].startswith("slot reserved: station st-b slot 1, ")
+    assert any(s.startswith("confirmed r7: kept until") for s in lines)
+    assert led_at(out, 2000) == ON
+
+
+def test_overflow_note_is_printed_and_the_retry_rules_stay(tmp_path):
+    """A reply with `overflow` (why overflow did not help) is printed; the reply itself is
+    handled as without it: no_capacity re-asks after the backoff, a local ok is adopted."""
+    out = run_car(tmp_path, """
+run(1000, 0.15)
+reply_with(error={"code": "no_capacity", "message": "nothing reachable", "earliest_free": None},
+           overflow={"code": "overflow_unavailable", "message": "the link to central is down"})
+run(4000, 0.15)
+reply_with(res("r1"), overflow={"code": "deadline_passed", "message": "central did not answer"})
+run(5000, 0.15)
+""")
+    reqs = requests(out)
+    assert [r["op"] for r in reqs] == ["reserve", "reserve", "confirm"]
+    assert reqs[1]["t"] == 1000 + 2000  # the first backoff step, as without the note
+    lines = says(out)
+    assert "no overflow to another region: overflow_unavailable (the link to central is down)" in lines
+    assert "no overflow to another region: deadline_passed (central did not answer)" in lines
+    assert any(s.startswith("no capacity (earliest free never), asking again in 2 s") for s in lines)
+    assert any(s.startswith("slot reserved: station st-1 slot 1") for s in lines)
+
+
+def test_an_overflow_answer_without_a_usable_broker_is_ignored_and_asked_again(tmp_path):
+    out = run_car(tmp_path, """
+run(1000, 0.15)
+reply_with(res("r1"), region="south", broker={"host": "10.0.0.2"})
+show_res()
+run(13000, 0.15)
+""")
+    reqs = requests(out)
+    assert [r["op"] for r in reqs] == ["reserve", "reserve"]  # after the reply timeout + backoff
+    assert reqs[1]["t"] == 12000 and reqs[1]["rid"] != reqs[0]["rid"]
+    assert shown(out)[0]["res"] is None
+    assert "reply: overflow answer without a usable region and broker, ignored" in says(out)
+
+
+def test_leaving_the_region_never_gives_back_a_reservation(tmp_path):
+    """leave_region (the app calls it only while no reservation keeps the session, but even so)
+    cancels nothing; while low it forgets the pending reserve and asks the new region at once."""
+    out = run_car(tmp_path, """
+run(1000, 0.15)
+reply_ok(res("r1"))
+run(2000, 0.15)
+car.leave_region(T[0])
+run(3000, 0.15)
+show_res()
+reply_ok(res("r1", "confirmed"))
+event("expired", res("r1", "expired"))
+run(4000, 0.15)                 # asks again at once: a reserve pending
+car.leave_region(T[0])          # the session moves before an answer: asked again, new rid
+run(5000, 0.15)
+""")
+    reqs = requests(out)
+    assert [r["op"] for r in reqs] == ["reserve", "confirm", "reserve", "reserve"]
+    assert reqs[3]["t"] == 4100 and reqs[3]["rid"] != reqs[2]["rid"]
+    assert shown(out)[0]["res"]["id"] == "r1" and shown(out)[0]["state"] == "heading"
+    assert not any("gave back" in s for s in says(out))

@@ -47,7 +47,11 @@ class SimConfig:
     policy: str
     engine: EngineConfig
     drain_s: float = 36 * 3600.0  # after the last arrival, run at most this long
-    retry_min_s: float = 60.0  # a car told no_capacity asks again no sooner than this
+    # a car told no_capacity asks again when the earliest slot comes within the horizon, but
+    # no sooner than retry_min_s, doubling with each refusal in a row up to retry_max_s (the
+    # firmware backs off too; without it every parked car asks whenever any slot frees)
+    retry_min_s: float = 60.0
+    retry_max_s: float = 600.0
     housekeeping_s: float = 3600.0  # periodic engine tick (request memory)
 
 
@@ -82,6 +86,7 @@ class CarRun:
     slot: int | None = None  # 1-based
     reservation: str | None = None
     requests: int = 0  # reserve requests sent
+    refused: int = 0  # no_capacity answers in a row
     est_charge_s: float | None = None  # the charge time the gateway's answer predicted
     expired: int = 0  # times its reservation expired while it was on its way or waiting
 
@@ -296,10 +301,12 @@ class Simulation:
             else:
                 # parked where it is, asks again when something should be within the horizon
                 c.state = WAITING
-                again = max(self.now + self.cfg.retry_min_s,
-                            err["earliest_free"] - self.cfg.engine.max_wait_s + 1.0)
+                backoff = min(self.cfg.retry_min_s * 2.0 ** c.refused, self.cfg.retry_max_s)
+                c.refused += 1
+                again = max(self.now + backoff, err["earliest_free"] - self.cfg.engine.max_wait_s + 1.0)
                 self._push(again, _ASK, i, "retry")
             return
+        c.refused = 0
         r = reply["reservation"]
         rid = r["id"]
         c.est_charge_s = r["charge_min"] * 60.0

@@ -196,7 +196,7 @@ def plot_map(points: Sequence[Point], stations: Sequence[StationMeta], load: flo
         fig.colorbar(sc, ax=axes, shrink=0.7, label="station utilisation over the day (%)")
     fig.suptitle(f"Berlin's stations coloured by load at {load:g} cars per slot per day "
                  "(dot size: slots)")
-    fig.get_layout_engine().set(h_pad=0.1)
+    fig.get_layout_engine().set(h_pad=0.1, rect=(0, 0.02, 1, 0.98))  # room for the attribution
     fig.text(0.01, 0.003, ATTRIBUTION, fontsize=6)
     fig.savefig(path, dpi=110)
     plt.close(fig)

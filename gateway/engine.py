@@ -63,6 +63,16 @@ class Result:
     station: tuple[str, StationLive] | None = None
 
 
+@dataclass(slots=True)
+class HoldOutcome:
+    """The engine's answer to central's hold (gateway/overflow.py answers central with it)."""
+
+    reservation: dict[str, Any] | None  # the held reservation's view (state "held")
+    code: str | None = None  # why not (no_capacity, unknown_station, bad_state)
+    message: str = ""
+    results: list[Result] = field(default_factory=list)  # for the service to commit and publish
+
+
 def reservation_id(*parts: str) -> str:
     """Deterministic id, so a replay or a redelivered request yields the same id."""
     return "r" + hashlib.blake2s("/".join(parts).encode(), digest_size=6).hexdigest()
@@ -306,6 +316,90 @@ class Engine:
             self.requests = {k: v for k, v in self.requests.items() if v.at >= horizon}
         return res
 
+    # ------------------------------------------------------------ overflow (docs/architecture.md)
+
+    def assignable(self) -> list[StationMeta]:
+        """The stations the selector indexes (online, with a reported status)."""
+        live = self.live
+        return [m for sid, m in self.stations.items()
+                if sid in live and live[sid].online and live[sid].slots is not None]
+
+    def slot_times(self, sid: str, now: float) -> list[float | None]:
+        """busy_until of every slot of a station at `now`, with no horizon (for the summary)."""
+        meta = self.stations.get(sid)
+        if meta is None:
+            return []
+        self._now = now
+        return [self.busy_until(sid, k) for k in range(1, len(meta.slots) + 1)]
+
+    def overflow_hold(self, car: str, xid: str, need: CarNeed, station: str | None, hold_until: float,
+                      now: float) -> HoldOutcome:
+        """Central's hold: at `station` if it still can, else the policy's best; a held
+        reservation (rid = xid) lasting until central's confirm_by. The request record (car,
+        xid) makes a repeated hold request answer the same. The car is not on this broker
+        yet, so it gets no reply; the station gets its command."""
+        known = self.requests.get((car, xid))
+        if known is not None:
+            return _outcome(known.reply, [])
+        res = Result()
+        self._now = now
+        previous = self.reservations.get(self.by_car.get(car, ""))
+        if previous is not None and previous.state == "checked_in":
+            reply = P.error_reply(xid, P.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
+        else:
+            if previous is not None:
+                self._unindex(previous)  # its own hold must not stand in the way (as in reserve)
+            choice = self._choose(need, now, only=station) if station in self.stations else None
+            if choice is None:
+                choice = self._choose(need, now)
+            if previous is not None:
+                self._index(previous)
+            if choice is None:
+                reply = self._no_capacity(xid, need, now, None)
+            else:
+                if previous is not None:
+                    self._end(previous, "cancelled", res)
+                r = replace(self._new_reservation(reservation_id(car, xid), car, xid, need, choice, now),
+                            hold_until=hold_until)
+                self._add(r, res)
+                log.info("overflow %s: car %s held at %s slot %d until %.0f", xid, car, r.station, r.slot, hold_until)
+                reply = P.ok_reply(xid, "reserve", reservation_view(r))
+        res.request = RequestRecord(car, xid, now, reply)
+        self.requests[(car, xid)] = res.request
+        return _outcome(reply, [res])
+
+    def overflow_release(self, car: str, xid: str, reservation: str, now: float) -> Result:
+        """Central gives back a hold it did not use: cancelled, no car reply. Unknown, ended,
+        another request's or checked in: no change (a release may repeat or come late)."""
+        res = Result()
+        r = self.reservations.get(reservation)
+        if r is None or r.car != car or r.rid.removesuffix(":any") != xid or r.state == "checked_in":
+            return res
+        self._now = now
+        self._end(r, "cancelled", res)
+        return res
+
+    def cancel(self, car: str, reservation: str, now: float) -> Result:
+        """End the car's local hold because overflow sent it elsewhere; no car event (its one
+        reply says where to go). Unknown, ended or checked in: no change."""
+        res = Result()
+        r = self.reservations.get(reservation)
+        if r is None or r.car != car or r.state == "checked_in":
+            return res
+        self._now = now
+        self._end(r, "cancelled", res)
+        return res
+
+    def replace_reply(self, car: str, rid: str, reply: dict[str, Any], now: float) -> Result:
+        """The final reply to a deferred request: stored as its record (a retried rid gets
+        this, not the local answer) and sent to the car."""
+        known = self.requests.get((car, rid))
+        res = Result()
+        res.request = RequestRecord(car, rid, known.at if known is not None else now, reply)
+        self.requests[(car, rid)] = res.request
+        self._reply(res, car, reply)
+        return res
+
     # ------------------------------------------------------------ car operations
 
     def _reserve(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
@@ -402,10 +496,7 @@ class Engine:
         if self._selector is None:
             # only stations that can be assigned: the index stays small and every candidate
             # it yields is a real one (most of a city's register may be offline)
-            live = self.live
-            usable = [m for sid, m in self.stations.items()
-                      if sid in live and live[sid].online and live[sid].slots is not None]
-            self._selector = Selector(usable, self.cfg.selection, learn=True)
+            self._selector = Selector(self.assignable(), self.cfg.selection, learn=True)
         return self._selector
 
     def _choose(self, need: CarNeed, now: float, only: str | None = None,
@@ -521,3 +612,10 @@ class Engine:
         res.messages.append(Outbound(P.car_topic(self.cfg.region, car, "reply"), payload))
 
     _event = _reply
+
+
+def _outcome(reply: dict[str, Any], results: list[Result]) -> HoldOutcome:
+    if reply.get("ok"):
+        return HoldOutcome(reply["reservation"], results=results)
+    err = reply.get("error", {})
+    return HoldOutcome(None, err.get("code", P.NO_CAPACITY), err.get("message", ""), results)

@@ -6,7 +6,7 @@
   (or the deadline, or the bridge going down) into the one reply the car gets.
 - Every gateway: `summary_stations` + `SummaryPublisher` build the retained capacity summary.
 - Target gateway: `answer_hold` answers central's hold and release requests through a
-  `HoldPort` (the engine's reservation path; `EngineHoldPort` uses today's car_message).
+  `HoldPort` (`EngineHoldPort`: Engine.overflow_hold / overflow_release).
 
 Everything takes plain inputs and `now` and returns what to publish (`Publish`), which car
 gets which reply (`CarReply`) and what the engine must do (local holds to cancel).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol as P
-from .engine import Engine, Result
+from .engine import Engine, HoldOutcome, Result
 from .model import CarNeed, Reservation, StationMeta
 
 log = logging.getLogger("recarga.overflow")
@@ -32,6 +32,8 @@ class OverflowSettings:
     enabled: bool = True
     wait_limit_s: float = 900.0  # forward when the best local offer waits longer than this
     answer_within_s: float = 5.0  # the request's deadline: central's answer must be back by then
+    summary_min_interval_s: float = 5.0  # a changed summary shard goes out at most this often
+    summary_refresh_s: float = 60.0  # every shard again this often (central sees the region alive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,16 +264,8 @@ class SummaryPublisher:
 
 # ---------------------------------------------------------------- target: central's holds
 
-@dataclass(slots=True)
-class HoldOutcome:
-    reservation: dict[str, Any] | None  # the held reservation's view (state "held")
-    code: str | None = None  # why not (no_capacity, unknown_station, bad_state)
-    message: str = ""
-    results: list[Result] = field(default_factory=list)  # for the service to commit and publish
-
-
 class HoldPort(Protocol):
-    """The engine's reservation path as overflow needs it (phase 2: Engine.overflow_hold /
+    """The engine's reservation path as overflow needs it (Engine.overflow_hold /
     Engine.overflow_release, docs/architecture.md)."""
 
     def hold(self, car: str, xid: str, need: CarNeed, station: str | None, hold_until: float,
@@ -306,7 +300,8 @@ def answer_hold(region: str, payload: bytes, now: float, port: HoldPort) -> tupl
 
 def hold_events(region: str, changed: Sequence[Reservation]) -> list[Publish]:
     """Hold events for central from the engine's changed reservations: those made for an
-    overflow (request id = xid, or xid + ANY_SUFFIX) that left `held`. Repeats are harmless."""
+    overflow (request id = xid; xid + ANY_SUFFIX from phase 1 holds) that left `held`.
+    Repeats are harmless."""
     out = []
     for r in changed:
         xid = r.rid.removesuffix(ANY_SUFFIX)
@@ -315,43 +310,20 @@ def hold_events(region: str, changed: Sequence[Reservation]) -> list[Publish]:
     return out
 
 
-ANY_SUFFIX = ":any"  # request id of the second try, anywhere in the region
+ANY_SUFFIX = ":any"  # phase 1 held "anywhere" under xid + this; still recognised
 
 
 class EngineHoldPort:
-    """HoldPort over today's engine: a reserve request in the car's name (request id = xid;
-    the engine's (car, rid) memory makes a repeated hold request give the same answer),
-    central's station first, then anywhere in the region. Limit until phase 2: the hold lasts
-    the engine's hold_s, not confirm_by (the answer says which: hold_until)."""
+    """HoldPort over the engine's overflow methods: Engine.overflow_hold (central's station
+    first, then the region's best; the hold lasts until central's confirm_by; a repeated hold
+    request answers the same) and Engine.overflow_release."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def _ask(self, car: str, payload: dict[str, Any], now: float) -> tuple[dict[str, Any], Result]:
-        res = self.engine.car_message(car, P.encode(payload), now)
-        mine = P.car_topic(self.engine.cfg.region, car, "reply")
-        replies = [m.payload for m in res.messages if m.topic == mine]
-        res.messages = [m for m in res.messages if m.topic != mine]  # the car is not here yet
-        return replies[-1], res
-
     def hold(self, car: str, xid: str, need: CarNeed, station: str | None, hold_until: float,
              now: float) -> HoldOutcome:
-        fields = need_fields(need)
-        tries = [(xid, station)] if station is not None else []
-        tries.append((xid + ANY_SUFFIX, None))
-        results: list[Result] = []
-        reply: dict[str, Any] = {}
-        for rid, only in tries:
-            reply, res = self._ask(car, P.reserve_request(rid, car, station=only, **fields), now)
-            results.append(res)
-            if reply.get("ok") or reply.get("error", {}).get("code") not in (P.NO_CAPACITY, P.UNKNOWN_STATION):
-                break
-        if reply.get("ok"):
-            return HoldOutcome(reply["reservation"], results=results)
-        err = reply.get("error", {})
-        return HoldOutcome(None, err.get("code", P.NO_CAPACITY), err.get("message", ""), results)
+        return self.engine.overflow_hold(car, xid, need, station, hold_until, now)
 
     def release(self, car: str, xid: str, reservation: str, now: float) -> Result:
-        _, res = self._ask(car, P.reservation_request("cancel", xid + ":release", car, reservation), now)
-        return res
-
+        return self.engine.overflow_release(car, xid, reservation, now)

@@ -207,3 +207,90 @@ def test_a_hold_request_past_its_deadline_holds_nothing_and_release_cancels():
     assert [r.state for r in res.changed] == ["cancelled"]
     assert [P.parse_hold_event("b", p.payload).event for p in hold_events("b", res.changed)] == ["cancelled"]
     assert reservation_view(res.changed[0])["state"] == "cancelled"
+
+
+# ---------------------------------------------------------------- the engine's overflow methods
+
+def test_overflow_hold_lasts_until_confirm_by_and_answers_a_repeat_the_same():
+    e = engine_with([station("st-1")], {"st-1": ["free"] * 3})
+    out = e.overflow_hold("car-1", XID, NEED, "st-1", NOW + 180, NOW)
+    assert out.reservation["hold_until"] == NOW + 180 and out.reservation["state"] == "held"
+    [res] = out.results
+    assert res.request.rid == XID and [m.topic for m in res.messages] == [P.station_topic("b", "st-1", "cmd")]
+    assert res.messages[0].payload["until"] == NOW + 180  # the station's LED lasts as long
+    again = e.overflow_hold("car-1", XID, NEED, "st-1", NOW + 180, NOW + 1)
+    assert again.reservation == out.reservation and again.results == [] and len(e.reservations) == 1
+    # lapses at confirm_by, not at hold_s (120 s)
+    assert not e.tick(NOW + 179).changed
+    [expired] = e.tick(NOW + 180).changed
+    assert expired.state == "expired"
+    assert [P.parse_hold_event("b", p.payload).event for p in hold_events("b", [expired])] == ["expired"]
+
+
+def test_overflow_hold_unknown_station_falls_back_and_a_checked_in_car_is_refused():
+    e = engine_with([station("st-1")], {"st-1": ["free"] * 3})
+    out = e.overflow_hold("car-1", XID, NEED, "st-gone", NOW + 180, NOW)
+    assert out.reservation["station"] == "st-1"
+    slots = ["free"] * 3
+    slots[out.reservation["slot"] - 1] = "occupied"
+    e.station_status("st-1", P.encode(P.station_status(slots)), NOW + 5)
+    assert e.reservations[out.reservation["id"]].state == "checked_in"
+    xid2 = P.overflow_id("a", "car-1", "car-1-0-2")
+    refused = e.overflow_hold("car-1", xid2, NEED, None, NOW + 300, NOW + 10)
+    assert refused.reservation is None and refused.code == P.BAD_STATE
+    assert refused.results[0].request.reply["error"]["code"] == P.BAD_STATE  # stored: a repeat answers the same
+
+
+def test_overflow_hold_replaces_the_cars_earlier_hold_and_refuses_when_full():
+    e = engine_with([station("st-1")], {"st-1": ["free"] * 3})
+    first = e.overflow_hold("car-1", XID, NEED, None, NOW + 180, NOW).reservation
+    xid2 = P.overflow_id("a", "car-1", "car-1-0-2")
+    second = e.overflow_hold("car-1", xid2, NEED, None, NOW + 200, NOW + 1)
+    assert [r.state for r in second.results[0].changed] == ["cancelled", "held"]
+    assert list(e.reservations) == [second.reservation["id"]] != [first["id"]]
+    full = engine_with([station("st-1")], {"st-1": ["out_of_service"] * 3})
+    out = full.overflow_hold("car-1", XID, NEED, "st-1", NOW + 180, NOW)
+    assert out.reservation is None and out.code == P.NO_CAPACITY and not full.reservations
+
+
+def test_overflow_release_only_its_own_hold_and_cancel_without_a_car_event():
+    e = engine_with([station("st-1")], {"st-1": ["free"] * 3})
+    rid = e.overflow_hold("car-1", XID, NEED, None, NOW + 180, NOW).reservation["id"]
+    other = P.overflow_id("a", "car-1", "other")
+    assert e.overflow_release("car-1", other, rid, NOW).changed == []  # another request's xid
+    assert e.overflow_release("car-2", XID, rid, NOW).changed == []
+    res = e.overflow_release("car-1", XID, rid, NOW + 1)
+    assert [r.state for r in res.changed] == ["cancelled"] and not e.reservations
+    assert [m.topic for m in res.messages] == [P.station_topic("b", "st-1", "cmd")]  # release, no car reply
+    assert e.overflow_release("car-1", XID, rid, NOW + 2).changed == []  # repeated: no change
+    # cancel: the car's local hold ends because overflow sent it elsewhere
+    local = e.car_message("car-1", P.encode(P.reserve_request("car-1-0-9", "car-1", **need_fields(NEED))), NOW)
+    lid = local.request.reply["reservation"]["id"]
+    res = e.cancel("car-1", lid, NOW + 3)
+    assert [r.state for r in res.changed] == ["cancelled"]
+    assert not [m for m in res.messages if m.topic == P.car_topic("b", "car-1", "reply")]
+    assert e.cancel("car-1", lid, NOW + 4).changed == [] and e.cancel("car-1", "r-none", NOW).changed == []
+
+
+def test_replace_reply_makes_a_retry_get_the_final_answer():
+    e = engine_with([station("st-1")], {"st-1": ["out_of_service"] * 3})
+    req = P.encode(P.reserve_request("car-1-0-1", "car-1", **need_fields(NEED)))
+    local = e.car_message("car-1", req, NOW).request.reply
+    final = P.overflow_reply("car-1-0-1", RESERVATION, "c", {"host": "127.0.0.1", "port": 1883})
+    res = e.replace_reply("car-1", "car-1-0-1", final, NOW + 2)
+    assert res.request.reply == final and res.request.at == NOW and local["error"]["code"] == P.NO_CAPACITY
+    assert [(m.topic, m.payload) for m in res.messages] == [(P.car_topic("b", "car-1", "reply"), final)]
+    retry = e.car_message("car-1", req, NOW + 5)
+    assert retry.messages[0].payload == final and retry.request is None
+
+
+def test_slot_times_and_assignable_feed_the_summary():
+    e = engine_with([station("st-1"), station("st-2"), station("st-3")],
+                    {"st-1": ["free", "occupied", "out_of_service"], "st-2": ["free"] * 3})
+    e.station_online("st-2", P.online_message(False), NOW)
+    assert [m.id for m in e.assignable()] == ["st-1"]
+    times = e.slot_times("st-1", NOW)
+    assert times[0] == NOW and times[1] > NOW + 3000 and times[2] is None  # no max_wait horizon
+    assert e.slot_times("st-9", NOW) == []
+    [s] = summary_stations(e.assignable(), {m.id: e.slot_times(m.id, NOW) for m in e.assignable()}, NOW)
+    assert s.groups == (P.SlotGroup(22.0, False, 2, 1, times[1]),)

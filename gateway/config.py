@@ -9,6 +9,7 @@ from typing import Any
 from . import protocol as P
 from .engine import EngineConfig
 from .model import SelectionParams
+from .overflow import OverflowSettings
 from .selection import POLICIES
 
 
@@ -37,7 +38,11 @@ class GatewayConfig:
     synchronous: str = "FULL"
     tick_s: float = 1.0
     log_level: str = "INFO"
+    # off unless configured: without a bridge to central nobody would answer
+    overflow: OverflowSettings = OverflowSettings(enabled=False)
 
+
+CAR_REPLY_TIMEOUT_S = 10.0  # the car firmware's wait for a reply (car_logic reply_timeout_ms)
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
@@ -48,6 +53,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
                      "min_remaining_s": (int, float), "max_wait_s": (int, float), "request_memory_s": (int, float)},
     "selection": {"policy": str, "road_factor": (int, float), "speed_kmh": (int, float),
                   "safety_margin_soc": (int, float), "nearest_k": int},
+    "overflow": {"enabled": bool, "wait_limit_s": (int, float), "answer_within_s": (int, float),
+                 "summary_min_interval_s": (int, float), "summary_refresh_s": (int, float)},
 }
 
 
@@ -57,11 +64,11 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     for key, value in table.items():
         if isinstance(value, dict) and not section:
             if key not in _SCHEMA:
-                raise ConfigError(f"unknown section [{key}]; allowed: broker, reservations, selection")
+                raise ConfigError(f"unknown section [{key}]; allowed: broker, overflow, reservations, selection")
             continue
         if key not in allowed:
             raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
-        if isinstance(value, bool) or not isinstance(value, allowed[key]):
+        if isinstance(value, bool) != (allowed[key] is bool) or not isinstance(value, allowed[key]):
             raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
         if isinstance(value, (int, float)) and value < 0:
             raise ConfigError(f"{where} {key} must not be negative")
@@ -100,6 +107,7 @@ def load(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"[selection] policy {policy!r} unknown; one of {', '.join(POLICIES)}")
     engine = EngineConfig(region=top["region"], policy=policy, selection=SelectionParams(**sel),
                           **_check("reservations", raw.get("reservations", {})))
+    overflow = _overflow(_check("overflow", raw.get("overflow", {})))
     synchronous = top.get("synchronous", "FULL").upper()
     if synchronous not in ("FULL", "NORMAL"):
         raise ConfigError("synchronous must be FULL or NORMAL")
@@ -111,4 +119,16 @@ def load(path: str | Path) -> GatewayConfig:
         synchronous=synchronous,
         tick_s=float(top.get("tick_s", 1.0)),
         log_level=top.get("log_level", "INFO").upper(),
+        overflow=overflow,
     )
+
+
+def _overflow(table: dict[str, Any]) -> OverflowSettings:
+    o = OverflowSettings(**{"enabled": False, **table})
+    if not 0 < o.answer_within_s < CAR_REPLY_TIMEOUT_S:
+        # the car must get its one reply before it gives up waiting and asks again
+        raise ConfigError(f"[overflow] answer_within_s must be above 0 and below {CAR_REPLY_TIMEOUT_S:.0f} "
+                          "(the car waits that long for its reply)")
+    if not 0 < o.summary_min_interval_s <= o.summary_refresh_s:
+        raise ConfigError("[overflow] summary_min_interval_s must be above 0 and at most summary_refresh_s")
+    return o

@@ -242,10 +242,11 @@ class SummaryPublisher:
         self._of = 0
         self._refreshed = float("-inf")
 
-    def due(self, stations: list[P.SummaryStation], now: float) -> list[Publish]:
+    def due(self, stations: list[P.SummaryStation], now: float, force: bool = False) -> list[Publish]:
+        """force: every shard now (the link to central came back)."""
         msgs = P.summary_messages(self.region, stations, now)
         # a new shard count goes out whole at once: central drops the shards beyond it
-        refresh = now - self._refreshed >= self.refresh_s or len(msgs) != self._of
+        refresh = force or now - self._refreshed >= self.refresh_s or len(msgs) != self._of
         out = [Publish(P.summary_topic(self.region, k), b"", retain=True) for k in range(len(msgs), self._of)]
         for k in range(len(msgs), self._of):
             self._sent.pop(k, None)

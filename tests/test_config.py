@@ -26,6 +26,13 @@ def test_minimal_config_gets_defaults(tmp_path):
     assert cfg.broker.port == 1883
 
 
+def test_overflow_section_off_by_default_with_the_documented_defaults(tmp_path):
+    assert not C.load(write(tmp_path, BASE)).overflow.enabled
+    o = C.load(write(tmp_path, BASE + "[overflow]\nenabled = true\nwait_limit_s = 600\n")).overflow
+    assert o.enabled and o.wait_limit_s == 600 and o.answer_within_s == 5
+    assert o.summary_min_interval_s == 5 and o.summary_refresh_s == 60
+
+
 def test_sections_and_password_file(tmp_path):
     (tmp_path / "pw").write_text("s3cret\n")
     cfg = C.load(write(tmp_path, BASE + '[broker]\nport = 1999\npassword_file = "pw"\n'
@@ -47,6 +54,13 @@ def test_sections_and_password_file(tmp_path):
     (BASE + 'synchronous = "OFF"\n', "synchronous must be FULL or NORMAL"),
     ("region = \n", "gateway.toml"),
     (BASE + '[broker]\npassword_file = "missing"\n', "password_file"),
+    (BASE + "[overflow]\nenabled = 1\n", "enabled has the wrong type"),
+    (BASE + "[overflow]\nwait_limit_s = true\n", "wait_limit_s has the wrong type"),
+    (BASE + "[overflow]\nanswer_within_s = 12\n", "answer_within_s must be above 0 and below 10"),
+    (BASE + "[overflow]\nanswer_within_s = 0\n", "answer_within_s must be above 0"),
+    (BASE + "[overflow]\nsummary_min_interval_s = 90\n", "summary_min_interval_s must be above 0 and at most"),
+    (BASE + "[overflow]\nlimit = 5\n", "unknown key 'limit' at [overflow]"),
+    (BASE + "[overfow]\nenabled = true\n", "unknown section [overfow]; allowed: broker, overflow"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(C.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

@@ -59,7 +59,7 @@ def run_point(job: dict[str, Any], progress: Any = None) -> report.Point:
     dp = demand.DemandParams(cars_per_day=cars_per_day * 24.0 / job["hours"], hours=job["hours"],
                              no_show=job["no_show"], fast_only=job["fast_only"])
     plans = demand.generate(job["seed"], dp, stations, models, ecfg.selection.road_factor)
-    cfg = loop.SimConfig(job["policy"], ecfg)
+    cfg = loop.SimConfig(job["policy"], ecfg, day_s=job["hours"] * 3600.0)
     stop = (job["hours"] + cfg.drain_s / 3600.0) * 3600.0
 
     def tell(t: float) -> None:

@@ -53,6 +53,7 @@ class SimConfig:
     retry_min_s: float = 60.0
     retry_max_s: float = 600.0
     housekeeping_s: float = 3600.0  # periodic engine tick (request memory)
+    day_s: float | None = None  # the day cars appear in (utilisation's window); None: to the last
 
 
 def engine_config(policy: str, base: EngineConfig | None = None) -> EngineConfig:
@@ -176,7 +177,7 @@ class Simulation:
         self.heap: list[tuple] = []
         self.seq = 0
         self.now = 0.0
-        self.day_s = max((p.appear_s for p in plans), default=0.0)
+        self.day_s = cfg.day_s if cfg.day_s is not None else max((p.appear_s for p in plans), default=0.0)
         self.decisions = 0
         self.decision_s = 0.0
         self.anomalies: list[str] = []

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -37,8 +38,133 @@ EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is
 MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
+_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 Handler = Callable[[str, bytes, float], Result]
+
+
+# The two shortcuts of _Client rely on paho's internals as of 2.2 (tested there); with any
+# other paho the plain paths run.
+_PAHO_2_2 = paho.mqtt.__version__.split(".")[:2] == ["2", "2"]
+_RECV_SIZE = 65536
+
+
+class _Client(mqtt.Client):
+    """paho's client with two shortcuts on the gateway's hot path (MQTT 3.1.1):
+
+    - reads: paho asks the socket for every packet 3 times (its type, its length, the
+      rest); here one recv() fills a buffer that serves them. pending() says what is left
+      in it (paho's own loop asks an SSL socket the same), which no selector can see.
+    - PUBACKs: paho 2.2 builds a reason code and an MQTT 5 property set for each, which
+      MQTT 3.1.1 does not have and which only an on_publish callback would look at (we set
+      none): the acknowledged message is released directly, as paho does after that.
+    """
+
+    _rbuf = b""
+    _rpos = 0
+
+    def pending(self) -> int:
+        return len(self._rbuf) - self._rpos
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0  # nothing of the last connection is read on the next
+        return super().reconnect()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not _PAHO_2_2:
+            return super()._sock_recv(bufsize)
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(_RECV_SIZE)  # empty at EOF; BlockingIOError when drained
+            if len(data) <= bufsize:
+                return data
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = end = min(start + bufsize, len(self._rbuf))
+        return self._rbuf[start:end]
+
+    def _handle_pubackcomp(self, cmd: str) -> mqtt.MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if (not _PAHO_2_2 or cmd != "PUBACK" or self._protocol == mqtt.MQTTv5 or len(packet) != 2
+                or self.on_publish is not None):
+            return super()._handle_pubackcomp(cmd)  # type: ignore[arg-type]
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, None, None)  # type: ignore[arg-type]
+        return mqtt.MQTT_ERR_SUCCESS
+
+
+class _Buffered:
+    """A stream that keeps what a StreamHandler writes until drain()."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # StreamHandler flushes after every record; drain() writes once per pass
+
+    def drain(self) -> None:
+        if self.parts:
+            text = "".join(self.parts)
+            self.parts.clear()
+            self.stream.write(text)
+            self.stream.flush()
+
+
+class _LogBatch:
+    """The log lines of one pass of the loop go out with one write() when it ends, not a
+    write and a flush per line (stderr is unbuffered under systemd, and journald wakes for
+    every write). Wraps the root logger's stream handlers while the service runs. Under
+    journald, which stamps every line itself, the lines lose their asctime. Records skip
+    the thread and process lookups (a getpid() call each): one thread, and our format
+    names neither."""
+
+    _FLAGS = ("logThreads", "logProcesses", "logMultiprocessing")
+
+    def __init__(self) -> None:
+        self.wrapped: list[tuple[logging.StreamHandler, _Buffered, logging.Formatter | None]] = []
+        self.flags: dict[str, Any] = {}
+
+    def install(self) -> None:
+        self.flags = {f: getattr(logging, f) for f in self._FLAGS}
+        for f in self._FLAGS:
+            setattr(logging, f, False)
+        journal = os.environ.get("JOURNAL_STREAM", "")
+        for h in logging.getLogger().handlers:
+            if type(h) is logging.StreamHandler:
+                buffered, formatter = _Buffered(h.stream), h.formatter
+                self.wrapped.append((h, buffered, formatter))
+                h.setStream(buffered)  # type: ignore[arg-type]
+                if journal and formatter is not None and _is_journal(buffered.stream, journal):
+                    h.setFormatter(logging.Formatter((formatter._fmt or "").replace("%(asctime)s ", "")))
+
+    def drain(self) -> None:
+        for _, buffered, _ in self.wrapped:
+            buffered.drain()
+
+    def uninstall(self) -> None:
+        for h, buffered, formatter in self.wrapped:
+            buffered.drain()
+            h.setStream(buffered.stream)
+            h.setFormatter(formatter)
+        self.wrapped.clear()
+        for f, value in self.flags.items():
+            setattr(logging, f, value)
+        self.flags = {}
+
+
+def _is_journal(stream: Any, journal: str) -> bool:
+    """systemd sets JOURNAL_STREAM to "device:inode" of the stream it connected to journald."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return journal == f"{st.st_dev}:{st.st_ino}"
 
 
 class GatewayService:
@@ -58,6 +184,7 @@ class GatewayService:
         self._pruned = 0.0
         self._batch: list[mqtt.MQTTMessage] = []
         self._topics: dict[str, tuple[Handler, str] | None] = {}
+        self._logs = _LogBatch()
         # the selector: the broker socket while there is one, and a wake-up pair for stop()
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -71,7 +198,7 @@ class GatewayService:
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
         b = cfg.broker
-        self.client = mqtt.Client(
+        self.client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=b.client_id or f"recarga-gateway-{self.region}",
             protocol=mqtt.MQTTv311,
@@ -182,6 +309,7 @@ class GatewayService:
             # the engine already changed its memory: only a restart from the database is
             # consistent again. Nothing of this batch was acknowledged, so nothing is lost.
             log.critical("database write failed; exiting for a clean restart", exc_info=True)
+            self._logs.uninstall()
             logging.shutdown()
             os._exit(EXIT_DB_FAILURE)
         publish = self.client.publish
@@ -201,17 +329,22 @@ class GatewayService:
         while self._sock is not None:
             if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= MAX_BATCH:
                 return
-            if not any(key.fileobj is self._sock for key, _ in sel.select(0)):
+            if not client.pending() and not any(key.fileobj is self._sock for key, _ in sel.select(0)):
                 return
 
     def _flush(self) -> None:
-        """Write everything paho queued; watch for writability only while some is left."""
+        """Write everything paho queued; watch for writability only while some is left.
+        Corked: paho sends packet by packet, the kernel sends them in full segments."""
         client, sock = self.client, self._sock
         if sock is None or not client.want_write():
             return
+        if _CORK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         client.loop_write()
         if self._sock is not sock:
             return  # the connection broke while writing
+        if _CORK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)  # sends what is queued now
         want = client.want_write()
         if want != self._writing:
             self._sel.modify(sock, READ | WRITE if want else READ)
@@ -220,7 +353,8 @@ class GatewayService:
     def _step(self, timeout: float, process: bool = True) -> None:
         """Wait up to `timeout` s for the socket, then read, process one batch, write.
         Without `process` what was read is dropped unacknowledged (the broker redelivers it)."""
-        for key, mask in self._sel.select(timeout):
+        readable = self.client.pending() > 0  # read from the socket, not parsed yet
+        for key, mask in self._sel.select(0.0 if readable else timeout):
             if key.fileobj is self._wake_r:
                 try:
                     self._wake_r.recv(4096)
@@ -229,14 +363,16 @@ class GatewayService:
                 continue
             if mask & WRITE:
                 self._flush()
-            if mask & READ and self._sock is not None:
-                self._read()
+            readable = readable or bool(mask & READ)
+        if readable and self._sock is not None:
+            self._read()
         if not process:
             self._batch.clear()
         elif self._batch or self.clock() >= self._next_tick:
             batch, self._batch = self._batch, []
             self._process(batch)
         self._flush()
+        self._logs.drain()
 
     def _serve(self) -> None:
         client = self.client
@@ -265,10 +401,14 @@ class GatewayService:
         self.client.connect_async(b.host, b.port, keepalive=b.keepalive)
         if ready is not None:
             ready()
+        self._logs.install()
         try:
             self._serve()
         finally:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self._logs.uninstall()
 
     def _close(self) -> None:
         try:

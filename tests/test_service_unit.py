@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import sqlite3
+import struct
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -80,3 +84,106 @@ def test_the_stored_reply_is_the_published_text(service, monkeypatch):
     assert json.loads(reply)["ok"] is True
     [(stored,)] = service.store.db.execute("SELECT reply FROM requests WHERE rid = 'q1'").fetchall()
     assert stored.encode() == reply
+
+
+@pytest.mark.parametrize("journald", [False, True])
+def test_log_lines_written_once_per_pass_without_asctime_under_journald(tmp_path, monkeypatch, journald):
+    out = open(tmp_path / "log", "w")
+    st = os.fstat(out.fileno())
+    if journald:  # what systemd sets when the stream is connected to the journal
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    else:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    handler = logging.StreamHandler(out)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logs = S._LogBatch()
+    try:
+        logs.install()
+        log = logging.getLogger("recarga.test")
+        log.warning("one")
+        log.warning("two")
+        assert (tmp_path / "log").read_text() == ""  # nothing written per line
+        logs.drain()
+        lines = (tmp_path / "log").read_text().splitlines()
+        assert [line.split(" ", 0 if journald else 2)[-1] for line in lines] == [
+            "WARNING recarga.test: one", "WARNING recarga.test: two"]
+        log.warning("three")
+        logs.uninstall()  # drains, and gives the handler back as it was
+        assert (tmp_path / "log").read_text().splitlines()[-1].endswith("WARNING recarga.test: three")
+        assert handler.stream is out and handler.formatter is fmt
+    finally:
+        root.removeHandler(handler)
+        out.close()
+
+
+# ------------------------------------------------------------------ the paho client's shortcuts
+
+def mqtt_publish(topic: str, payload: bytes, mid: int) -> bytes:
+    """A QoS 1 PUBLISH packet as the broker sends it (MQTT 3.1.1)."""
+    var = struct.pack("!H", len(topic)) + topic.encode() + struct.pack("!H", mid) + payload
+    assert len(var) < 128
+    return bytes([0x32, len(var)]) + var
+
+
+@pytest.fixture
+def wired():
+    """An S._Client on one end of a socket pair, as if connected; the test is the broker."""
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client = S._Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv311,
+                       clean_session=False, manual_ack=True)
+    client.max_inflight_messages_set(0)
+    got: list[mqtt.MQTTMessage] = []
+    client.on_message = lambda c, u, m: got.append(m)
+    client._sock = ours  # what reconnect() would have opened
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    yield client, broker, got
+    ours.close()
+    broker.close()
+
+
+def test_packets_arriving_together_are_all_read_from_one_recv(wired):
+    client, broker, got = wired
+    broker.sendall(b"".join(mqtt_publish(f"t/{i}", b"x" * i, i + 1) for i in range(5)))
+    assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS  # paho reads 1 packet: nothing in flight
+    assert len(got) == 1 and client.pending() > 0  # the rest is buffered, no selector sees it
+    while client.pending():
+        client.loop_read()
+    assert [(m.topic, m.payload, m.mid, m.qos) for m in got] == [(f"t/{i}", b"x" * i, i + 1, 1) for i in range(5)]
+
+
+def test_a_packet_split_across_reads_is_put_together(wired):
+    client, broker, got = wired
+    packet = mqtt_publish("t/split", b"payload", 7)
+    broker.sendall(packet[:5])
+    assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS and got == []
+    broker.sendall(packet[5:] + mqtt_publish("t/next", b"", 8))
+    client.loop_read()
+    while client.pending():
+        client.loop_read()
+    assert [(m.topic, m.payload) for m in got] == [("t/split", b"payload"), ("t/next", b"")]
+
+
+def test_puback_releases_the_acknowledged_message(wired):
+    client, broker, _ = wired
+    infos = [client.publish(f"t/{i}", b"x", qos=1) for i in range(3)]
+    broker.recv(4096)
+    broker.sendall(struct.pack("!BBH", 0x40, 2, infos[1].mid) + struct.pack("!BBH", 0x40, 2, 999))
+    client.loop_read()
+    while client.pending():
+        client.loop_read()
+    assert [i.is_published() for i in infos] == [False, True, False]  # an unknown mid is ignored
+    broker.sendall(b"".join(struct.pack("!BBH", 0x40, 2, i.mid) for i in (infos[0], infos[2])))
+    client.loop_read()
+    while client.pending():
+        client.loop_read()
+    assert all(i.is_published() for i in infos)
+
+
+def test_end_of_stream_is_a_lost_connection(wired):
+    client, broker, _ = wired
+    broker.close()
+    assert client.loop_read() == mqtt.MQTT_ERR_CONN_LOST

@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from . import protocol as P
 from .config import GatewayConfig
 from .engine import Engine, Result
+from .overflow_link import OverflowLink
 from .stations import load_stations
 from .store import Store, encode_json
 
@@ -219,8 +220,10 @@ class GatewayService:
         # writes everything a batch produced together
         self.client.on_socket_register_write = lambda client, userdata, sock: None
         self.client.on_socket_unregister_write = lambda client, userdata, sock: None
+        # overflow to other regions (gateway/overflow_link.py): a few hooks below, None when off
+        self.overflow = OverflowLink(self.engine, cfg.overflow) if cfg.overflow.enabled else None
         self._handlers: dict[tuple[str, str], Handler] = {
-            ("car", "request"): self.engine.car_message,
+            ("car", "request"): self.overflow.car_message if self.overflow else self.engine.car_message,
             ("station", "status"): self.engine.station_status,
             ("station", "online"): self.engine.station_online,
             ("station", "meta"): self.engine.station_meta,
@@ -245,7 +248,8 @@ class GatewayService:
             return
         self._delay = None
         # renewed on every connect: a broker that lost its session state still delivers
-        client.subscribe([(t, P.QOS) for t in P.gateway_subscriptions(self.region)])
+        topics = P.gateway_subscriptions(self.region) + (self.overflow.subscriptions() if self.overflow else [])
+        client.subscribe([(t, P.QOS) for t in topics])
         client.publish(P.gateway_online_topic(self.region), P.online_message(True), qos=P.QOS, retain=True)
         self._connected = True
         log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
@@ -269,6 +273,8 @@ class GatewayService:
             ref = P.parse_topic(self.region, topic)
             handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
             route = None if handler is None else (handler, ref.id)
+            if route is None and self.overflow is not None:
+                route = self.overflow.route(topic)
             if len(self._topics) >= _TOPIC_CACHE_MAX:
                 self._topics.clear()
             self._topics[topic] = route
@@ -296,6 +302,9 @@ class GatewayService:
             if now - self._pruned > 3600:
                 self._pruned = now
                 self.store.prune_requests(now - self.cfg.engine.request_memory_s)
+        if self.overflow is not None:
+            results += self.overflow.step(now, results)  # committed with the batch
+            self._next_tick = min(self._next_tick, self.overflow.next_due())
         # every payload is encoded once: the stored reply is the published text
         texts: dict[int, str] = {}
         out = []
@@ -315,6 +324,9 @@ class GatewayService:
         publish = self.client.publish
         for topic, payload, retain in out:
             publish(topic, payload, qos=P.QOS, retain=retain)
+        if self.overflow is not None:
+            for p in self.overflow.outbound(results):
+                publish(p.topic, p.payload, qos=P.QOS, retain=p.retain)
         ack = self.client.ack
         for msg in batch:
             if msg.qos > 0:

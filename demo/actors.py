@@ -231,10 +231,11 @@ class Station(_Client):
     """
 
     def __init__(self, tl: Timeline, region: str, meta: StationMeta, label: str, host: str,
-                 port: int, password: str):
+                 port: int, password: str, peer: str = "gateway"):
         super().__init__(host, port, meta.id, password,
                          (P.station_topic(region, meta.id, "online"), P.online_message(False)))
         self.tl, self.region, self.meta, self.label = tl, region, meta, label
+        self.peer = peer  # how the timeline names its gateway
         self.sid = meta.id
         self.physical = ["free"] * len(meta.slots)  # free | occupied | out_of_service
         self.reserved = [False] * len(meta.slots)
@@ -265,7 +266,7 @@ class Station(_Client):
             self.seq += 1
             slots = self.shown()
             text = " · ".join(f"{i} {s}" for i, s in enumerate(slots, 1))
-            self.tl.event(self.who, "->", "gateway", f"status [{text}]  ({why})")
+            self.tl.event(self.who, "->", self.peer, f"status [{text}]  ({why})")
             return self.publish(self.status_topic, P.encode(P.station_status(slots, self.seq)),
                                 retain=True, timeout=None)
 
@@ -279,16 +280,16 @@ class Station(_Client):
             if not isinstance(cmd, dict):
                 raise TypeError("not a JSON object")
         except (ValueError, TypeError):
-            self.tl.event(self.who, "<-", "gateway", f"unreadable command {payload[:80]!r}")
+            self.tl.event(self.who, "<-", self.peer, f"unreadable command {payload[:80]!r}")
             return
         with self._state_lock:
             self.commands.append(cmd)
             slot = cmd.get("slot")
             if cmd.get("cmd") == "reserve":
-                self.tl.event(self.who, "<-", "gateway", f"reserve slot {slot} for {cmd.get('reservation')} "
+                self.tl.event(self.who, "<-", self.peer, f"reserve slot {slot} for {cmd.get('reservation')} "
                               f"(until {hms(cmd.get('until'))})")
             else:
-                self.tl.event(self.who, "<-", "gateway", f"{cmd.get('cmd')} slot {slot}")
+                self.tl.event(self.who, "<-", self.peer, f"{cmd.get('cmd')} slot {slot}")
             if not (isinstance(slot, int) and 1 <= slot <= len(self.reserved)):
                 return
             before = self.shown()
@@ -320,9 +321,10 @@ class Car(_Client):
 
     def __init__(self, tl: Timeline, region: str, cid: str, model: EvModel, where: str,
                  lat: float, lon: float, soc: float, labels: dict[str, str], host: str, port: int,
-                 password: str, target_soc: float = 0.8):
+                 password: str, target_soc: float = 0.8, peer: str = "gateway"):
         super().__init__(host, port, cid, password, (P.car_topic(region, cid, "online"), P.online_message(False)))
         self.tl, self.region, self.cid, self.model = tl, region, cid, model
+        self.peer = peer  # how the timeline names its gateway
         self.where, self.lat, self.lon, self.soc, self.target_soc = where, lat, lon, soc, target_soc
         self.labels = labels
         self.inbox: list[dict[str, Any]] = []
@@ -356,7 +358,7 @@ class Car(_Client):
         return P.encode(P.reserve_request(rid, self.cid, **fields))
 
     def say_reserve(self, rid: str, extra: str = "") -> None:
-        self.tl.event(self.who, "->", "gateway",
+        self.tl.event(self.who, "->", self.peer,
                       f"reserve? rid {rid}: {self.model.name} at {self.where}, "
                       f"{self.soc:.0%} → {self.target_soc:.0%}{extra}")
 
@@ -367,7 +369,7 @@ class Car(_Client):
 
     def confirm(self, reservation: str) -> dict[str, Any]:
         rid = self.next_rid()
-        self.tl.event(self.who, "->", "gateway", f"confirm {reservation} (rid {rid})")
+        self.tl.event(self.who, "->", self.peer, f"confirm {reservation} (rid {rid})")
         reply = self.ask(rid, P.encode(P.reservation_request("confirm", rid, self.cid, reservation)))
         if reply.get("ok"):
             self.confirmed.add(reservation)
@@ -375,7 +377,7 @@ class Car(_Client):
 
     def cancel(self, reservation: str) -> dict[str, Any]:
         rid = self.next_rid()
-        self.tl.event(self.who, "->", "gateway", f"cancel {reservation} (rid {rid})")
+        self.tl.event(self.who, "->", self.peer, f"cancel {reservation} (rid {rid})")
         return self.ask(rid, P.encode(P.reservation_request("cancel", rid, self.cid, reservation)))
 
     def send(self, payload: bytes) -> int:
@@ -414,7 +416,7 @@ class Car(_Client):
             text = self.describe(msg)
         except (KeyError, TypeError, ValueError):  # not the shape docs/protocol.md promises
             text = f"unexpected message {json.dumps(msg)[:200]}"
-        self.tl.event(self.who, "<-", "gateway", text)
+        self.tl.event(self.who, "<-", self.peer, text)
         with self._cond:
             self.inbox.append(msg)
             self._cond.notify_all()
@@ -456,8 +458,15 @@ class Car(_Client):
             if err.get("code") == P.NO_CAPACITY and err.get("earliest_free"):
                 text = (f"error {P.NO_CAPACITY}: every slot within reach is taken; the earliest "
                         f"frees up at {hm(err['earliest_free'])}")
+            ovf = msg.get("overflow")
+            if ovf:  # why overflow to another region did not help
+                text += f"; overflow: {ovf.get('code')} ({ovf.get('message')})"
             return f"{text}  [rid {rid}]"
         op = msg.get("op")
+        if op == "reserve" and msg.get("region"):  # an overflow answer: held in another region
+            b = msg.get("broker") or {}
+            return (f"reserved {r['id']} in region {msg['region']} (its broker {b.get('host')}:{b.get('port')}) "
+                    f"at {self.offer_text(r)}  [rid {rid}]")
         if op == "reserve":
             return f"reserved {r['id']} at {self.offer_text(r)}  [rid {rid}]"
         if op == "confirm":

@@ -159,14 +159,23 @@ class Board:
 
 # ---------------------------------------------------------------- the watcher
 
+@dataclass
+class _Log:
+    """A gateway's log file, read on from `at` (a line may be split between two reads)."""
+    who: str
+    path: Path
+    at: int
+    partial: bytes = b""
+
+
 class Watch:
     """A thread that prints, as they happen: each board's LED changes and serial lines, and the
     gateway's log lines that name one of the boards."""
 
-    def __init__(self, tl: Timeline, boards: list[Board], gateway_log: Path, log_from: int):
-        self.tl, self.boards, self.gateway_log = tl, boards, gateway_log
-        self._log_at = log_from
-        self._log_partial = b""
+    def __init__(self, tl: Timeline, boards: list[Board], logs: list[tuple[str, Path, int]]):
+        """logs: (who, path, from offset) of each gateway log to print lines of (one per region)."""
+        self.tl, self.boards = tl, boards
+        self._logs = [_Log(*x) for x in logs]
         ids = sorted((b.name for b in boards), key=len, reverse=True)
         self._mentions = re.compile(r"\b(" + "|".join(map(re.escape, ids)) + r")\b")
         self._stop = threading.Event()
@@ -229,20 +238,21 @@ class Watch:
                 self.tl.line(b.who, "│", ln)
 
     def _gateway_lines(self) -> None:
-        try:
-            with open(self.gateway_log, "rb") as f:
-                f.seek(self._log_at)
-                data = f.read()
-        except OSError:
-            return
-        self._log_at += len(data)
-        *lines, self._log_partial = (self._log_partial + data).split(b"\n")
-        for raw in lines:
-            text = raw.decode(errors="replace").rstrip()
-            m = _GATEWAY_LINE.match(text)
-            msg = text if m is None else (m["msg"] if m["level"] == "INFO" else f"{m['level']} {m['msg']}")
-            if self._mentions.search(msg):
-                self.tl.line("gateway log", "│", msg)
+        for log in self._logs:
+            try:
+                with open(log.path, "rb") as f:
+                    f.seek(log.at)
+                    data = f.read()
+            except OSError:
+                continue
+            log.at += len(data)
+            *lines, log.partial = (log.partial + data).split(b"\n")
+            for raw in lines:
+                text = raw.decode(errors="replace").rstrip()
+                m = _GATEWAY_LINE.match(text)
+                msg = text if m is None else (m["msg"] if m["level"] == "INFO" else f"{m['level']} {m['msg']}")
+                if self._mentions.search(msg):
+                    self.tl.line(log.who, "│", msg)
 
 
 # ---------------------------------------------------------------- the act
@@ -365,7 +375,7 @@ class BoardAct:
                     tl.line(b.who, "│", ln)
             leds = [f"slot {p[3:]} LED: {b.slot_colour(p)[0]}" for p in b.slot_leds()]
             tl.line(b.who, "◉", ", ".join([*leds, f"status LED: {b.status_led() or 'changing'}"]))
-        self.watch = Watch(tl, self.boards(), self.demo.gateway_log, log_from)
+        self.watch = Watch(tl, self.boards(), [("gateway log", self.demo.gateway_log, log_from)])
         self.watch.start(serial_at)
 
     def switch_off(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from boards.virtual.board import BoardError
 from demo import boards as board_act
 from demo import scenario
+from demo.regions import RegionsAct
 from demo.actors import (
     ROOT,
     STATIONS_CSV,
@@ -109,6 +110,8 @@ class Demo:
         self.dir = run_dir
         self.with_boards = boards
         self.boards: board_act.BoardAct | None = None
+        self.regions: RegionsAct | None = None
+        self.register: list[Any] = []
         self.pace = pace
         self.tl = tl
         self.region = REGION
@@ -172,7 +175,7 @@ class Demo:
         """The broker and the gateway (and the header lines about them)."""
         tl = self.tl
         self.prepare_dir()
-        register = load_stations(STATIONS_CSV)
+        register = self.register = load_stations(STATIONS_CSV)
         board_stations, board_cars = board_act.BoardAct.users() if self.with_boards else ([], [])
         wanted = {*scenario.STATIONS, *board_stations}
         metas = {s.id: s for s in register if s.id in wanted}
@@ -309,6 +312,16 @@ class Demo:
         tl.plain("  by final state: " + ", ".join(f"{state} {by_state[state]}" for state in
                                                   ("held", "confirmed", "checked_in", "completed",
                                                    "expired", "cancelled", "faulted") if by_state[state]))
+
+    def play_regions(self) -> None:
+        """The regions act (demo/regions.py), after the one-region broker is gone (2 cores)."""
+        if self.broker is not None:
+            self.broker.stop()
+        self.regions = RegionsAct(self, self.register)
+        self.regions.play()
+
+    def verdict(self) -> None:
+        tl = self.tl
         failed = [what for passed, what in self.checks if not passed]
         tl.plain(f"Checks: {len(self.checks) - len(failed)} of {len(self.checks)} as docs/protocol.md says"
                  + ("." if not failed else "; NOT as expected:\n    " + "\n    ".join(failed)))
@@ -337,12 +350,14 @@ class Demo:
             pids = self.boards.close()
             if pids:
                 stopped.append(f"{len(pids)} virtual boards (micropython pids {', '.join(map(str, pids))})")
+        if self.regions is not None:
+            stopped += self.regions.close()
         self.stop_clients()
         if self.gateway is not None:
             self.stop_gateway()
             stopped.append(f"gateway (pid {self.gateway.pid}, exit {self.gateway.returncode})")
         if self.broker is not None and self.broker.pid is not None:
-            self.broker.stop()
+            self.broker.stop()  # idempotent: it may have stopped before the regions act
             stopped.append(f"mosquitto (pid {self.broker.pid})")
         return stopped
 
@@ -389,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         demo.stop_clients()
         demo.stop_gateway()
         demo.summary()
+        demo.play_regions()
+        demo.verdict()
         status = 0 if all(passed for passed, _ in demo.checks) else 1
     except KeyboardInterrupt:
         tl.plain("\ninterrupted; stopping what the demo started")
@@ -403,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopped = demo.close()
         if stopped:
-            port = f"; port {demo.broker.port} closed" if demo.broker and _port_closed(
-                demo.broker.host, demo.broker.port) else ""
+            ports = [(demo.broker.host, demo.broker.port)] if demo.broker else []
+            ports += demo.regions.ports() if demo.regions else []
+            closed = [p for h, p in ports if _port_closed(h, p)]
+            port = (f"; port{'s' if len(closed) > 1 else ''} {', '.join(map(str, closed))} closed"
+                    if closed else "")
             tl.plain(f"Stopped {' and '.join(stopped)}{port}. Logs and database stay in {_rel(args.dir)}.")
     return status

@@ -1,6 +1,7 @@
 """The demo end to end: `python -m demo --fast` as a user runs it (real Mosquitto, real gateway
 process, the whole Berlin register, virtual boards running the firmware on the MicroPython unix
-port), then proof that it stopped everything it started, the boards' micropython processes too."""
+port; then three bridged regions and central with an overflow), then proof that it stopped
+everything it started, the boards' micropython processes, every broker, gateway and central."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 120  # the fast demo takes about 25 s (10 s without the boards)
+TIMEOUT_S = 150  # the fast demo takes about 35 s (15 s without the boards)
 
 # What a reader must see: every step of the reservation lifecycle, and the protocol's answers.
 KEY_EVENTS = [
@@ -65,6 +66,41 @@ BOARD_EVENTS = [
 ]
 
 
+# The regions act (demo/regions.py), with or without boards: the messages between gateways and
+# central as the taps print them, the answers, and the databases' checks.
+REGION_EVENTS = [
+    "bridged to central (Mosquitto's bridge as bridge-west",
+    "[overflow] enabled",
+    "central's view from the regions' summaries: west 2 stations online, 0 slots free; mitte 2 stations "
+    "online, 4 slots free",
+    "gateway west     -> central  overflow? ovf:",
+    "central          -> gateway mitte hold? ovf:",
+    "gateway mitte    -> central  held r",
+    "central          -> gateway west answer ovf:",
+    "gateway mitte    -> central  hold event: r",
+    "✓ mitte's database: id3-w confirmed on r",
+    "✓ mitte's database: id3-w checked_in on r",
+    "✓ central's database: the hold for id3-w in mitte is checked_in",
+    "bridge west      -> gateway west link to central down",
+    "car zoe-w        <- gateway west error no_capacity: every slot within reach is taken; "
+    "the earliest frees up at",
+    "overflow: overflow_unavailable",
+    "✓ zoe-w was told no_capacity with overflow_unavailable after",
+]
+BOARD_REGION_EVENTS = [
+    "car id3-w        │  [I] car: overflow: slot held in region mitte, handing over to its broker 127.0.0.1:",
+    "car id3-w        │  [I] car: confirmed r",
+    "car id3-w        │  [I] car: checked in at station ",
+    "✓ the car board in west was answered with a slot in mitte",
+]
+SCRIPTED_REGION_EVENTS = [
+    "car id3-w        <- gateway west reserved r",
+    "in region mitte (its broker 127.0.0.1:",
+    "car id3-w        <- gateway mitte confirmed r",
+    "car id3-w        <- gateway mitte checked_in r",
+]
+
+
 def _alive(pid: int, name: str) -> bool:
     """Whether `pid` is still a running process called `name` (not a reused pid)."""
     try:
@@ -83,20 +119,19 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def _started(out: str) -> tuple[list[tuple[int, str]], tuple[str, int] | None]:
-    """(pid, program) of what the demo says it started, and the broker's address."""
+def _started(out: str) -> tuple[list[tuple[int, str]], list[tuple[str, int]]]:
+    """(pid, program) of what the demo says it started, and every broker's address."""
     # the boards' pids as each one booted, and as listed when they were stopped
     board_pids = re.findall(r"micropython pid (\d+), firmware/", out)
     for listed in re.findall(r"micropython pids ([\d, ]+)", out):
         board_pids += re.findall(r"\d+", listed)
     pids: list[tuple[int, str]] = [(int(p), "micropython") for p in dict.fromkeys(board_pids)]
-    broker = re.search(r"mosquitto pid (\d+) on ([\d.]+):(\d+)", out)
-    if broker:
-        pids.append((int(broker.group(1)), "mosquitto"))
-    gateway = re.search(r"gateway  pid (\d+)", out)
-    if gateway:
-        pids.append((int(gateway.group(1)), "gateway.cli"))
-    return pids, (broker.group(2), int(broker.group(3))) if broker else None
+    brokers = re.findall(r"mosquitto pid (\d+) on ([\d.]+):(\d+)", out)
+    pids += [(int(pid), "mosquitto") for pid, _, _ in brokers]
+    # the region's gateway, then the three regions' gateways and central (the regions act)
+    pids += [(int(pid), "gateway.cli") for pid in re.findall(r"gateway +pid (\d+)", out)]
+    pids += [(int(pid), "central.cli") for pid in re.findall(r"recarga-central run, pid (\d+)", out)]
+    return pids, [(host, int(port)) for _, host, port in brokers]
 
 
 def run_demo(*args: str) -> tuple[int, str]:
@@ -171,10 +206,19 @@ def test_fast_demo_shows_the_lifecycle_and_cleans_up(tmp_path):
         assert (tmp_path / "demo" / "gateway" / "gateway.db").exists()
         assert "connected to" in (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
 
-        # nothing it started is left: every pid gone (boards, broker, gateway), the broker's port closed
-        assert [name for _, name in pids] == ["micropython"] * 5 + ["mosquitto", "gateway.cli"], out
+        # the regions act: the car board in full west is sent to mitte, hands over, confirms,
+        # checks in; with central's broker gone, west answers at once
+        regions = out.split("── Regions 0", 1)[1]
+        assert not [e for e in REGION_EVENTS + BOARD_REGION_EVENTS if e not in regions], regions
+        port = re.search(r"region mitte, broker 127\.0\.0\.1:(\d+)", regions).group(1)
+        assert f"car id3-w        │  [I] car: handing over to region mitte: broker 127.0.0.1:{port}" in regions
+        assert regions.index("car: handing over to region mitte") < regions.index("car: confirmed r")
+
+        # nothing it started is left: every pid gone (boards, brokers, gateways, central), every port closed
+        assert sorted(name for _, name in pids) == sorted(
+            ["micropython"] * 6 + ["mosquitto"] * 5 + ["gateway.cli"] * 4 + ["central.cli"]), out
         assert not [p for p in pids if _alive(*p)], pids
-        assert broker is not None and not _accepts(*broker), f"{broker} still accepts connections"
+        assert len(broker) == 5 and not [b for b in broker if _accepts(*b)], f"{broker}: some still accept connections"
     finally:
         for pid, name in pids:
             if _alive(pid, name):
@@ -183,13 +227,14 @@ def test_fast_demo_shows_the_lifecycle_and_cleans_up(tmp_path):
 
 def test_no_boards_skips_the_virtual_board_act(tmp_path):
     code, out = run_demo("--fast", "--no-boards", "--dir", str(tmp_path / "demo"))
-    pids, _ = _started(out)
+    pids, brokers = _started(out)
     try:
         assert code == 0, out
         assert "── Boards" not in out and "micropython" not in out, out
-        assert not [e for e in KEY_EVENTS if e not in out], out
-        assert not (tmp_path / "demo" / "boards").exists()
+        assert not [e for e in KEY_EVENTS + REGION_EVENTS + SCRIPTED_REGION_EVENTS if e not in out], out
+        assert not (tmp_path / "demo" / "boards").exists() and not (tmp_path / "demo" / "regions" / "boards").exists()
         assert not [p for p in pids if _alive(*p)], pids
+        assert not [b for b in brokers if _accepts(*b)], brokers
     finally:
         for pid, name in pids:
             if _alive(pid, name):

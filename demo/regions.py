@@ -400,6 +400,7 @@ class RegionsAct:
             self.central.wait_log(f"region {r.name} reports its capacity")
         self.tl.note("central's view from the regions' summaries: " + "; ".join(
             f"{r.name} {len(self.online[r.name])} stations online, {want[r.name]} slots free" for r in REGIONS))
+        self.demo.pause()
 
     # ------------------------------------------------------------ scenes
 
@@ -506,6 +507,7 @@ class RegionsAct:
         self.check_central(spec.cid, "confirmed")
         if r is None:
             return
+        self.demo.pause()
         self.watch.poll()
         tl.note(f"{spec.cid} drives to {r.station} ({self.labels.get(r.station, '?')}; the demo takes "
                 f"{self.pace.drive:g} s)")
@@ -565,6 +567,7 @@ class RegionsAct:
         self.demo.check(bool(confirmed.get("ok")), f"{spec.cid} confirmed {r['id']} with mitte's gateway")
         self.check_db(spec.cid, "confirmed")
         self.check_central(spec.cid, "confirmed")
+        self.demo.pause()
         tl.note(f"{spec.cid} drives {r['distance_km']:.1f} km to {r['station']} (the demo takes {self.pace.drive:g} s)")
         time.sleep(self.pace.drive)
         mark = len(car.inbox)
@@ -577,6 +580,7 @@ class RegionsAct:
         tl, spec = self.tl, STRANDED
         tl.scene("Regions 2 · Central is unreachable: west still answers at once, and says so")
         cb, west = self.central_broker, self.gateways[HOME]
+        self.demo.pause()
         assert cb is not None
         downs = west.text().count("link to central down")
         tl.note(f"the central broker goes away (mosquitto pid {cb.pid} stopped by pid, as in a cut link)")

@@ -9,7 +9,9 @@
 4. eight stations and ten cars as scripted MQTT clients (demo/actors.py), the scenes of
    demo/scenario.py printed as they happen;
 5. the reservations from the gateway's database (`python -m gateway.cli reservations --json`);
-6. everything it started stopped by pid, also on errors, Ctrl-C and SIGTERM.
+6. the regions act (demo/regions.py): the region's broker stopped, then three bridged regions
+   and central started, an overflow and central unreachable;
+7. everything it started stopped by pid, also on errors, Ctrl-C and SIGTERM.
 
 Exit status: 0 when every scene went as docs/protocol.md says, 1 when one did not (or something
 failed to start), 130 when interrupted.
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true",
                     help=f"short pauses, a {FAST.hold_s:g} s hold and a {FAST.grace_s:g} s grace (for tests); "
                          f"default: a {NORMAL.hold_s:g} s hold and a {NORMAL.grace_s:g} s grace, "
-                         f"about 70 s in all")
+                         f"about 80 s in all")
     ap.add_argument("--no-boards", dest="boards", action="store_false",
                     help="skip the virtual-board act (the firmware on the MicroPython unix port)")
     ap.add_argument("--dir", type=Path, default=ROOT / "run" / "demo",
@@ -392,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     tl = Timeline()
-    tl.plain(f"Recarga demo: region {REGION} on this machine, run directory {_rel(args.dir)}")
+    tl.plain(f"Recarga demo: region {REGION} on this machine, then Berlin as three regions bridged to central; "
+             f"run directory {_rel(args.dir)}")
     demo = Demo(args.dir.resolve(), pace, tl, boards=args.boards)
     status = 1
     try:

@@ -1,11 +1,14 @@
 # Boot-time only, run by main.py: car_config.settings() (config.json validated, a bad one
-# halts with one serial line; the hardware objects; what the car keeps of the config), then
-# the CarApp built and started. This module, car_config and lib's config then leave
-# sys.modules and the config dict is gone, so none of that stays in RAM while the car runs
-# (on a board without PSRAM every KB counts). Order, so that the heap at boot never holds
-# much more than the running car: validation first, its code and the config freed before
-# the biggest runtime modules are compiled, while the heap is emptiest (compiling from
-# source needs several times a module's final size for a moment).
+# halts with one serial line; what the car keeps of the config, as JSON in a preallocated buffer), then the
+# car's objects and the CarApp built and started. This module, car_config and lib's config
+# then leave sys.modules and the config dict is gone, so none of that stays in RAM while the
+# car runs (on a board without PSRAM every KB counts). Order, against fragmentation
+# (docs/firmware.md, "Memory"): validation first; its code, the config dict and the
+# temporaries freed; the kept values parsed again from that JSON, so that the few objects
+# that stay are made together in the lowest free blocks; the hardware, battery and route
+# objects; then the biggest runtime modules compiled (biggest first, gc.collect() between)
+# into the large free block that is left (compiling from source needs several times a
+# module's final size for a moment, in blocks of up to ~2 KB).
 import gc
 import sys
 
@@ -15,16 +18,35 @@ def boot(path="config.json", hw=None):
     board's machine.ADC, machine.Pin and network.WLAN and a random boot id (tests)."""
     import car_config
 
-    k = car_config.settings(path, hw)
+    k = car_config.settings(path)
     del car_config
-    for n in ("car_config", "config", "umqtt.simple", "session", "car_logic", "car_app"):
-        if n[0] == "c":
-            sys.modules.pop(n, None)
-        else:
-            gc.collect()
-            __import__(n)
+    sys.modules.pop("car_config")
+    sys.modules.pop("config")
     gc.collect()
+    from json import load
+
+    k = load(k)
+    k[13] = [tuple(x) for x in k[13]]  # regions: JSON gives lists; handover compares tuples
+    p = k[0]
+    if hw is None:
+        import machine
+        import network
+        import os
+
+        hw = (machine.ADC(machine.Pin(p["battery_adc"]), atten=machine.ADC.ATTN_11DB),
+              machine.Pin(p["status_led"], machine.Pin.OUT, value=0), network.WLAN(network.STA_IF),
+              "%02x%02x%02x" % tuple(os.urandom(3)))
     import log
+    from battery import Battery
+    from route import Route
+
+    log.level(k[1])
+    bt = Battery(k[2], k[3], k[4], k[5], k[6])
+    rt = Route(k[7], k[8], k[9])
+    for n in ("umqtt.simple", "session", "car_logic", "car_app"):
+        gc.collect()
+        __import__(n)
+    gc.collect()
     from backoff import Backoff
     from car_app import CarApp
     from car_logic import CarLogic
@@ -34,8 +56,9 @@ def boot(path="config.json", hw=None):
     from wifi import Wifi
 
     a = CarApp()
-    a._adc, a._led, wlan, boot_id, bt, rt, car, m, w, a._regions, bounds, a._broker, tele = k
-    del k
+    a._adc, a._led, wlan, boot_id = hw
+    car, m, w, a._regions, bounds, a._broker, tele = k[10:]
+    del k, hw, p
     a.car = car
     a._level = -1
     a.battery = bt

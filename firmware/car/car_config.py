@@ -2,6 +2,8 @@
 # one clear serial line per problem (lib config.ConfigError), the halt for a bad config, and
 # settings(): what the running car keeps of the config. car_boot drops this module and lib's
 # config from sys.modules after boot, so their bytecode does not stay in RAM.
+import gc
+
 import config
 
 _ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 does not work while Wi-Fi is on
@@ -95,30 +97,27 @@ def halt(msg, path="config.json"):
     config.halt(msg, leds)
 
 
-def settings(path="config.json", hw=None):
-    """config.json validated (a bad one: halt()), the hardware objects made from its pins
-    (hw: (adc, led, wlan, boot_id) instead: tests), the battery and route objects built, and
-    everything else the car keeps picked out, so that the config dict can go:
-    (adc, led, wlan, boot_id, battery, route, id, model, wifi, regions, bounds, broker
-    credentials (user, password, keepalive), telemetry ms)."""
+def settings(path="config.json"):
+    """config.json validated (a bad one: halt()) and what the car keeps of it picked out, as
+    JSON in a stream (read from its start): [pins, log, battery divider, curve, samples, ask_below, clear_above,
+    route points, speed_kmh, loop, id, model, wifi, regions [name, host, port], bounds,
+    broker credentials [user, password, keepalive], telemetry ms]. Text, not objects:
+    the car's objects are made from it (car_boot) once the config dict, the validation's
+    temporaries and this module are gone, so they sit together low in the heap instead of
+    scattered through the parse's blocks (docs/firmware.md, "Memory": fragmentation); its
+    buffer (twice the file's size) is allocated before the parse, so it is one block."""
+    from io import BytesIO
+    from os import stat
+
+    try:
+        n = stat(path)[6]
+    except OSError:
+        n = 0
+    f = BytesIO(2 * n + 256)  # allocated first, while the heap is emptiest: never grown
     try:
         cfg = load(path)
     except config.ConfigError as e:
         halt(str(e), path)
-    if hw is None:
-        import machine
-        import network
-        import os
-
-        p = cfg["pins"]
-        hw = (machine.ADC(machine.Pin(p["battery_adc"]), atten=machine.ADC.ATTN_11DB),
-              machine.Pin(p["status_led"], machine.Pin.OUT, value=0), network.WLAN(network.STA_IF),
-              "%02x%02x%02x" % tuple(os.urandom(3)))
-    import log
-    from battery import Battery
-    from route import Route
-
-    log.level(cfg["log"])
     b = cfg["battery"]
     th = cfg["thresholds"]
     r = cfg["route"]
@@ -126,8 +125,12 @@ def settings(path="config.json", hw=None):
     g = cfg["regions"]
     # the home region (the common keys' region and broker) last: used while the position is
     # in no configured region
-    return hw + (Battery(b["divider"], b["curve"], b["samples"], th["ask_below"], th["clear_above"]),
-                 Route(r["points"], r["speed_kmh"], r["loop"]), cfg["id"], cfg["model"], cfg["wifi"],
-                 [(x["name"], x["host"], x["port"]) for x in g] + [(cfg["region"], br["host"], br["port"])],
-                 [x["bounds"] for x in g] + [None], (br["user"], br["password"], br["keepalive"]),
-                 cfg["telemetry_s"] * 1000)
+    k = (cfg["pins"], cfg["log"], b["divider"], b["curve"], b["samples"], th["ask_below"], th["clear_above"],
+         r["points"], r["speed_kmh"], r["loop"], cfg["id"], cfg["model"], cfg["wifi"],
+         [(x["name"], x["host"], x["port"]) for x in g] + [(cfg["region"], br["host"], br["port"])],
+         [x["bounds"] for x in g] + [None], (br["user"], br["password"], br["keepalive"]), cfg["telemetry_s"] * 1000)
+    del cfg, b, th, r, br, g
+    gc.collect()
+    config.json.dump(k, f)
+    f.seek(0)
+    return f

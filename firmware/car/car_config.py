@@ -7,11 +7,15 @@ import gc
 import config
 
 _ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 does not work while Wi-Fi is on
+# The most regions, route points and curve points: together they boot with margin on a ~96 KB
+# heap (docs/firmware.md, "Memory": beyond, the heap is too fragmented at boot to compile the
+# big modules). Over one: "config error: route.points length must be at most 32, got 40".
 
 
 def _pairs(cfg, key, n, most, lo, hi, lo2, hi2):
     # The list at key of n..most [a, b] number pairs (lo <= a <= hi, lo2 <= b <= hi2), as floats.
-    p = config.need(cfg, key, list, n, most)
+    p = config.need(cfg, key, list, n)
+    config._range(key + " length", len(p), None, most)
     for i in range(1, len(p) + 1):
         k = "%s.%d" % (key, i)
         config.need(cfg, k, list, 2, 2)
@@ -32,7 +36,7 @@ def check_car(cfg):
     b = need(cfg, "battery", dict)
     b["divider"] = need(cfg, "battery.divider", float, 0.001, 10000.0)
     b["samples"] = get(cfg, "battery.samples", int, 9, 1, 31)
-    c = _pairs(cfg, "battery.curve", 2, 32, 0.0, 10000.0, 0.0, 1.0)
+    c = _pairs(cfg, "battery.curve", 2, 16, 0.0, 10000.0, 0.0, 1.0)
     for i in range(1, len(c)):
         if c[i][0] <= c[i - 1][0]:
             fail("battery.curve.%d: volts must rise along the curve" % (i + 1))
@@ -53,8 +57,9 @@ def check_car(cfg):
     r = need(cfg, "route", dict)
     r["speed_kmh"] = need(cfg, "route.speed_kmh", float, 0.0, 300.0)
     r["loop"] = get(cfg, "route.loop", bool, True)
-    _pairs(cfg, "route.points", 1, 64, -90.0, 90.0, -180.0, 180.0)
-    g = need(cfg, "regions", list, 1, 16)
+    _pairs(cfg, "route.points", 1, 32, -90.0, 90.0, -180.0, 180.0)
+    g = need(cfg, "regions", list, 1)
+    config._range("regions length", len(g), None, 8)
     for i in range(1, len(g) + 1):
         k = "regions.%d" % i
         need(cfg, k, dict)

@@ -12,6 +12,7 @@ means no inbox queue and no GIL hand-over between a network thread and the engin
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -51,7 +52,7 @@ _RECV_SIZE = 65536
 
 
 class _Client(mqtt.Client):
-    """paho's client with two shortcuts on the gateway's hot path (MQTT 3.1.1):
+    """paho's client with three shortcuts on the gateway's hot path (MQTT 3.1.1):
 
     - reads: paho asks the socket for every packet 3 times (its type, its length, the
       rest); here one recv() fills a buffer that serves them. pending() says what is left
@@ -59,10 +60,32 @@ class _Client(mqtt.Client):
     - PUBACKs: paho 2.2 builds a reason code and an MQTT 5 property set for each, which
       MQTT 3.1.1 does not have and which only an on_publish callback would look at (we set
       none): the acknowledged message is released directly, as paho does after that.
+    - inbound messages: paho matches each against the filters of message_callback_add
+      through a recursive closure, a reference cycle per message left to the cyclic GC
+      (whose collections then stall the loop); with no filter added, on_message is called
+      directly.
     """
 
     _rbuf = b""
     _rpos = 0
+    _filtered = False  # message_callback_add was used: paho's own dispatch
+
+    def message_callback_add(self, sub: str, callback: Callable[..., None]) -> None:
+        self._filtered = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        if not _PAHO_2_2 or self._filtered:
+            return super()._handle_on_message(message)
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
 
     def pending(self) -> int:
         return len(self._rbuf) - self._rpos
@@ -93,6 +116,16 @@ class _Client(mqtt.Client):
             if mid in self._out_messages:
                 return self._do_on_publish(mid, None, None)  # type: ignore[arg-type]
         return mqtt.MQTT_ERR_SUCCESS
+
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """After a full collection, what it kept is alive: freeze it (gc.freeze() moves it to the
+    permanent generation, which collections skip). The next full collection then scans only
+    what came since, not again every request record of the last day, which stopped the loop
+    for tens of ms. Freed objects still go by reference counting; the steady state makes no
+    reference cycles (see _Client), so nothing that becomes garbage is kept for want of one."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
 
 
 class _Buffered:
@@ -414,9 +447,13 @@ class GatewayService:
         if ready is not None:
             ready()
         self._logs.install()
+        gc.callbacks.append(_freeze_survivors)
+        gc.collect()
+        gc.freeze()  # what start-up built (modules, stations, restored state) stays
         try:
             self._serve()
         finally:
+            gc.callbacks.remove(_freeze_survivors)
             try:
                 self._close()
             finally:

@@ -108,9 +108,12 @@ class Store:
             return
         with self.db:  # BEGIN ... COMMIT, ROLLBACK on error
             self.db.execute("BEGIN")
-            self.db.executemany(_INSERT, rows)
-            self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", requests)
-            self.db.executemany("INSERT OR REPLACE INTO stations_live VALUES (?, ?, ?, ?)", stations)
+            if rows:
+                self.db.executemany(_INSERT, rows)
+            if requests:
+                self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", requests)
+            if stations:
+                self.db.executemany("INSERT OR REPLACE INTO stations_live VALUES (?, ?, ?, ?)", stations)
 
     def stations_live(self) -> dict[str, StationLive]:
         cur = self.db.execute("SELECT id, online, slots, occupied_since FROM stations_live")

@@ -1,6 +1,7 @@
 """GatewayService without a broker: the database-failure path (no ack, clean exit)."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -187,3 +188,43 @@ def test_end_of_stream_is_a_lost_connection(wired):
     client, broker, _ = wired
     broker.close()
     assert client.loop_read() == mqtt.MQTT_ERR_CONN_LOST
+
+
+def test_inbound_messages_leave_no_reference_cycles(wired):
+    """paho's topic-filter matching builds a reference cycle per message; _Client skips it
+    when no filter is registered, so the cyclic GC has nothing to find."""
+    client, broker, got = wired
+    gc.collect()
+    gc.disable()
+    try:
+        broker.sendall(b"".join(mqtt_publish(f"t/{i}", b"x", i + 1) for i in range(50)))
+        client.loop_read()
+        while client.pending():
+            client.loop_read()
+        assert len(got) == 50
+        got.clear()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_topic_filtered_callbacks_still_get_their_messages(wired):
+    client, broker, got = wired
+    filtered: list[str] = []
+    client.message_callback_add("f/#", lambda c, u, m: filtered.append(m.topic))
+    broker.sendall(mqtt_publish("f/1", b"x", 1) + mqtt_publish("t/1", b"y", 2))
+    client.loop_read()
+    while client.pending():
+        client.loop_read()
+    assert filtered == ["f/1"] and [m.topic for m in got] == ["t/1"]
+
+
+def test_survivors_of_a_full_collection_are_frozen():
+    before = gc.get_freeze_count()
+    try:
+        S._freeze_survivors("stop", {"generation": 1, "collected": 0, "uncollectable": 0})
+        assert gc.get_freeze_count() == before
+        S._freeze_survivors("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

@@ -228,3 +228,20 @@ def test_survivors_of_a_full_collection_are_frozen():
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_under_load_a_batch_waits_for_the_commit_gap_light_load_does_not(service, monkeypatch):
+    done: list[list[int]] = []
+    monkeypatch.setattr(service, "_process", lambda batch: done.append([m.mid for m in batch]))
+    service._next_tick = float("inf")
+    service._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 1))
+    service._started = 0.0  # light load: the last batch started long ago
+    service._step(0.0)
+    assert done == [[1]]
+    service._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 2))
+    service._step(0.0)  # the last batch started just now: this one gathers more first
+    assert done == [[1]] and len(service._batch) == 1
+    service._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 3))
+    service._started -= S.COMMIT_GAP
+    service._step(0.0)
+    assert done == [[1], [2, 3]]

@@ -459,6 +459,7 @@ class GatewayService:
         if ready is not None:
             ready()
         self._logs.install()
+        self.store.checkpoint_in_background()
         gc.callbacks.append(_freeze_survivors)
         gc.collect()
         gc.freeze()  # what start-up built (modules, stations, restored state) stays

@@ -7,7 +7,9 @@ one is recognised by its (car, request id).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 from dataclasses import asdict, fields
 from functools import lru_cache
 from operator import attrgetter
@@ -58,6 +60,8 @@ CREATE TABLE IF NOT EXISTS stations_live (
 );
 """
 
+log = logging.getLogger("recarga.store")
+
 _COLUMNS = [f.name for f in fields(Reservation)]
 _COLUMN_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
 # an upsert: a reservation is written several times in its life, and updating its row in
@@ -74,13 +78,25 @@ class Store:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path, self.synchronous = str(path), synchronous
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        self._checkpointer: Checkpointer | None = None
+
+    def checkpoint_in_background(self) -> None:
+        """Copy the WAL into the database from a thread of its own (see Checkpointer) instead
+        of in the commit that crosses SQLite's 1,000 pages."""
+        if self._checkpointer is None:
+            self._checkpointer = Checkpointer(self.path, self.synchronous)
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.db.close()
 
     def commit(self, changed: Iterable[Reservation], request: RequestRecord | None,
@@ -106,6 +122,9 @@ class Store:
                                  json.dumps(live.occupied_since)))
         if not (rows or requests or stations):
             return
+        if self._checkpointer is not None and self._checkpointer.failed:
+            self._checkpointer = None
+            self.db.execute("PRAGMA wal_autocheckpoint=1000")  # SQLite's default
         with self.db:  # BEGIN ... COMMIT, ROLLBACK on error
             self.db.execute("BEGIN")
             if rows:
@@ -138,6 +157,52 @@ class Store:
     def prune_requests(self, before: float) -> int:
         with self.db:
             return self.db.execute("DELETE FROM requests WHERE at < ?", (before,)).rowcount
+
+
+class Checkpointer:
+    """Checkpoints the WAL from its own thread and connection, so that commits do not
+    (SQLite's default: the commit that passes 1,000 pages copies them into the database
+    and fsyncs it, milliseconds several times a second under load, with the writer's loop
+    standing still). PASSIVE checkpoints never wait for the writer, and SQLite releases
+    the GIL while it copies; one that could not get everything (commits went on) is
+    followed at once by the next, with less to do. The WAL starts from the beginning
+    again only when a commit begins with everything copied: under steady load a RESTART
+    checkpoint every MAX_FRAMES makes sure of that. It holds the writer back, but only
+    for the few pages the last PASSIVE one left and an fsync."""
+
+    IDLE_S = 0.05  # between checkpoints once all is copied
+    MAX_FRAMES = 4000  # WAL pages (~16 MB) before a RESTART checkpoint
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.stopping = threading.Event()
+        self.failed = False
+        self.thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        last = -1
+        try:
+            while not self.stopping.is_set():
+                _, frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames > self.MAX_FRAMES:
+                    self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                elif copied >= frames:
+                    self.stopping.wait(self.IDLE_S)
+                elif copied == last:
+                    self.stopping.wait(self.IDLE_S / 10)  # a reader holds the rest back: no spinning
+                last = copied
+        except sqlite3.Error:
+            log.exception("background WAL checkpoint failed; the commits checkpoint again")
+            self.failed = True
+        finally:
+            self.db.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
 
 
 _NEED = _COLUMNS.index("need")

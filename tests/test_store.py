@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from gateway.engine import RequestRecord
-from gateway.store import Store
+from gateway.store import Checkpointer, Store
 from test_engine import T0, make, reserve
 
 
@@ -116,3 +116,36 @@ def test_a_reservation_written_many_times_keeps_one_row_with_its_latest_state(tm
     assert len(rows) == 2 and len({r.id for r in rows}) == 2
     assert sorted(r.state for r in rows) == ["cancelled", "held"]
     assert [r.id for r in store.active()] == [again.changed[-1].id]
+
+
+def test_background_checkpoints_keep_the_wal_small_and_commits_free_of_them(tmp_path):
+    from test_engine import reserve as reserve_at
+    store = Store(tmp_path / "gw.db")
+    store.checkpoint_in_background()
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    e = make()
+    wal = tmp_path / "gw.db-wal"
+    biggest = 0
+    for i in range(3000):
+        res = reserve_at(e, f"c{i % 50}", f"q{i}", T0 + i)
+        store.commit(res.changed, res.request)
+        biggest = max(biggest, wal.stat().st_size)
+    # without checkpoints the WAL would hold every page written: 40 MB by now
+    assert biggest < (Checkpointer.MAX_FRAMES + 1000) * 4120
+    thread = store._checkpointer.thread
+    store.close()
+    assert not thread.is_alive()
+    again = Store(tmp_path / "gw.db")
+    assert len(again.requests(0)) == 3000
+    assert sorted(r.id for r in again.active()) == sorted(e.reservations)
+
+
+def test_a_failed_checkpointer_hands_checkpoints_back_to_the_commits(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    store.checkpoint_in_background()
+    store._checkpointer.failed = True
+    e = make()
+    res = reserve(e, "c1", "q1")
+    store.commit(res.changed, res.request)
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    store.close()

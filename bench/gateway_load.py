@@ -7,7 +7,7 @@ Run from the repo root (about 2-3 minutes on 2 cores with the defaults):
 What runs, all on 127.0.0.1:
 
 - one Mosquitto from gateway.localbroker with the production conf template (auth + ACL,
-  max_inflight_messages 20, max_queued_messages 1000). Every simulated car and station is
+  its in-flight and queue limits, printed). Every simulated car and station is
   a broker user with its own password, ACL block and TCP connection: `--cars` cars (1000)
   and `--stations` stations (400) of Berlin's register, plus one probe car.
 - the responder, its own process, one at a time:
@@ -47,8 +47,8 @@ Two measurements per responder, `--runs` times each (3; 1 with --quick), medians
     Poisson arrival times, each request from the car idle longest (one due while every car
     still waits is "not sent": the responder is saturated); latency from the publish call
     to the answer in the driver; p50/p99 over the requests sent in the `--seconds` window
-    after a 0.5 s warm-up. A request the broker dropped (its queue for the responder holds
-    1000 + 20 messages) is "lost".
+    after a 0.5 s warm-up. A request the broker dropped (beyond its queue for the responder,
+    max_queued_messages) is "lost".
 
 What bounds each side (every run prints the CPU of broker, responder and driver, 100 % =
 one core, and the share of the 2 cores left idle):
@@ -58,8 +58,9 @@ one core, and the share of the 2 cores left idle):
   messages per request fill both cores (idle ~10 %). No single process is at one core, so
   none of them alone is the limit; a cheaper driver would raise E. E is thus the ceiling
   of paho + Mosquitto on this machine, and if anything an underestimate.
-- gateway: the gateway's own process. It sits at ~100 % of one core (its Python threads
-  share the GIL) while the broker and the driver idle; py-spy (`--profile`) shows where.
+- gateway: the gateway's own process. Its one loop thread (paho, engine, commits; a second
+  thread only checkpoints SQLite) sits at up to ~100 % of one core while the broker and the
+  driver idle; py-spy (`--profile`) shows where.
   So R compares the gateway's code with what the same plumbing achieves without it; with
   more cores (or a cheaper driver) E would grow and G would not, so R would only shrink.
 
@@ -739,6 +740,16 @@ def forget_session(host: str, port: int, user: str, password: str, client_id: st
     c.loop(0.05)
 
 
+def conf_value(conf: Path, key: str, default: int) -> int:
+    """The last `key N` line of a Mosquitto conf (what --broker-conf appends wins), else default."""
+    value = default
+    for line in Path(conf).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
+            value = int(parts[1])
+    return value
+
+
 def filesystem_of(path: Path) -> str:
     best, kind = "", "?"
     try:
@@ -810,8 +821,10 @@ def run_bench(args: argparse.Namespace) -> int:
         broker = launch_broker(work / "broker", extra_conf, region=REGION, gateway_user=GATEWAY_USER,
                                cars=[*cars, PROBE_CAR], stations=[s.id for s in online], passwords=passwords,
                                host=HOST)
+        inflight = conf_value(broker.conf_path, "max_inflight_messages", 20)
+        queued = conf_value(broker.conf_path, "max_queued_messages", 1000)
         print(f"broker: pid {broker.pid} on {HOST}:{broker.port}, production conf template (auth + ACL, "
-              f"max_inflight_messages 20, max_queued_messages 1000)"
+              f"max_inflight_messages {inflight}, max_queued_messages {queued})"
               + (f" plus {'; '.join(extra_conf)}" if extra_conf else "")
               + f", {len(passwords)} users (generated in {time.monotonic() - t0:.1f} s)", flush=True)
 
@@ -835,14 +848,13 @@ def run_bench(args: argparse.Namespace) -> int:
                   f"{len(online)} of them online)", flush=True)
         else:
             print(f"gateway station file: the {len(online)} online stations only", flush=True)
-        if not any(line.split()[:1] == ["max_queued_messages"] for line in extra_conf):
-            if 2 * len(online) > 900:
-                print(f"  WARNING: {2 * len(online)} retained station messages reach the gateway at once when it "
-                      "subscribes, more than the broker queues per client (max_queued_messages 1000 + 20 in "
-                      "flight): the rest are dropped and those stations stay unknown to the gateway")
-            if len(cars) >= 980:
-                print(f"  note: up to {len(cars)} requests wait for the responder at once; beyond "
-                      "max_queued_messages 1000 + 20 in flight the broker drops them (counted as lost)")
+        if 2 * len(online) > queued - 100:
+            print(f"  WARNING: {2 * len(online)} retained station messages reach the gateway at once when it "
+                  f"subscribes, about the broker's queue per client (max_queued_messages {queued}): the rest are "
+                  "dropped and those stations stay unknown to the gateway")
+        if len(cars) >= queued - 20:
+            print(f"  note: up to {len(cars)} requests wait for the responder at once; beyond "
+                  f"max_queued_messages {queued} the broker drops them (counted as lost)")
 
         drain_s = 120.0
         results: dict[str, list[RunResult]] = {}

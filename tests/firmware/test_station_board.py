@@ -274,7 +274,8 @@ def test_wifi_outage_fires_the_last_will_and_recovers(station, gateway, broker):
     while onlines(gateway)[-1:] != [False]:
         assert time.monotonic() < deadline, onlines(gateway)
         time.sleep(0.05)
-    assert 1.5 <= board.blink_hz("led1", 1.5) <= 2.7
+    # 3 s, not 1.5: at 2 Hz a short window counts 3 edges +- 1 by phase and load jitter
+    assert 1.5 <= board.blink_hz("led1", 3.0) <= 2.7
     board.press("btn1")
     board.wait_rgb("rgb1", RED, timeout=1)
     board.wifi(True)

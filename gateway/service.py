@@ -7,8 +7,9 @@ one SQLite transaction (group commit: one fsync for the batch), then the replies
 commands are published and only then are the inbound messages acknowledged. So an
 acknowledged request is always on disk, and one that was not acknowledged is redelivered by
 the broker and recognised by its request id. While a batch is processed nothing is read:
-the broker's in-flight window and TCP hold the rest back (backpressure). No second thread
-means no inbox queue and no GIL hand-over between a network thread and the engine.
+the broker's in-flight window and TCP hold the rest back (backpressure). One thread means
+no inbox queue and no GIL hand-over between a network thread and the engine; the only other
+thread checkpoints SQLite's WAL (store.Checkpointer) and holds the GIL for microseconds.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ _CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 Handler = Callable[[str, bytes, float], Result]
 
 
-# The two shortcuts of _Client rely on paho's internals as of 2.2 (tested there); with any
+# The shortcuts of _Client rely on paho's internals as of 2.2 (tested there); with any
 # other paho the plain paths run.
 _PAHO_2_2 = paho.mqtt.__version__.split(".")[:2] == ["2", "2"]
 _RECV_SIZE = 65536

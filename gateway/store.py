@@ -172,11 +172,14 @@ class Checkpointer:
 
     IDLE_S = 0.05  # between checkpoints once all is copied
     MAX_FRAMES = 4000  # WAL pages (~16 MB) before a RESTART checkpoint
+    RESTART_WAIT_MS = 50
 
     def __init__(self, path: str, synchronous: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        # A RESTART checkpoint waits for readers (the CLI, say) holding the writer back; it
+        # gives up soon instead and is tried again after a pause.
+        self.db.execute(f"PRAGMA busy_timeout={self.RESTART_WAIT_MS}")
         self.stopping = threading.Event()
         self.failed = False
         self.thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
@@ -188,7 +191,9 @@ class Checkpointer:
             while not self.stopping.is_set():
                 _, frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if frames > self.MAX_FRAMES:
-                    self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    if busy:
+                        self.stopping.wait(self.IDLE_S)  # a reader: let the writer on meanwhile
                 elif copied >= frames:
                     self.stopping.wait(self.IDLE_S)
                 elif copied == last:

@@ -149,3 +149,26 @@ def test_a_failed_checkpointer_hands_checkpoints_back_to_the_commits(tmp_path):
     store.commit(res.changed, res.request)
     assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     store.close()
+
+
+def test_a_long_reader_does_not_hold_commits_behind_a_restart_checkpoint(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(Checkpointer, "MAX_FRAMES", 100)
+    store = Store(tmp_path / "gw.db")
+    store.checkpoint_in_background()
+    reader = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM requests").fetchall()  # holds its snapshot
+    e = make()
+    slowest = 0.0
+    for i in range(600):  # far past MAX_FRAMES: RESTART checkpoints are tried and give up
+        res = reserve(e, f"c{i % 20}", f"q{i}", T0 + i)
+        t = time.monotonic()
+        store.commit(res.changed, res.request)
+        slowest = max(slowest, time.monotonic() - t)
+    assert slowest < 0.5
+    assert not store._checkpointer.failed
+    reader.execute("COMMIT")
+    reader.close()
+    store.close()

@@ -231,6 +231,8 @@ class GatewayService:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, READ)
+        self._wake_sel = selectors.DefaultSelector()  # the wake-up pair alone, while a batch gathers
+        self._wake_sel.register(self._wake_r, READ)
         self._sock: Any = None
         self._writing = False  # the selector watches the socket for writability
         self._delay: float | None = None  # reconnect backoff; None after a successful connect
@@ -403,9 +405,14 @@ class GatewayService:
 
     def _step(self, timeout: float, process: bool = True) -> None:
         """Wait up to `timeout` s for the socket, then read, process one batch, write.
-        Without `process` what was read is dropped unacknowledged (the broker redelivers it)."""
-        readable = self.client.pending() > 0  # read from the socket, not parsed yet
-        for key, mask in self._sel.select(0.0 if readable else timeout):
+        Without `process` what was read is dropped unacknowledged (the broker redelivers it).
+
+        A batch that has begun while the last one started less than COMMIT_GAP ago waits
+        for the rest of the gap without the socket (stop() still wakes it): what arrives
+        meanwhile is read in one pass at its end, not one wake-up per message."""
+        gather = self._gather() if process else 0.0
+        readable = gather > 0 or self.client.pending() > 0  # or read, not parsed yet
+        for key, mask in (self._wake_sel if gather > 0 else self._sel).select(gather or (0.0 if readable else timeout)):
             if key.fileobj is self._wake_r:
                 try:
                     self._wake_r.recv(4096)
@@ -419,16 +426,18 @@ class GatewayService:
             self._read()
         if not process:
             self._batch.clear()
-        elif self._batch or self.clock() >= self._next_tick:
-            if (self._batch and len(self._batch) < MAX_BATCH and self.clock() < self._next_tick
-                    and time.monotonic() < self._started + COMMIT_GAP):
-                pass  # the last one started just now: this one grows until COMMIT_GAP is over
-            else:
-                self._started = time.monotonic()
-                batch, self._batch = self._batch, []
-                self._process(batch)
+        elif (self._batch and self._gather() <= 0) or self.clock() >= self._next_tick:
+            self._started = time.monotonic()
+            batch, self._batch = self._batch, []
+            self._process(batch)
         self._flush()
         self._logs.drain()
+
+    def _gather(self) -> float:
+        """Seconds the waiting batch still gathers before it is processed (see COMMIT_GAP)."""
+        if not self._batch or len(self._batch) >= MAX_BATCH:
+            return 0.0
+        return self._started + COMMIT_GAP - time.monotonic()
 
     def _serve(self) -> None:
         client = self.client
@@ -447,8 +456,6 @@ class GatewayService:
                 misc_at = mono + MISC_S
             wait = self._next_tick - self.clock()
             wait = min(wait, MISC_S) if self._sock is not None else min(wait, self._reconnect_at - mono)
-            if self._batch:
-                wait = min(wait, self._started + COMMIT_GAP - mono)
             self._step(max(0.0, wait))
 
     # ------------------------------------------------------------ lifecycle
@@ -486,6 +493,7 @@ class GatewayService:
             self._flush()  # sends DISCONNECT; paho then closes the socket
         finally:
             self._sel.close()
+            self._wake_sel.close()
             self._wake_r.close()
             self._wake_w.close()
             self.store.close()

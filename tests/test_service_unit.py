@@ -8,6 +8,7 @@ import os
 import socket
 import sqlite3
 import struct
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -230,18 +231,18 @@ def test_survivors_of_a_full_collection_are_frozen():
         gc.unfreeze()
 
 
-def test_under_load_a_batch_waits_for_the_commit_gap_light_load_does_not(service, monkeypatch):
+def test_under_load_a_batch_gathers_until_the_commit_gap_light_load_does_not_wait(service, monkeypatch):
     done: list[list[int]] = []
     monkeypatch.setattr(service, "_process", lambda batch: done.append([m.mid for m in batch]))
     service._next_tick = float("inf")
-    service._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 1))
+    online = P.online_message(True)
+    service._batch.append(message(P.station_topic("t", "s1", "online"), online, 1))
     service._started = 0.0  # light load: the last batch started long ago
+    t0 = time.monotonic()
     service._step(0.0)
-    assert done == [[1]]
-    service._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 2))
-    service._step(0.0)  # the last batch started just now: this one gathers more first
-    assert done == [[1]] and len(service._batch) == 1
-    service._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 3))
-    service._started -= S.COMMIT_GAP
+    assert done == [[1]] and time.monotonic() - t0 < S.COMMIT_GAP
+    # under load: the last batch started just now, so this one gathers for the rest of the gap
+    t0 = service._started = time.monotonic()
+    service._batch += [message(P.station_topic("t", "s1", "online"), online, mid) for mid in (2, 3)]
     service._step(0.0)
-    assert done == [[1], [2, 3]]
+    assert done == [[1], [2, 3]] and time.monotonic() - t0 >= S.COMMIT_GAP * 0.9

@@ -5,7 +5,6 @@ with a message naming them, as the gateway's config does.
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,12 +121,7 @@ def _regions(raw: Any) -> dict[str, RegionInfo]:
 
 def load(path: str | Path) -> CentralConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
+    raw = gateway_config.read_toml(path)
     top = _check("", raw)
     for key in ("instance", "database"):
         if key not in top:

@@ -75,14 +75,19 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
-def load(path: str | Path) -> GatewayConfig:
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's TOML, or a ConfigError naming the file (shared with central's config)."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: {e}") from None
+
+
+def load(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    raw = read_toml(path)
     top = _check("", raw)
     for key in ("region", "database", "stations"):
         if key not in top:

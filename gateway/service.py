@@ -23,13 +23,13 @@ import threading
 import time
 from typing import Any, Callable
 
-import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import protocol as P
 from .config import GatewayConfig
 from .engine import Engine, Result
+from .mqtt_client import GatewayClient, InboundMessage
 from .overflow_link import OverflowLink
 from .stations import load_stations
 from .store import Store, encode_json
@@ -48,79 +48,7 @@ _TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stat
 _CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 Handler = Callable[[str, bytes, float], Result]
-
-
-# The shortcuts of _Client rely on paho's internals as of 2.2 (tested there); with any
-# other paho the plain paths run.
-_PAHO_2_2 = paho.mqtt.__version__.split(".")[:2] == ["2", "2"]
-_RECV_SIZE = 65536
-
-
-class _Client(mqtt.Client):
-    """paho's client with three shortcuts on the gateway's hot path (MQTT 3.1.1):
-
-    - reads: paho asks the socket for every packet 3 times (its type, its length, the
-      rest); here one recv() fills a buffer that serves them. pending() says what is left
-      in it (paho's own loop asks an SSL socket the same), which no selector can see.
-    - PUBACKs: paho 2.2 builds a reason code and an MQTT 5 property set for each, which
-      MQTT 3.1.1 does not have and which only an on_publish callback would look at (we set
-      none): the acknowledged message is released directly, as paho does after that.
-    - inbound messages: paho matches each against the filters of message_callback_add
-      through a recursive closure, a reference cycle per message left to the cyclic GC
-      (whose collections then stall the loop); with no filter added, on_message is called
-      directly.
-    """
-
-    _rbuf = b""
-    _rpos = 0
-    _filtered = False  # message_callback_add was used: paho's own dispatch
-
-    def message_callback_add(self, sub: str, callback: Callable[..., None]) -> None:
-        self._filtered = True
-        super().message_callback_add(sub, callback)
-
-    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        if not _PAHO_2_2 or self._filtered:
-            return super()._handle_on_message(message)
-        on_message = self.on_message
-        if on_message is not None:
-            with self._in_callback_mutex:
-                try:
-                    on_message(self, self._userdata, message)
-                except Exception as err:
-                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                    if not self.suppress_exceptions:
-                        raise
-
-    def pending(self) -> int:
-        return len(self._rbuf) - self._rpos
-
-    def reconnect(self) -> mqtt.MQTTErrorCode:
-        self._rbuf, self._rpos = b"", 0  # nothing of the last connection is read on the next
-        return super().reconnect()
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if not _PAHO_2_2:
-            return super()._sock_recv(bufsize)
-        if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(_RECV_SIZE)  # empty at EOF; BlockingIOError when drained
-            if len(data) <= bufsize:
-                return data
-            self._rbuf, self._rpos = data, 0
-        start = self._rpos
-        self._rpos = end = min(start + bufsize, len(self._rbuf))
-        return self._rbuf[start:end]
-
-    def _handle_pubackcomp(self, cmd: str) -> mqtt.MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        if (not _PAHO_2_2 or cmd != "PUBACK" or self._protocol == mqtt.MQTTv5 or len(packet) != 2
-                or self.on_publish is not None):
-            return super()._handle_pubackcomp(cmd)  # type: ignore[arg-type]
-        mid = (packet[0] << 8) | packet[1]
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, None, None)  # type: ignore[arg-type]
-        return mqtt.MQTT_ERR_SUCCESS
+Inbound = InboundMessage | mqtt.MQTTMessage  # paho's own reader makes the latter
 
 
 def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
@@ -222,7 +150,7 @@ class GatewayService:
         self._next_tick = 0.0
         self._started = 0.0  # time.monotonic() when the last batch started
         self._pruned = 0.0
-        self._batch: list[mqtt.MQTTMessage] = []
+        self._batch: list[Inbound] = []
         self._topics: dict[str, tuple[Handler, str] | None] = {}
         self._logs = _LogBatch()
         # the selector: the broker socket while there is one, and a wake-up pair for stop()
@@ -240,7 +168,7 @@ class GatewayService:
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
         b = cfg.broker
-        self.client = _Client(
+        self.client = GatewayClient(
             CallbackAPIVersion.VERSION2,
             client_id=b.client_id or f"recarga-gateway-{self.region}",
             protocol=mqtt.MQTTv311,
@@ -321,7 +249,7 @@ class GatewayService:
             self._topics[topic] = route
         return route
 
-    def _handle(self, msg: mqtt.MQTTMessage, now: float) -> Result | None:
+    def _handle(self, msg: Inbound, now: float) -> Result | None:
         route = self._route(msg.topic)
         if route is None:
             log.warning("message on unexpected topic %s ignored", msg.topic)
@@ -334,7 +262,7 @@ class GatewayService:
             log.exception("failed to handle message on %s", msg.topic)
             return None
 
-    def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
+    def _process(self, batch: list[Inbound]) -> None:
         now = self.clock()
         results = [r for r in (self._handle(m, now) for m in batch) if r is not None]
         if now >= self._next_tick:

@@ -17,6 +17,7 @@ from gateway import config as C
 from gateway import protocol as P
 from gateway import service as S
 from gateway.model import SlotMeta, StationMeta
+from gateway.mqtt_client import GatewayClient, InboundMessage
 from gateway.stations import dump_stations_json
 
 
@@ -123,19 +124,34 @@ def test_log_lines_written_once_per_pass_without_asctime_under_journald(tmp_path
 
 # ------------------------------------------------------------------ the paho client's shortcuts
 
-def mqtt_publish(topic: str, payload: bytes, mid: int) -> bytes:
-    """A QoS 1 PUBLISH packet as the broker sends it (MQTT 3.1.1)."""
-    var = struct.pack("!H", len(topic)) + topic.encode() + struct.pack("!H", mid) + payload
-    assert len(var) < 128
-    return bytes([0x32, len(var)]) + var
+def remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, b = n >> 7, n & 127
+        out.append(b | (128 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def mqtt_publish(topic: str | bytes, payload: bytes, mid: int, qos: int = 1, retain: bool = False) -> bytes:
+    """A PUBLISH packet as the broker sends it (MQTT 3.1.1)."""
+    name = topic.encode() if isinstance(topic, str) else topic
+    var = struct.pack("!H", len(name)) + name + (struct.pack("!H", mid) if qos else b"") + payload
+    return bytes([0x30 | qos << 1 | retain]) + remaining_length(len(var)) + var
+
+
+def read_all(client: GatewayClient) -> None:
+    client.loop_read()
+    while client.pending():
+        client.loop_read()
 
 
 @pytest.fixture
 def wired():
-    """An S._Client on one end of a socket pair, as if connected; the test is the broker."""
+    """A GatewayClient on one end of a socket pair, as if connected; the test is the broker."""
     ours, broker = socket.socketpair()
     ours.setblocking(False)
-    client = S._Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv311,
+    client = GatewayClient(mqtt.CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv311,
                        clean_session=False, manual_ack=True)
     client.max_inflight_messages_set(0)
     got: list[mqtt.MQTTMessage] = []
@@ -183,6 +199,88 @@ def test_puback_releases_the_acknowledged_message(wired):
     while client.pending():
         client.loop_read()
     assert all(i.is_published() for i in infos)
+
+
+def test_large_qos0_retained_and_byte_by_byte_packets_read_alike(wired):
+    """The fast reader (a whole packet in the buffer) and paho's (a packet still arriving)
+    give the same messages: multi-byte lengths, QoS 0, the retain flag."""
+    client, broker, got = wired
+    big = bytes(range(256)) * 80  # 20 KB: a 3-byte remaining length
+    packets = [mqtt_publish("t/big", big, 1), mqtt_publish("t/q0", b"zero", 0, qos=0),
+               mqtt_publish("t/kept", b"r", 2, retain=True)]
+    broker.sendall(b"".join(packets))
+    read_all(client)
+    for p in packets:  # again, one byte at a time: paho's reader puts each together
+        for k in range(len(p)):
+            broker.sendall(p[k:k + 1])
+            client.loop_read()
+    seen = [(m.topic, m.payload, m.qos, m.mid, m.retain) for m in got]
+    expected = [("t/big", big, 1, 1, False), ("t/q0", b"zero", 0, 0, False), ("t/kept", b"r", 1, 2, True)]
+    assert seen == expected * 2
+    assert isinstance(got[0], InboundMessage) and not isinstance(got[-1], InboundMessage)
+
+
+def test_a_topic_that_is_not_utf8_goes_to_paho_which_reports_it(wired):
+    client, broker, got = wired
+    broker.sendall(mqtt_publish(b"t/\xff", b"x", 1) + mqtt_publish("t/ok", b"y", 2))
+    read_all(client)
+    assert len(got) == 2 and got[1].topic == "t/ok"
+    with pytest.raises(UnicodeDecodeError):
+        got[0].topic  # paho's MQTTMessage: the topic raises when read
+
+
+def test_reading_a_packet_counts_for_the_keepalive(wired):
+    client, broker, got = wired
+    client._last_bytes_received = 0.0
+    broker.sendall(mqtt_publish("t/1", b"x", 1) * 2)
+    read_all(client)
+    assert len(got) == 2 and time.monotonic() - client._last_bytes_received < 5
+
+
+def parse_publishes(data: bytes) -> list[tuple[str, int, bytes]]:
+    """(topic, mid, payload) of each QoS 1 PUBLISH in a byte stream."""
+    out, i = [], 0
+    while i < len(data):
+        assert data[i] & 0xF0 == 0x30
+        j, length, shift = i + 1, 0, 0
+        while True:
+            b = data[j]
+            j += 1
+            length |= (b & 127) << shift
+            shift += 7
+            if b < 128:
+                break
+        tlen = struct.unpack_from("!H", data, j)[0]
+        mid = struct.unpack_from("!H", data, j + 2 + tlen)[0]
+        out.append((data[j + 2:j + 2 + tlen].decode(), mid, data[j + 4 + tlen:j + length]))
+        i = j + length
+    return out
+
+
+def test_queued_packets_go_out_together_and_a_full_socket_resumes_where_it_stopped(wired):
+    client, broker, _ = wired
+    client.on_socket_register_write = lambda c, u, s: None
+    client.on_socket_unregister_write = lambda c, u, s: None
+    infos = [client.publish(f"t/{i}", bytes([i % 256]) * 1000, qos=1) for i in range(3000)]  # ~3 MB
+    received = bytearray()
+    broker.setblocking(False)
+    rounds = 0
+    while client.want_write():
+        assert client.loop_write() == mqtt.MQTT_ERR_SUCCESS
+        rounds += 1
+        try:
+            while chunk := broker.recv(1 << 20):
+                received += chunk
+        except BlockingIOError:
+            pass
+    assert rounds > 1  # the socket filled up at least once
+    try:
+        while chunk := broker.recv(1 << 20):
+            received += chunk
+    except BlockingIOError:
+        pass
+    assert parse_publishes(bytes(received)) == [(f"t/{i}", infos[i].mid, bytes([i % 256]) * 1000)
+                                                 for i in range(3000)]
 
 
 def test_end_of_stream_is_a_lost_connection(wired):

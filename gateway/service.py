@@ -2,14 +2,17 @@
 
 One thread drives paho's external-loop API (loop_read / loop_write / loop_misc) through a
 selector on the client's socket. The messages read in one pass over the socket (at most
-`MAX_BATCH`) are one batch: each runs through the engine, all their results are committed in
-one SQLite transaction (group commit: one fsync for the batch), then the replies and station
-commands are published and only then are the inbound messages acknowledged. So an
-acknowledged request is always on disk, and one that was not acknowledged is redelivered by
-the broker and recognised by its request id. While a batch is processed nothing is read:
-the broker's in-flight window and TCP hold the rest back (backpressure). One thread means
-no inbox queue and no GIL hand-over between a network thread and the engine; the only other
-thread checkpoints SQLite's WAL (store.Checkpointer) and holds the GIL for microseconds.
+`MAX_BATCH`) are one batch: each runs through the engine, and the batch's results go to the
+committer thread (gateway/committer.py), which writes all that reached it since its last
+commit in one SQLite transaction (group commit: one fsync for many batches) and hands the
+batches back; only then are their replies and station commands published and their inbound
+messages acknowledged. So an acknowledged request is always on disk, and one that was not
+acknowledged is redelivered by the broker and recognised by its request id. The loop goes on
+reading and deciding while a commit waits for the disk, up to MAX_BACKLOG messages not yet
+durable; beyond that it stops reading and the broker's in-flight window and TCP hold the rest
+back (backpressure). paho, the engine and the loop share one thread: no inbox queue and no GIL
+hand-over per message; the other threads (committer, store.Checkpointer) spend their time in
+SQLite, which releases the GIL.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import logging
 import os
 import selectors
 import socket
-import sqlite3
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -27,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import protocol as P
+from .committer import Committer, Job
 from .config import GatewayConfig
 from .engine import Engine, Result
 from .mqtt_client import GatewayClient, InboundMessage
@@ -36,13 +40,11 @@ from .store import Store, encode_json
 
 log = logging.getLogger("recarga.gateway")
 
-MAX_BATCH = 256  # inbound messages per transaction: bounds the wait of a batch's first message
+MAX_BATCH = 256  # inbound messages per engine pass: bounds the wait of a batch's first message
+MAX_BACKLOG = 1024  # messages decided but not yet durable before the loop stops reading
 EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
 MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
-# Under load a batch starts at most this long after the one before, so it gathers more
-# messages: a commit costs about as much CPU as the requests of a small batch together
-# (pages written, fsync). Light load waits for nothing: its batch started long ago.
-COMMIT_GAP = 0.002
+SWITCH_INTERVAL_S = 0.0005  # see run()
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
 _CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
@@ -148,7 +150,6 @@ class GatewayService:
         self.stopping = threading.Event()
         self._connected = False
         self._next_tick = 0.0
-        self._started = 0.0  # time.monotonic() when the last batch started
         self._pruned = 0.0
         self._batch: list[Inbound] = []
         self._topics: dict[str, tuple[Handler, str] | None] = {}
@@ -159,8 +160,9 @@ class GatewayService:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, READ)
-        self._wake_sel = selectors.DefaultSelector()  # the wake-up pair alone, while a batch gathers
+        self._wake_sel = selectors.DefaultSelector()  # the wake-up pair alone, while the backlog is full
         self._wake_sel.register(self._wake_r, READ)
+        self._committer = Committer(self.store, self._wake, self._db_failed)
         self._sock: Any = None
         self._writing = False  # the selector watches the socket for writability
         self._delay: float | None = None  # reconnect backoff; None after a successful connect
@@ -263,14 +265,17 @@ class GatewayService:
             return None
 
     def _process(self, batch: list[Inbound]) -> None:
+        """Run a batch through the engine and hand its results to the committer; _release()
+        publishes and acknowledges once they are written."""
         now = self.clock()
         results = [r for r in (self._handle(m, now) for m in batch) if r is not None]
+        prune = None
         if now >= self._next_tick:
             self._next_tick = now + self.cfg.tick_s
             results.append(self.engine.tick(now))
             if now - self._pruned > 3600:
                 self._pruned = now
-                self.store.prune_requests(now - self.cfg.engine.request_memory_s)
+                prune = now - self.cfg.engine.request_memory_s
         if self.overflow is not None:
             results += self.overflow.step(now, results)  # committed with the batch
             self._next_tick = min(self._next_tick, self.overflow.next_due())
@@ -281,34 +286,52 @@ class GatewayService:
             for m in result.messages:
                 text = texts[id(m.payload)] = encode_json(m.payload)
                 out.append((m.topic, text.encode(), m.retain))
-        try:
-            self.store.commit_all(results, texts)
-        except sqlite3.Error:
-            # the engine already changed its memory: only a restart from the database is
-            # consistent again. Nothing of this batch was acknowledged, so nothing is lost.
-            log.critical("database write failed; exiting for a clean restart", exc_info=True)
-            self._logs.uninstall()
-            logging.shutdown()
-            os._exit(EXIT_DB_FAILURE)
-        publish = self.client.publish
-        for topic, payload, retain in out:
-            publish(topic, payload, qos=P.QOS, retain=retain)
         if self.overflow is not None:
-            for p in self.overflow.outbound(results):
-                publish(p.topic, p.payload, qos=P.QOS, retain=p.retain)
-        ack = self.client.ack
-        for msg in batch:
-            if msg.qos > 0:
-                ack(msg.mid, msg.qos)
+            out += [(p.topic, p.payload, p.retain) for p in self.overflow.outbound(results)]
+        acks = [m.mid for m in batch if m.qos > 0]
+        self._committer.submit(Job(results, texts, (out, acks), len(batch), prune))
+
+    def _release(self) -> None:
+        """Publish and acknowledge the batches the committer has written, in order."""
+        publish, ack = self.client.publish, self.client.ack
+        for job in self._committer.done():
+            out, acks = job.release
+            for topic, payload, retain in out:
+                publish(topic, payload, qos=P.QOS, retain=retain)
+            for mid in acks:
+                ack(mid, P.QOS)
+
+    def _settle(self, timeout: float = 10.0) -> bool:
+        """Wait until everything handed to the committer is written, and release it."""
+        deadline = time.monotonic() + timeout
+        while not self._committer.idle() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self._release()
+        return self._committer.idle()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already woken (its buffer is full), or closed after the loop ended
+
+    def _db_failed(self) -> None:
+        # the engine already changed its memory: only a restart from the database is
+        # consistent again. Nothing of the failed batches was acknowledged: nothing is lost.
+        self._logs.uninstall()
+        logging.shutdown()
+        os._exit(EXIT_DB_FAILURE)
 
     # ------------------------------------------------------------ the loop
 
     def _read(self) -> None:
         """Read what the socket holds (paho's loop_read stops after as many packets as it
-        has messages in flight, at least 1) up to MAX_BATCH inbound messages."""
+        has messages in flight, at least 1) up to MAX_BATCH inbound messages, and no further
+        than MAX_BACKLOG messages not yet durable."""
         client, sel = self.client, self._sel
+        room = min(MAX_BATCH, MAX_BACKLOG - self._committer.backlog)
         while self._sock is not None:
-            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= MAX_BATCH:
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= room:
                 return
             if not client.pending() and not any(key.fileobj is self._sock for key, _ in sel.select(0)):
                 return
@@ -332,15 +355,13 @@ class GatewayService:
             self._writing = want
 
     def _step(self, timeout: float, process: bool = True) -> None:
-        """Wait up to `timeout` s for the socket, then read, process one batch, write.
-        Without `process` what was read is dropped unacknowledged (the broker redelivers it).
-
-        A batch that has begun while the last one started less than COMMIT_GAP ago waits
-        for the rest of the gap without the socket (stop() still wakes it): what arrives
-        meanwhile is read in one pass at its end, not one wake-up per message."""
-        gather = self._gather() if process else 0.0
-        readable = gather > 0 or self.client.pending() > 0  # or read, not parsed yet
-        for key, mask in (self._wake_sel if gather > 0 else self._sel).select(gather or (0.0 if readable else timeout)):
+        """Wait up to `timeout` s for the socket or the committer, then release what it has
+        written, read, hand one batch over, write. Without `process` what was read is
+        dropped unacknowledged (the broker redelivers it). With MAX_BACKLOG messages not
+        yet durable it waits for the committer alone."""
+        full = process and self._committer.backlog >= MAX_BACKLOG
+        readable = not full and self.client.pending() > 0  # read, not parsed yet
+        for key, mask in (self._wake_sel if full else self._sel).select(0.0 if readable else timeout):
             if key.fileobj is self._wake_r:
                 try:
                     self._wake_r.recv(4096)
@@ -350,22 +371,16 @@ class GatewayService:
             if mask & WRITE:
                 self._flush()
             readable = readable or bool(mask & READ)
+        self._release()
         if readable and self._sock is not None:
             self._read()
         if not process:
             self._batch.clear()
-        elif (self._batch and self._gather() <= 0) or self.clock() >= self._next_tick:
-            self._started = time.monotonic()
+        elif not full and (self._batch or self.clock() >= self._next_tick):
             batch, self._batch = self._batch, []
             self._process(batch)
         self._flush()
         self._logs.drain()
-
-    def _gather(self) -> float:
-        """Seconds the waiting batch still gathers before it is processed (see COMMIT_GAP)."""
-        if not self._batch or len(self._batch) >= MAX_BATCH:
-            return 0.0
-        return self._started + COMMIT_GAP - time.monotonic()
 
     def _serve(self) -> None:
         client = self.client
@@ -396,6 +411,11 @@ class GatewayService:
             ready()
         self._logs.install()
         self.store.checkpoint_in_background()
+        # A thread back from an fsync waits for the GIL until the loop thread gives it up,
+        # at the latest after the switch interval (5 ms by default): that delay is on every
+        # reply's path, so the committer gets its turn sooner.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._committer.start()
         gc.callbacks.append(_freeze_survivors)
         gc.collect()
         gc.freeze()  # what start-up built (modules, stations, restored state) stays
@@ -411,6 +431,11 @@ class GatewayService:
     def _close(self) -> None:
         try:
             if self._connected and self._sock is not None:
+                # what was decided is written, published and acknowledged before we go
+                deadline = time.monotonic() + 5.0
+                while not self._committer.idle() and self._sock is not None and time.monotonic() < deadline:
+                    self._step(0.05, process=False)
+                self._release()
                 info = self.client.publish(P.gateway_online_topic(self.region), P.online_message(False),
                                            qos=P.QOS, retain=True)
                 deadline = time.monotonic() + 2.0
@@ -420,6 +445,7 @@ class GatewayService:
             self.client.disconnect()
             self._flush()  # sends DISCONNECT; paho then closes the socket
         finally:
+            self._committer.stop()  # writes what is left; unacknowledged, the broker redelivers it
             self._sel.close()
             self._wake_sel.close()
             self._wake_r.close()
@@ -430,7 +456,4 @@ class GatewayService:
     def stop(self) -> None:
         """From a signal handler or another thread: the loop ends after the current batch."""
         self.stopping.set()
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # already woken, or closed after the loop ended
+        self._wake()

@@ -9,7 +9,7 @@ import json
 import sqlite3
 
 import pytest
-from test_service_unit import message
+from test_service_unit import message, process
 
 from gateway import config as C
 from gateway import protocol as P
@@ -34,11 +34,12 @@ def service(tmp_path, monkeypatch):
     real = svc.store.commit_all
     monkeypatch.setattr(svc.store, "commit_all", lambda *a: (svc.events.append("commit"), real(*a)))
     # the station full, the link up
-    svc._process([message(P.station_topic("t", "s1", "online"), P.online_message(True), 1),
+    process(svc, [message(P.station_topic("t", "s1", "online"), P.online_message(True), 1),
                   message(P.station_topic("t", "s1", "status"), P.encode(P.station_status(["occupied"])), 2),
                   message(LINK, b"1", 3)])
     svc.events.clear()
     yield svc
+    svc._committer.stop()
     svc.store.close()
 
 
@@ -47,7 +48,7 @@ def published(svc, topic: str) -> list[bytes]:
 
 
 def test_a_forwarded_request_is_committed_before_it_goes_to_central_and_is_acked(service):
-    service._process([message(P.car_topic("t", "c1", "request"), REQUEST, 4)])
+    process(service, [message(P.car_topic("t", "c1", "request"), REQUEST, 4)])
     ev = service.events
     [req] = published(service, P.central_topic("t", "overflow/request"))
     assert ev.index("commit") < ev.index((P.central_topic("t", "overflow/request"), req)) < ev.index("ack 4")
@@ -57,7 +58,7 @@ def test_a_forwarded_request_is_committed_before_it_goes_to_central_and_is_acked
     assert service._next_tick <= deadline + 0.05  # the loop wakes for the deadline
     # no answer: at the deadline the car gets its local answer, stored as the request's record
     service.clock = lambda: deadline + 0.02
-    service._process([])
+    process(service, [])
     [reply] = published(service, P.car_topic("t", "c1", "reply"))
     assert json.loads(reply)["overflow"]["code"] == P.DEADLINE_PASSED
     [(stored,)] = service.store.db.execute("SELECT reply FROM requests WHERE rid = 'q1'").fetchall()
@@ -65,20 +66,16 @@ def test_a_forwarded_request_is_committed_before_it_goes_to_central_and_is_acked
 
 
 def test_database_failure_exits_70_with_nothing_published_or_acked(service, monkeypatch):
-    class Exited(Exception):
-        pass
-
     def broken(*a):
         raise sqlite3.OperationalError("disk I/O error")
 
-    def fake_exit(code):
-        raise Exited(code)
-
+    exits: list[int] = []
     monkeypatch.setattr(service.store, "commit_all", broken)
-    monkeypatch.setattr(S.os, "_exit", fake_exit)
-    with pytest.raises(Exited) as e:
-        service._process([message(P.car_topic("t", "c1", "request"), REQUEST, 4)])
-    assert e.value.args == (S.EXIT_DB_FAILURE,) and service.events == []
+    monkeypatch.setattr(S.os, "_exit", exits.append)  # in the committer thread, which then ends
+    service._process([message(P.car_topic("t", "c1", "request"), REQUEST, 4)])
+    service._committer._thread.join(10)
+    service._release()
+    assert exits == [S.EXIT_DB_FAILURE] and service.events == []
 
 
 def test_poison_central_messages_are_logged_and_acked(service, monkeypatch, caplog):
@@ -86,7 +83,7 @@ def test_poison_central_messages_are_logged_and_acked(service, monkeypatch, capl
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(service.overflow.tracker, "on_answer", bug)
-    service._process([message(P.central_topic("t", "overflow/answer"), b"{}", 5),
+    process(service, [message(P.central_topic("t", "overflow/answer"), b"{}", 5),
                       message(P.central_topic("t", "hold/request"), b"junk", 6),
                       message(P.car_topic("t", "c1", "request"), REQUEST, 7)])
     assert {"ack 5", "ack 6", "ack 7"} <= set(service.events)

@@ -8,6 +8,7 @@ import os
 import socket
 import sqlite3
 import struct
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -27,6 +28,7 @@ def service(tmp_path):
     (tmp_path / "gw.toml").write_text('region = "t"\ndatabase = "gw.db"\nstations = "st.json"\n')
     svc = S.GatewayService(C.load(tmp_path / "gw.toml"))
     yield svc
+    svc._committer.stop()
     svc.store.close()
 
 
@@ -34,6 +36,12 @@ def message(topic: str, payload: bytes, mid: int) -> mqtt.MQTTMessage:
     m = mqtt.MQTTMessage(mid, topic.encode())
     m.payload, m.qos = payload, 1
     return m
+
+
+def process(svc: S.GatewayService, batch: list) -> None:
+    """One batch through the engine, the committer thread, and out (publish, ack)."""
+    svc._process(batch)
+    assert svc._settle(), "the committer did not finish"
 
 
 def test_database_failure_exits_without_acknowledging(service, monkeypatch):
@@ -44,19 +52,16 @@ def test_database_failure_exits_without_acknowledging(service, monkeypatch):
     def broken(results, *encoded):
         raise sqlite3.OperationalError("disk I/O error")
 
-    class Exited(Exception):
-        pass
-
-    def fake_exit(code):
-        raise Exited(code)
-
+    exits: list[int] = []
     monkeypatch.setattr(service.store, "commit_all", broken)
-    monkeypatch.setattr(S.os, "_exit", fake_exit)
+    monkeypatch.setattr(S.os, "_exit", exits.append)  # in the committer thread, which then ends
     batch = [message(P.station_topic("t", "s1", "online"), P.online_message(True), 1)]
-    with pytest.raises(Exited) as e:
-        service._process(batch)
-    assert e.value.args == (S.EXIT_DB_FAILURE,)
-    assert acked == []
+    service._process(batch)
+    service._process([message(P.station_topic("t", "s1", "online"), P.online_message(True), 2)])
+    service._committer._thread.join(10)
+    service._release()
+    assert exits == [S.EXIT_DB_FAILURE]
+    assert acked == []  # neither the failed batch nor the one after it
 
 
 def test_batch_is_committed_before_it_is_acknowledged(service, monkeypatch):
@@ -68,7 +73,7 @@ def test_batch_is_committed_before_it_is_acknowledged(service, monkeypatch):
     batch = [message(P.station_topic("t", "s1", "online"), P.online_message(True), 1),
              message(P.station_topic("t", "s1", "status"), P.encode(P.station_status(["free"])), 2),
              message(P.car_topic("t", "c1", "request"), b"{bad", 3)]
-    service._process(batch)
+    process(service, batch)
     assert events[0] == "commit" and events[-2:] == ["ack 1", "ack 2", "ack 3"][-2:]
     assert events.index("commit") < events.index(f"pub {P.car_topic('t', 'c1', 'reply')}") < events.index("ack 1")
     assert service.store.stations_live()["s1"].slots == ["free"]
@@ -80,7 +85,7 @@ def test_the_stored_reply_is_the_published_text(service, monkeypatch):
     monkeypatch.setattr(service.client, "publish", lambda topic, payload, **k: published.setdefault(topic, payload))
     request = P.encode(P.reserve_request("q1", "c1", lat=52.521, lon=13.401, soc=0.2, battery_kwh=58,
                                          consumption_kwh_100km=16.6, max_ac_kw=11, max_dc_kw=0, target_soc=0.8))
-    service._process([message(P.station_topic("t", "s1", "online"), P.online_message(True), 1),
+    process(service, [message(P.station_topic("t", "s1", "online"), P.online_message(True), 1),
                       message(P.station_topic("t", "s1", "status"), P.encode(P.station_status(["free"])), 2),
                       message(P.car_topic("t", "c1", "request"), request, 3)])
     reply = published[P.car_topic("t", "c1", "reply")]
@@ -329,18 +334,35 @@ def test_survivors_of_a_full_collection_are_frozen():
         gc.unfreeze()
 
 
-def test_under_load_a_batch_gathers_until_the_commit_gap_light_load_does_not_wait(service, monkeypatch):
-    done: list[list[int]] = []
-    monkeypatch.setattr(service, "_process", lambda batch: done.append([m.mid for m in batch]))
+def test_the_loop_decides_while_a_commit_waits_and_stops_reading_at_the_backlog(service, monkeypatch):
+    """A slow disk does not stop the loop: the next batches are decided meanwhile, and one
+    commit then writes all of them; only MAX_BACKLOG messages wait, then reading stops."""
+    entered, gate = threading.Event(), threading.Event()
+    commits: list[int] = []
+    real = service.store.commit_all
+
+    def slow(results, *encoded):
+        entered.set()
+        gate.wait(10)
+        commits.append(len(results))
+        return real(results, *encoded)
+
+    acked: list[int] = []
+    monkeypatch.setattr(service.store, "commit_all", slow)
+    monkeypatch.setattr(service.client, "ack", lambda mid, qos: acked.append(mid))
+    monkeypatch.setattr(service.client, "publish", lambda *a, **k: None)
     service._next_tick = float("inf")
     online = P.online_message(True)
-    service._batch.append(message(P.station_topic("t", "s1", "online"), online, 1))
-    service._started = 0.0  # light load: the last batch started long ago
+    for mid in range(1, 4):  # three batches while the first commit hangs
+        service._batch.append(message(P.station_topic("t", "s1", "online"), online, mid))
+        service._step(0.0)
+        assert entered.wait(10)
+    assert acked == [] and service._committer.backlog == 3
+    monkeypatch.setattr(S, "MAX_BACKLOG", 3)
+    service._batch.append(message(P.station_topic("t", "s1", "online"), online, 4))
     t0 = time.monotonic()
-    service._step(0.0)
-    assert done == [[1]] and time.monotonic() - t0 < S.COMMIT_GAP
-    # under load: the last batch started just now, so this one gathers for the rest of the gap
-    t0 = service._started = time.monotonic()
-    service._batch += [message(P.station_topic("t", "s1", "online"), online, mid) for mid in (2, 3)]
-    service._step(0.0)
-    assert done == [[1], [2, 3]] and time.monotonic() - t0 >= S.COMMIT_GAP * 0.9
+    service._step(0.2)  # the backlog is full: it waits for the committer, not the batch
+    assert time.monotonic() - t0 >= 0.15 and service._batch and acked == []
+    gate.set()
+    assert service._settle()
+    assert acked == [1, 2, 3] and commits == [1, 2]  # the first alone, the other two together

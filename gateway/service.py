@@ -85,13 +85,30 @@ class _Buffered:
             self.stream.flush()
 
 
+class _SecondFormatter(logging.Formatter):
+    """The same asctime as logging.Formatter's, its strftime() done once a second rather than
+    once a line."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or self.datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+        return self.default_msec_format % (self._stamp, record.msecs)
+
+
 class _LogBatch:
     """The log lines of one pass of the loop go out with one write() when it ends, not a
     write and a flush per line (stderr is unbuffered under systemd, and journald wakes for
     every write). Wraps the root logger's stream handlers while the service runs. Under
-    journald, which stamps every line itself, the lines lose their asctime. Records skip
-    the thread and process lookups (a getpid() call each): one thread, and our format
-    names neither."""
+    journald, which stamps every line itself, the lines lose their asctime (elsewhere it is
+    formatted once a second, see _SecondFormatter). Records skip the thread and process
+    lookups (a getpid() call each): our format names neither."""
 
     _FLAGS = ("logThreads", "logProcesses", "logMultiprocessing")
 
@@ -109,8 +126,13 @@ class _LogBatch:
                 buffered, formatter = _Buffered(h.stream), h.formatter
                 self.wrapped.append((h, buffered, formatter))
                 h.setStream(buffered)  # type: ignore[arg-type]
-                if journal and formatter is not None and _is_journal(buffered.stream, journal):
-                    h.setFormatter(logging.Formatter((formatter._fmt or "").replace("%(asctime)s ", "")))
+                if formatter is None or type(formatter) is not logging.Formatter:
+                    continue
+                fmt = formatter._fmt or ""
+                if journal and _is_journal(buffered.stream, journal):
+                    h.setFormatter(logging.Formatter(fmt.replace("%(asctime)s ", "")))
+                elif formatter.datefmt is None:
+                    h.setFormatter(_SecondFormatter(fmt))
 
     def drain(self) -> None:
         for _, buffered, _ in self.wrapped:

@@ -127,6 +127,15 @@ def test_log_lines_written_once_per_pass_without_asctime_under_journald(tmp_path
         out.close()
 
 
+def test_the_once_a_second_timestamp_is_the_one_logging_writes():
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ours, theirs = S._SecondFormatter(fmt), logging.Formatter(fmt)
+    for created in (1763700000.0, 1763700000.25, 1763700000.999, 1763700001.5, 1763700100.0, 1763700000.5):
+        record = logging.LogRecord("recarga.t", logging.INFO, __file__, 1, "m %d", (1,), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)
+
+
 # ------------------------------------------------------------------ the paho client's shortcuts
 
 def remaining_length(n: int) -> bytes:

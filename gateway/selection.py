@@ -45,6 +45,7 @@ _FIRST_CHUNK = 8  # neighbours fetched by the first k-d query of a stream; grows
 _SCAN_MAX_SLOTS = 1500  # up to this many slots least_completion scans them all, vectorised
 _SCAN_FIRST = 16  # the scan evaluates this many lowest bounds before looking at the rest
 _SEED_K = 8  # least_completion's first ball holds about this many stations around a station
+_DRAW_CACHE = 64  # the scan's power arrays kept, one per (AC, DC) limit of the cars asking
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -80,18 +81,23 @@ def _arc_to_chord(arc: float) -> float:
 
 
 def _by_bound(lb: np.ndarray, bound: Callable[[], float]) -> Iterator[tuple[int, float]]:
-    """(index, lb) by increasing lb: the _SCAN_FIRST lowest first (with learnt floors the
-    answer is nearly always among them), then, if the caller did not stop there, the others
-    below its current bound(), without sorting the whole array. Overwrites lb."""
+    """(index, lb) by increasing lb: the _SCAN_FIRST lowest one at a time (with learnt floors
+    the answer is nearly always among the first few, and an argmin costs far less than a
+    partition of the array), then, if the caller did not stop there, the others below its
+    current bound(), without sorting the whole array. Overwrites lb."""
     n = len(lb)
     if n <= _SCAN_FIRST:
         order = np.argsort(lb)
         yield from zip(order.tolist(), lb[order].tolist())
         return
-    first = np.argpartition(lb, _SCAN_FIRST - 1)[:_SCAN_FIRST]
-    first = first[np.argsort(lb[first])]
-    yield from zip(first.tolist(), lb[first].tolist())
-    lb[first] = np.inf
+    argmin, item = lb.argmin, lb.item
+    for _ in range(_SCAN_FIRST):
+        j = argmin()
+        lbj = item(j)
+        if lbj == math.inf:
+            break  # none bounded left: the rest below takes them if bound() allows
+        lb[j] = math.inf
+        yield int(j), lbj
     rest = np.flatnonzero(lb <= bound())
     rest = rest[np.argsort(lb[rest])]
     yield from zip(rest.tolist(), lb[rest].tolist())
@@ -241,6 +247,7 @@ class Selector:
             dc = np.array(self._slot_dc, dtype=bool)
             self._slot_kw_ac = np.where(dc, 0.0, kw)
             self._slot_kw_dc = np.where(dc, kw, 0.0)
+            self._draw: dict[tuple[float, float], np.ndarray] = {}  # see _scan_draw
             # coordinates by axis (3 x slots): the distance is three contiguous passes
             self._slot_xyz_t = np.ascontiguousarray((xyz[self._slot_station] if flat
                                                      else np.zeros((0, 3))).T)
@@ -570,6 +577,48 @@ class Selector:
         i, k, d, bu = best
         return self._choice(trip, i, k, d, bu)
 
+    def _scan_bounds(self, trip: _Trip) -> np.ndarray:
+        """Per flat slot, a lower bound of the car's completion time there (the scan's):
+        the straight chord (<= arc) driven and charged at the slot's power for the car,
+        waiting until at least the slot's learnt floor. Computed in place on few arrays:
+        at a region's size numpy's cost is per call, not per element."""
+        car = trip.car
+        sq = self._slot_xyz_t - trip.q.reshape(3, 1)  # per axis, squared next
+        sq *= sq
+        chord = sq[0]
+        chord += sq[1]
+        chord += sq[2]
+        np.sqrt(chord, out=chord)
+        charge = chord * (trip.kwh_per_km * 3600.0)
+        e0 = (car.target_soc - car.soc) * car.battery_kwh * 3600.0  # kWs at distance 0
+        charge += e0
+        if e0 < 0:
+            np.maximum(charge, 0.0, out=charge)
+        charge /= self._scan_draw(car.max_ac_kw, car.max_dc_kw)
+        lb = chord * trip.s_per_km
+        floor = self._floors(trip.now)
+        if floor is None:
+            lb += charge
+        else:  # it waits until at least the slot's learnt floor; 1 us covers the float paths
+            np.maximum(lb, floor - trip.now, out=lb)
+            lb += charge
+            lb -= 1e-6
+        lb *= 1.0 - 1e-9  # the margin covers the float paths
+        return lb
+
+    def _scan_draw(self, ac_cap: float, dc_cap: float) -> np.ndarray:
+        """Per flat slot, the power the car draws there, at least 1e-300 (a slot the car
+        cannot use gets a huge bound instead of a division by 0). Cached per car limits:
+        cars come with a few standard ones."""
+        key = (ac_cap, dc_cap)
+        draw = self._draw.get(key)
+        if draw is None:
+            if len(self._draw) >= _DRAW_CACHE:
+                self._draw.clear()
+            draw = np.minimum(self._slot_kw_ac, ac_cap) + np.minimum(self._slot_kw_dc, dc_cap)
+            draw = self._draw[key] = np.maximum(draw, 1e-300)
+        return draw
+
     def _least_completion_scan(self, trip: _Trip, view: SlotView,
                                excl: Collection[tuple[str, int]]) -> Choice | None:
         """least_completion for a small region (up to _SCAN_MAX_SLOTS slots): a lower bound
@@ -579,24 +628,9 @@ class Selector:
         makes the search reach most stations anyway."""
         car = trip.car
         ac_cap, dc_cap = car.max_ac_kw, car.max_dc_kw
-        diff = self._slot_xyz_t - trip.q.reshape(3, 1)
-        diff *= diff
-        chord = np.sqrt(diff[0] + diff[1] + diff[2])
-        draw = np.minimum(self._slot_kw_ac, ac_cap) + np.minimum(self._slot_kw_dc, dc_cap)
-        e0 = (car.target_soc - car.soc) * car.battery_kwh * 3600.0  # kWs at distance 0
-        energy = chord * (trip.kwh_per_km * 3600.0) + e0
-        if e0 < 0:
-            energy = np.maximum(energy, 0.0)
-        # 1e-300: a slot the car cannot use gets a huge bound instead of a division by 0
-        charge = energy / np.maximum(draw, 1e-300)
-        floor = self._floors(trip.now)
-        if floor is None:
-            lb = chord * trip.s_per_km + charge
-        else:  # it waits until at least the slot's learnt floor; 1 us covers the float paths
-            lb = np.maximum(chord * trip.s_per_km, floor - trip.now) + charge - 1e-6
-        lb *= 1.0 - 1e-9  # the margin covers the float paths
+        lb = self._scan_bounds(trip)
 
-        ids, busy_until = self._ids, self._asker(view)
+        ids, busy_until, floor = self._ids, view.busy_until, self._floor
         st_of, no_of, kw_of, dc_of = self._slot_station, self._slot_no, self._slot_kw, self._slot_dc
         soc, b_kwh, target = car.soc, car.battery_kwh, car.target_soc
         kwh_per_km, s_per_km, margin, now = trip.kwh_per_km, trip.s_per_km, trip.margin, trip.now
@@ -641,6 +675,8 @@ class Selector:
             bu = busy_until(sid, k)
             if bu is None:
                 continue
+            if floor is not None:
+                floor[j] = bu  # learnt, as _asker does (flat slot j is station i's slot k)
             wait_s = bu - eta if bu > eta else 0.0
             total = drive_s + wait_s + energy_s / draw_j
             if total <= bound:

@@ -4,7 +4,7 @@ Mosquitto (free loopback port, auth and ACL on), and the CPU each process used.
 
 The regions' sides are paho clients on the central broker logged in as the regions' bridge
 users, as in tests/test_central_service.py: region "a" sends overflow requests
-(gateway.protocol's builders, QoS 1) in a closed loop with --window requests outstanding,
+(central.localnet.overflow_request, QoS 1) in a closed loop with --window requests outstanding,
 each a new car; region "b" has a retained summary of --stations free stations and answers
 every hold request at once with a held reservation (no engine: the target's cost is not
 central's). A separate monitoring user counts the answers on the wire. Each run starts a
@@ -32,15 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from brokers import MqttClient, connect_client
-from test_central_service import MONITOR, REGIONS, CentralProcess, overflow
 
-from bench.overflow_latency import wait_for
-from central.localnet import CentralBroker, central_passwords
+from central.localnet import (MONITOR_ACL, MONITOR_USER, CentralBroker, CentralProcess, central_passwords,
+                              overflow_request)
 from gateway import protocol as P
+from gateway.localnet import wait_for
 from gateway.model import SlotMeta, StationMeta
 from gateway.overflow import summary_stations
 
 TICK = os.sysconf("SC_CLK_TCK")
+REGIONS = ("a", "b")  # a asks, b holds
 
 
 def cpu_s(pid: int) -> float:
@@ -92,7 +93,7 @@ class Load:
         self.ok = 0
         self.sent = 0
         self.stopping = threading.Event()
-        self.monitor = connect_client(broker, "monitor", client_id=f"bench-monitor-{tag}")
+        self.monitor = connect_client(broker, MONITOR_USER, client_id=f"bench-monitor-{tag}")
         self.monitor.paho.on_message = self._on_answer
         self.monitor.subscribe(P.central_topic("a", "overflow/answer"))
         self.origin = MqttClient(broker, "bridge-a", client_id=f"bench-region-a-{tag}")
@@ -119,7 +120,7 @@ class Load:
         while not self.stopping.is_set():
             if not self.slots.acquire(timeout=0.2):
                 continue
-            _, payload = overflow(f"car-{self.tag}-{self.sent}", time.time() + 60)
+            _, payload = overflow_request("a", f"car-{self.tag}-{self.sent}", time.time() + 60)
             self.sent += 1
             self.origin.paho.publish(self.topic, payload, qos=1)
 
@@ -140,31 +141,32 @@ def one_run(root: Path, instances: int, seconds: float, warmup: float, window: i
     things: list = []
     try:
         broker = CentralBroker.launch(root / "broker", regions=REGIONS,
-                                      passwords={**central_passwords(REGIONS), "monitor": "monitor-secret"},
-                                      extra_acl=MONITOR)
+                                      passwords={**central_passwords(REGIONS), MONITOR_USER: "monitor-secret"},
+                                      extra_acl=MONITOR_ACL)
         things.append(broker)
         things.append(Target(broker, stations))
         db = root / "central.db"
-        centrals = [CentralProcess(root / f"c{i + 1}", f"c{i + 1}", broker, db) for i in range(instances)]
+        # the regions' brokers are not part of this bench: the ports only fill central's answers
+        centrals = [CentralProcess(root / f"c{i + 1}", broker, {"a": 18831, "b": 18832}, instance=f"c{i + 1}",
+                                   database=db) for i in range(instances)]
         for c in centrals:
             things.append(c)
             c.start()
         for c in centrals:
-            c.wait_for("subscribed: serving overflow")
+            c.wait_log("subscribed: serving overflow")
         load = Load(broker, root.name, window)
         things.append(load)
         load.thread.start()
         wait_for(lambda: load.answers_between(0, float("inf")) > 0, 15, "a first answer")
         time.sleep(warmup)
-        pids = {"broker": [broker.pid], "central": [c.proc.pid for c in centrals], "bench": [os.getpid()]}
+        pids = {"broker": [broker.pid], "central": [c.pid for c in centrals], "bench": [os.getpid()]}
         before = {k: [cpu_s(p) for p in v] for k, v in pids.items()}
         t0 = time.monotonic()
         time.sleep(seconds)
         t1 = time.monotonic()
         after = {k: [cpu_s(p) for p in v] for k, v in pids.items()}
         for c in centrals:
-            if c.proc.poll() is not None:
-                raise RuntimeError(f"central exited with {c.proc.returncode}:\n{c.text()[-3000:]}")
+            c.alive()
         n = load.answers_between(t0, t1)
         with load.lock:
             ok, total = load.ok, len(load.answered)

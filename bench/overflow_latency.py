@@ -14,7 +14,8 @@ median over runs of each run's p50 / p99.
     .venv/bin/python bench/overflow_latency.py [--runs 5] [--requests 40] [--quick]
 
 Last line: `overflow p99: A ms (local p99 B ms, ratio R)`. `RegionsNet` is also what
-tests/test_regions.py builds its three regions with.
+tests/test_regions.py builds its three regions with; its processes are central.localnet's
+CentralProcess and gateway.localnet's GatewayProcess.
 """
 from __future__ import annotations
 
@@ -23,9 +24,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,17 +36,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from brokers import MqttClient, connect_client  # noqa: E402
-from gateway_proc import GatewayProcess  # noqa: E402
 
-from central.localnet import CENTRAL_USER, BridgedBroker, CentralBroker, central_passwords  # noqa: E402
+from central.localnet import (  # noqa: E402
+    CAR_NEED,
+    CENTRAL_USER,
+    BridgedBroker,
+    CentralBroker,
+    CentralProcess,
+    central_passwords,
+)
 from gateway import protocol as P  # noqa: E402
+from gateway.localnet import GatewayProcess, wait_for  # noqa: E402
 from gateway.model import StationMeta  # noqa: E402
 from gateway.stations import load_stations  # noqa: E402
 
 BERLIN = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
 CENTRE = (52.521, 13.401)
-NEED = {"lat": CENTRE[0], "lon": CENTRE[1], "soc": 0.15, "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
-        "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8}
+NEED = {**CAR_NEED, "lat": CENTRE[0], "lon": CENTRE[1], "soc": 0.15}
 
 
 def berlin_split(regions: Sequence[str], per_region: int) -> dict[str, list[StationMeta]]:
@@ -57,63 +62,6 @@ def berlin_split(regions: Sequence[str], per_region: int) -> dict[str, list[Stat
     near = sorted(load_stations(BERLIN), key=dist)[: per_region * len(regions)]
     near.sort(key=lambda s: s.lon)
     return {r: near[i * per_region:(i + 1) * per_region] for i, r in enumerate(regions)}
-
-
-class CentralProcess:
-    """`python -m central.cli run` as a child process; stopped by its pid."""
-
-    def __init__(self, root: Path, broker: CentralBroker, regions: dict[str, int]):
-        root.mkdir(parents=True, exist_ok=True)
-        self.log = root / "central.log"
-        (root / "central.password").write_text(broker.password(CENTRAL_USER))
-        self.config = root / "central.toml"
-        self.config.write_text(f"""\
-instance = "c1"
-database = "central.db"
-tick_s = 0.2
-synchronous = "NORMAL"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{CENTRAL_USER}"
-password_file = "central.password"
-session_expiry_s = 60
-reconnect_min_s = 1
-reconnect_max_s = 2
-""" + "".join(f'[regions.{r}]\nbroker_host = "127.0.0.1"\nbroker_port = {port}\n' for r, port in regions.items()))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> CentralProcess:
-        self._out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "central.cli", "run", "--config", str(self.config)],
-                                     cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if getattr(self, "_out", None):
-            self._out.close()
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 class RegionsNet:
@@ -136,6 +84,15 @@ class RegionsNet:
         self._station_client: dict[str, MqttClient] = {}
 
     def start(self) -> RegionsNet:
+        """Start everything and wait until it is connected; on any failure stop what started."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         regions = list(self.stations)
         self.central_broker = CentralBroker.launch(self.root / "central-broker", regions=regions,
                                                    passwords=central_passwords(regions))
@@ -150,7 +107,8 @@ class RegionsNet:
                 c.publish(P.station_topic(r, s.id, "online"), P.online_message(True), retain=True)
                 self.report(r, s.id, [self.states.get(r, "free")] * len(s.slots))
         self.central = CentralProcess(self.root / "central", self.central_broker,
-                                      {r: b.port for r, b in self.brokers.items()}).start()
+                                      {r: b.port for r, b in self.brokers.items()})
+        self.central.start()
         for r, metas in self.stations.items():
             gw = GatewayProcess(self.root / r / "gw", r, self.brokers[r].port, "gateway", f"gw-{r}-pw", metas,
                                 hold_s=60, grace_s=300, tick_s=0.2, extra=f"[overflow]\nenabled = true\n{self.overflow}")
@@ -158,9 +116,8 @@ class RegionsNet:
             gw.start()
         for r, gw in self.gateways.items():
             gw.wait_connected(15)
-            wait_for(lambda: "link to central up" in gw.log_text(), 15, f"gateway {r}: link to central")
-        wait_for(lambda: "subscribed: serving overflow" in self.central.text(), 15, "central subscribed")
-        return self
+            gw.wait_log("link to central up", 15)
+        self.central.wait_log("subscribed: serving overflow", 15)
 
     def client(self, region: str, user: str) -> MqttClient:
         c = connect_client(self.brokers[region], user)

@@ -11,99 +11,34 @@ as a separate monitoring user.
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from brokers import CliSubscriber, connect_client
-from central.localnet import CENTRAL_USER, CentralBroker, central_passwords
+
+from central.localnet import (
+    MONITOR_ACL,
+    MONITOR_USER,
+    CentralBroker,
+    CentralProcess,
+    central_passwords,
+    overflow_request,
+)
 from central.store import Store
 from gateway import protocol as P
 from gateway.engine import Engine, EngineConfig
+from gateway.localnet import wait_for
 from gateway.model import SlotMeta, StationMeta
 from gateway.overflow import EngineHoldPort, answer_hold, summary_stations
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 REGIONS = ("a", "b")
-MONITOR = {"monitor": [("read", "recarga/v1/+/central/#")]}
-NEED = {"lat": 52.52, "lon": 13.40, "soc": 0.3, "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
-        "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8}
-
-
-class CentralProcess:
-    """One central instance as a child process; stopped by its pid."""
-
-    def __init__(self, root: Path, instance: str, broker: CentralBroker, database: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.log = root / f"{instance}.log"
-        (root / "central.password").write_text(broker.password(CENTRAL_USER))
-        self.config = root / f"{instance}.toml"
-        self.config.write_text(f"""\
-instance = "{instance}"
-database = "{database}"
-tick_s = 0.2
-synchronous = "NORMAL"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{CENTRAL_USER}"
-password_file = "central.password"
-session_expiry_s = 60
-reconnect_min_s = 1
-reconnect_max_s = 2
-[regions.a]
-broker_host = "127.0.0.1"
-broker_port = 18831
-[regions.b]
-broker_host = "127.0.0.1"
-broker_port = 18832
-""")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> CentralProcess:
-        self._out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "central.cli", "run", "--config", str(self.config)],
-                                     cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_for(self, line: str, count: int = 1, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while self.text().count(line) < count:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"central exited with {self.proc.returncode}:\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {line!r} in central's log within {timeout} s:\n{self.text()[-3000:]}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if getattr(self, "_out", None):
-            self._out.close()
+REGION_PORTS = {"a": 18831, "b": 18832}  # what central's answers name; no broker listens there
 
 
 class TargetRegion:
@@ -154,7 +89,8 @@ class TargetRegion:
 @pytest.fixture
 def central_broker(tmp_path: Path):
     b = CentralBroker.launch(tmp_path / "broker", regions=REGIONS,
-                             passwords={**central_passwords(REGIONS), "monitor": "monitor-secret"}, extra_acl=MONITOR)
+                             passwords={**central_passwords(REGIONS), MONITOR_USER: "monitor-secret"},
+                             extra_acl=MONITOR_ACL)
     try:
         yield b
     finally:
@@ -170,11 +106,6 @@ def started(tmp_path: Path):
         (thing.close if hasattr(thing, "close") else thing.stop)()
 
 
-def overflow(car: str, deadline: float) -> tuple[str, bytes]:
-    xid = P.overflow_id("a", car, f"{car}-0-1")
-    return xid, P.encode(P.overflow_request(xid, "a", car, deadline, NEED))
-
-
 def answers(monitor: CliSubscriber, region: str = "a") -> list[dict]:
     topic = P.central_topic(region, "overflow/answer")
     return [json.loads(p) for t, p in monitor.messages() if t == topic]
@@ -184,24 +115,17 @@ def hold_requests(monitor: CliSubscriber) -> list[dict]:
     return [json.loads(p) for t, p in monitor.messages() if t == P.central_topic("b", "hold/request")]
 
 
-def wait_until(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def setup(tmp_path: Path, broker: CentralBroker, started, names=("c1",), **target):
     """Region b (TargetRegion(**target)), the monitor, central instances sharing one database
     (subscribed: the retained summary comes right after the SUBACK, before any request) and
     region a's side. Returns (target, monitor, instances, origin, database)."""
     db = tmp_path / "central.db"
     region_b = started(TargetRegion(broker, **target))
-    monitor = started(CliSubscriber(broker, "monitor", ["recarga/v1/+/central/#"]).start())
-    instances = [started(CentralProcess(tmp_path / n, n, broker, db).start()) for n in names]
+    monitor = started(CliSubscriber(broker, MONITOR_USER, ["recarga/v1/+/central/#"]).start())
+    instances = [started(CentralProcess(tmp_path / n, broker, REGION_PORTS, instance=n, database=db).start())
+                 for n in names]
     for c in instances:
-        c.wait_for("subscribed: serving overflow")
+        c.wait_log("subscribed: serving overflow")
     origin = started(connect_client(broker, "bridge-a", client_id="test-region-a"))
     return region_b, monitor, instances, origin, db
 
@@ -209,10 +133,10 @@ def setup(tmp_path: Path, broker: CentralBroker, started, names=("c1",), **targe
 def test_two_instances_answer_each_request_of_a_burst_exactly_once(tmp_path, central_broker, started):
     target, monitor, instances, origin, db = setup(tmp_path, central_broker, started, ("c1", "c2"))
     deadline = time.time() + 20
-    sent = dict(overflow(f"car-{i}", deadline) for i in range(40))
+    sent = dict(overflow_request("a", f"car-{i}", deadline) for i in range(40))
     for payload in sent.values():
         origin.paho.publish(P.central_topic("a", "overflow/request"), payload, qos=1)
-    wait_until(lambda: len(answers(monitor)) >= len(sent), 20, "40 answers")
+    wait_for(lambda: len(answers(monitor)) >= len(sent), 20, "40 answers")
     time.sleep(0.5)  # a duplicate would show up now
     got = Counter(a["xid"] for a in answers(monitor))
     assert got == Counter({xid: 1 for xid in sent})
@@ -220,7 +144,8 @@ def test_two_instances_answer_each_request_of_a_burst_exactly_once(tmp_path, cen
                for a in answers(monitor))
     assert Counter(h["xid"] for h in hold_requests(monitor)) == Counter({xid: 1 for xid in sent})
     # both instances did part of the work (shared subscription)
-    assert all(c.text().count("asking b for station") > 0 for c in instances), [c.text()[-2000:] for c in instances]
+    assert all(c.log_text().count("asking b for station") > 0 for c in instances), \
+        [c.log_text()[-2000:] for c in instances]
     store = Store(db)
     try:
         holds = store.holds()
@@ -235,16 +160,16 @@ def test_restarted_central_loses_and_duplicates_no_hold(tmp_path, central_broker
     target, monitor, [c1], origin, db = setup(tmp_path, central_broker, started,
                                               delay={f"car-{i}": 0.1 for i in range(30)})
     deadline = time.time() + 25
-    sent = dict(overflow(f"car-{i}", deadline) for i in range(30))
+    sent = dict(overflow_request("a", f"car-{i}", deadline) for i in range(30))
     for payload in sent.values():
         origin.paho.publish(P.central_topic("a", "overflow/request"), payload, qos=1)
-    wait_until(lambda: len(answers(monitor)) >= 5, 15, "the first answers")
+    wait_for(lambda: len(answers(monitor)) >= 5, 15, "the first answers")
     c1.kill()  # in the middle of the burst: some decided, some published, some not acknowledged
     done_before = {a["xid"] for a in answers(monitor)}
     assert len(done_before) < len(sent)
     time.sleep(1)  # hold answers arrive while no central is there
     c1.start()
-    wait_until(lambda: {a["xid"] for a in answers(monitor)} == set(sent), 20, "every request answered")
+    wait_for(lambda: {a["xid"] for a in answers(monitor)} == set(sent), 20, "every request answered")
     time.sleep(0.5)
     # every answer for a request names one and the same reservation (repeats are re-sends)
     by_xid: dict[str, set] = {}
@@ -267,18 +192,18 @@ def test_messages_past_their_deadline_are_ignored_and_leave_no_hold(tmp_path, ce
     target, monitor, [c1], origin, db = setup(tmp_path, central_broker, started, delay={"car-slow": 2.5})
     now = time.time()
     # 1. a request that arrives past its deadline: no hold request, no answer
-    stale, payload = overflow("car-stale", now - 1)
+    stale, payload = overflow_request("a", "car-stale", now - 1)
     origin.publish(P.central_topic("a", "overflow/request"), payload)
     # 2. a hold answer that comes back too late: central releases that hold
-    slow, payload = overflow("car-slow", now + 2)
+    slow, payload = overflow_request("a", "car-slow", now + 2)
     origin.publish(P.central_topic("a", "overflow/request"), payload)
     # control: an ordinary request after both is answered
-    fine, payload = overflow("car-fine", now + 10)
+    fine, payload = overflow_request("a", "car-fine", now + 10)
     origin.publish(P.central_topic("a", "overflow/request"), payload)
-    wait_until(lambda: fine in {a["xid"] for a in answers(monitor)}, 10, "the control's answer")
-    wait_until(lambda: any(h["op"] == "release" and h["xid"] == slow for h in hold_requests(monitor)), 10,
+    wait_for(lambda: fine in {a["xid"] for a in answers(monitor)}, 10, "the control's answer")
+    wait_for(lambda: any(h["op"] == "release" and h["xid"] == slow for h in hold_requests(monitor)), 10,
                "the late hold released")
-    wait_until(lambda: not target.active("car-slow"), 5, "the late hold gone at the target")
+    wait_for(lambda: not target.active("car-slow"), 5, "the late hold gone at the target")
     assert {a["xid"] for a in answers(monitor)} == {fine}
     assert stale not in {h["xid"] for h in hold_requests(monitor)}
     store = Store(db)
@@ -288,4 +213,4 @@ def test_messages_past_their_deadline_are_ignored_and_leave_no_hold(tmp_path, ce
         assert store.hold(fine).state == "held"
     finally:
         store.close()
-    assert "past its deadline, ignored" in c1.text() and "late, ignored; releasing it" in c1.text()
+    assert "past its deadline, ignored" in c1.log_text() and "late, ignored; releasing it" in c1.log_text()

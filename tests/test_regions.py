@@ -31,6 +31,7 @@ import pytest
 from markers import needs_micropython
 
 from gateway import protocol as P
+from gateway.localnet import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,8 +93,8 @@ def test_a_car_in_a_full_region_is_sent_to_b_hands_over_confirms_and_checks_in(n
         assert line.endswith(f"handing over to its broker 127.0.0.1:{net.brokers['b'].port}")
         board.wait_serial("car: handing over to region b", timeout=10, since=mark)
         board.wait_serial("confirmed ", timeout=20, since=mark)
-        [r] = bench.wait_for(lambda: [x for x in active(reservations(net, "b"), "car-v") if x["state"] == "confirmed"],
-                             10, "confirmed in b")
+        [r] = wait_for(lambda: [x for x in active(reservations(net, "b"), "car-v") if x["state"] == "confirmed"],
+                       10, "confirmed in b")
         assert P.XID_RE.match(r["rid"])  # held for central's request, confirmed by the car itself
         assert active(reservations(net, "a"), "car-v") == [] and active(reservations(net, "c"), "car-v") == []
 
@@ -104,8 +105,8 @@ def test_a_car_in_a_full_region_is_sent_to_b_hands_over_confirms_and_checks_in(n
         net.report("b", r["station"], states)
         board.wait_serial(f"checked in at station {r['station']}", timeout=15, since=mark)
         assert [x["state"] for x in active(reservations(net, "b"), "car-v")] == ["checked_in"]
-        bench.wait_for(lambda: [h["state"] for h in central_holds(net) if h["car"] == "car-v"] == ["checked_in"],
-                       10, "central follows the hold to checked_in")
+        wait_for(lambda: [h["state"] for h in central_holds(net) if h["car"] == "car-v"] == ["checked_in"],
+                 10, "central follows the hold to checked_in")
         text = board.serial_text()
         assert "Traceback" not in text and "MemoryError" not in text, text[-3000:]
     finally:
@@ -123,7 +124,7 @@ def test_a_hold_request_arriving_past_its_deadline_holds_nothing(net):
         os.kill(gw_b.proc.pid, signal.SIGCONT)
     assert ANSWER_WITHIN_S <= dt < ANSWER_WITHIN_S + 1.5, dt
     assert reply["error"]["code"] == P.NO_CAPACITY and reply["overflow"]["code"] == P.DEADLINE_PASSED
-    bench.wait_for(lambda: "past its deadline, ignored" in gw_b.log_text(), 10, "b ignores the late hold request")
+    wait_for(lambda: "past its deadline, ignored" in gw_b.log_text(), 10, "b ignores the late hold request")
     time.sleep(0.5)
     for r in REGIONS:
         assert active(reservations(net, r), "car-d") == [], r
@@ -138,15 +139,15 @@ def test_central_broker_down_gives_a_clear_local_answer_and_overflow_resumes_wit
     gw_a = net.gateways["a"]
     downs = gw_a.log_text().count("link to central down")
     net.central_broker.stop()
-    bench.wait_for(lambda: gw_a.log_text().count("link to central down") > downs, 15, "a sees the link down")
+    wait_for(lambda: gw_a.log_text().count("link to central down") > downs, 15, "a sees the link down")
     dt, reply = car.reserve()
     assert dt < 1.0, dt  # nothing to wait for: the link is down
     assert reply["error"]["code"] == P.NO_CAPACITY and reply["overflow"]["code"] == P.OVERFLOW_UNAVAILABLE
 
     ups = gw_a.log_text().count("link to central up")
     net.central_broker.start()
-    bench.wait_for(lambda: gw_a.log_text().count("link to central up") > ups, 20, "a sees the link up again")
-    bench.wait_for(lambda: net.central.text().count("subscribed: serving overflow") >= 2, 20, "central back")
+    wait_for(lambda: gw_a.log_text().count("link to central up") > ups, 20, "a sees the link up again")
+    wait_for(lambda: net.central.log_text().count("subscribed: serving overflow") >= 2, 20, "central back")
     dt, reply = car.reserve()
     assert reply["ok"] and reply["region"] == "b" and dt < ANSWER_WITHIN_S, (dt, reply)
 

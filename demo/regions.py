@@ -23,8 +23,6 @@ import json
 import math
 import os
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,16 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
-from central.localnet import CENTRAL_USER, BridgedBroker, CentralBroker
+from central.localnet import CENTRAL_USER, BridgedBroker, CentralBroker, CentralProcess
 from central.store import HOLD_ACTIVE
 from central.store import Store as CentralStore
-from demo.actors import ROOT, Car, DemoError, Station, hms, load_ev_model, station_labels
+from demo.actors import Car, DemoError, Station, hms, load_ev_model, station_labels
 from demo.boards import _CAR_DEFAULT, FINE, LOW, Board, Watch, pot_for
 from gateway import broker_config
 from gateway import protocol as P
-from gateway.localbroker import Broker, BrokerError, stop_process
+from gateway.localbroker import Broker, BrokerError
+from gateway.localnet import GatewayProcess, wait_for
 from gateway.model import StationMeta
-from gateway.stations import dump_stations_json
 from gateway.store import Store
 
 if TYPE_CHECKING:
@@ -85,49 +83,12 @@ class CarSpec:
 TRAVELLER = CarSpec("id3-w", ("Volkswagen", "ID.3", "58 kWh"), "Ernst-Reuter-Platz", 52.5127, 13.3219, 0.15)
 STRANDED = CarSpec("zoe-w", ("Renault", "Zoe", "R135 ZE50"), "Bismarckstraße", 52.5117, 13.3057, 0.14)
 
-GATEWAY_TOML = """\
-# Written by the Recarga demo (python -m demo, demo/regions.py). Paths are relative to this file.
-region = {region}
-database = "gateway.db"
-stations = "stations.json"
-tick_s = 0.2
-log_level = "INFO"
-synchronous = "NORMAL"
-
-[broker]
-host = "127.0.0.1"
-port = {port}
-username = "{user}"
-password_file = "gateway.password"
-reconnect_min_s = 1
-reconnect_max_s = 2
-
-[reservations]
-hold_s = {hold_s}
-grace_s = {grace_s}
-
+# the gateways' [overflow] section (gateway.localnet.GatewayProcess writes the rest)
+OVERFLOW_TOML = f"""\
 [overflow]
 enabled = true                 # the broker is bridged to central
-answer_within_s = {answer}
+answer_within_s = {ANSWER_WITHIN_S}
 summary_min_interval_s = 1     # a changed summary reaches central at once in the demo
-"""
-
-CENTRAL_TOML = """\
-# Written by the Recarga demo (python -m demo, demo/regions.py). Paths are relative to this file.
-instance = "c1"
-database = "central.db"
-tick_s = 0.2
-log_level = "INFO"
-synchronous = "NORMAL"
-
-[broker]
-host = "127.0.0.1"
-port = {port}
-username = "{user}"
-password_file = "central.password"
-session_expiry_s = 60
-reconnect_min_s = 1
-reconnect_max_s = 2
 """
 
 
@@ -138,49 +99,12 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def _secret(path: Path, value: str) -> None:
-    path.write_text(value + "\n")
-    os.chmod(path, 0o600)
-
-
-def _wait(pred: Callable[[], Any], timeout: float, what: str, alive: Callable[[], None] = lambda: None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        alive()
-        if time.monotonic() > deadline:
-            raise DemoError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
-
-
-class Proc:
-    """A gateway or central child process, logging to a file, stopped by its pid."""
-
-    def __init__(self, who: str, args: list[str], log: Path):
-        self.who, self.log = who, log
-        self._out = open(log, "ab")  # noqa: SIM115 (open while the process runs)
-        # its own session: a Ctrl-C in the terminal reaches the demo, which stops it in order
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.pid = self.proc.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = "\n".join(self.text().splitlines()[-15:])
-            raise DemoError(f"{self.who} exited with status {self.proc.returncode}; its log ends:\n{tail}")
-
-    def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
-        _wait(lambda: self.text().count(text) >= count, timeout, f"{self.who}: {text!r} in its log", self.alive)
-
-    def stop(self) -> None:
-        stop_process(self.proc, timeout=10)
-        self._out.close()
+def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    """wait_for, failing as a DemoError: check_db and check_central turn it into a failed check."""
+    try:
+        return wait_for(pred, timeout, what)
+    except TimeoutError as e:
+        raise DemoError(str(e)) from None
 
 
 class Tap:
@@ -274,9 +198,9 @@ class RegionsAct:
         self.dir = demo.dir / "regions"
         self.register = register
         self.central_broker: CentralBroker | None = None
-        self.central: Proc | None = None
+        self.central: CentralProcess | None = None
         self.brokers: dict[str, BridgedBroker] = {}
-        self.gateways: dict[str, Proc] = {}
+        self.gateways: dict[str, GatewayProcess] = {}
         self.taps: list[Tap] = []
         self.stations: dict[str, Station] = {}
         self.cars: list[Car] = []
@@ -337,34 +261,20 @@ class RegionsAct:
         for r, b in self.brokers.items():
             self.taps.append(Tap(self, b, GATEWAY_USER, P.gateway_central_subscriptions(r)))
 
-        cdir = self.dir / "central"
-        cdir.mkdir(exist_ok=True)
-        _secret(cdir / "central.password", central_pw[CENTRAL_USER])
-        toml = CENTRAL_TOML.format(port=cb.port, user=CENTRAL_USER) + "".join(
-            f'\n[regions.{r}]\nbroker_host = "{b.host}"\nbroker_port = {b.port}\nneighbours = {json.dumps(NEIGHBOURS[r])}\n'
-            for r, b in self.brokers.items())
-        (cdir / "central.toml").write_text(toml)
-        self.central_config = cdir / "central.toml"
-        self.central = Proc("central", ["-m", "central.cli", "run", "--config", str(cdir / "central.toml")],
-                            cdir / "central.log")
+        self.central = CentralProcess(self.dir / "central", cb, {r: b.port for r, b in self.brokers.items()},
+                                      neighbours=NEIGHBOURS).start()
         tl.plain(f"  central  recarga-central run, pid {self.central.pid}: neighbours west–mitte, mitte–ost "
-                 f"(west's cars may go to mitte only); config {_rel(cdir / 'central.toml')}, "
+                 f"(west's cars may go to mitte only); config {_rel(self.central.config)}, "
                  f"log {_rel(self.central.log)}")
         for r in REGIONS:
-            gdir = self.dir / r.name / "gateway"
-            gdir.mkdir(parents=True, exist_ok=True)
-            dump_stations_json(part[r.name], gdir / "stations.json")
             b = self.brokers[r.name]
-            _secret(gdir / "gateway.password", b.password(GATEWAY_USER))
-            (gdir / "gateway.toml").write_text(GATEWAY_TOML.format(
-                region=json.dumps(r.name), port=b.port, user=GATEWAY_USER, hold_s=pace.hold_s, grace_s=pace.grace_s,
-                answer=ANSWER_WITHIN_S))
-            gw = Proc(f"gateway {r.name}", ["-m", "gateway.cli", "run", "--config", str(gdir / "gateway.toml")],
-                      gdir / "gateway.log")
+            gw = GatewayProcess(self.dir / r.name / "gateway", r.name, b.port, GATEWAY_USER, b.password(GATEWAY_USER),
+                                part[r.name], hold_s=pace.hold_s, grace_s=pace.grace_s, extra=OVERFLOW_TOML)
             self.gateways[r.name] = gw
+            gw.start()
             tl.plain(f"  {r.name:<8} gateway pid {gw.pid}: {len(part[r.name]):,} stations of the register at "
                      f"{r.lon[0]:g}–{r.lon[1]:g}° E, [overflow] enabled (central's answer within "
-                     f"{ANSWER_WITHIN_S} s); config {_rel(gdir / 'gateway.toml')}")
+                     f"{ANSWER_WITHIN_S} s); config {_rel(gw.config)}")
         for gw in self.gateways.values():
             gw.wait_log("link to central up")
         self.central.wait_log("subscribed: serving overflow")
@@ -582,7 +492,7 @@ class RegionsAct:
         cb, west = self.central_broker, self.gateways[HOME]
         self.demo.pause()
         assert cb is not None
-        downs = west.text().count("link to central down")
+        downs = west.log_text().count("link to central down")
         tl.note(f"the central broker goes away (mosquitto pid {cb.pid} stopped by pid, as in a cut link)")
         cb.stop()
         west.wait_log("link to central down", 15, downs + 1)

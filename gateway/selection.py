@@ -589,21 +589,21 @@ class Selector:
         chord += sq[1]
         chord += sq[2]
         np.sqrt(chord, out=chord)
-        charge = chord * (trip.kwh_per_km * 3600.0)
-        e0 = (car.target_soc - car.soc) * car.battery_kwh * 3600.0  # kWs at distance 0
+        # The margins for the float paths ride on the per-car factors, not passes of their
+        # own: drive and charge times 1 - 1e-9 (chord vs arc, the order of operations), and
+        # a wait from a learnt floor 1 us short (epoch seconds round to about 0.24 us).
+        m = 1.0 - 1e-9
+        charge = chord * (trip.kwh_per_km * 3600.0 * m)
+        e0 = (car.target_soc - car.soc) * car.battery_kwh * 3600.0 * m  # kWs at distance 0
         charge += e0
         if e0 < 0:
             np.maximum(charge, 0.0, out=charge)
         charge /= self._scan_draw(car.max_ac_kw, car.max_dc_kw)
-        lb = chord * trip.s_per_km
+        lb = chord * (trip.s_per_km * m)
         floor = self._floors(trip.now)
-        if floor is None:
-            lb += charge
-        else:  # it waits until at least the slot's learnt floor; 1 us covers the float paths
-            np.maximum(lb, floor - trip.now, out=lb)
-            lb += charge
-            lb -= 1e-6
-        lb *= 1.0 - 1e-9  # the margin covers the float paths
+        if floor is not None:  # it waits until at least the slot's learnt floor
+            np.maximum(lb, floor - (trip.now + 1e-6), out=lb)
+        lb += charge
         return lb
 
     def _scan_draw(self, ac_cap: float, dc_cap: float) -> np.ndarray:

@@ -10,10 +10,10 @@ The service calls it at four points and otherwise knows nothing of overflow:
 - `step(now, results)` once per batch, before the commit: Results the batch's central
   messages and deadlines produced (replies to cars via Engine.replace_reply, local holds
   cancelled, central's holds), to commit with the rest;
-- `outbound(results)` after the commit: what to publish besides the Results' messages
-  (overflow requests, hold answers, hold events, summary shards).
+- `outbound(results)` after step: what to publish besides the Results' messages (overflow
+  requests, hold answers, hold events, summary shards), once the batch is written.
 
-Everything here runs on the service's one thread.
+Everything here runs on the service's loop thread.
 """
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ class OverflowLink:
         return extra
 
     def outbound(self, results: Sequence[Result]) -> list[Publish]:
-        """After the commit: the batch's messages to central, and hold events for the
-        overflow holds the committed Results changed."""
+        """The batch's messages to central, and hold events for the overflow holds its
+        Results changed; the service publishes them once the batch is written."""
         out, self._outbox = self._outbox, []
         for r in results:
             if r.changed and any(c.rid.startswith(P.XID_PREFIX) for c in r.changed):

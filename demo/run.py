@@ -49,7 +49,8 @@ from demo.actors import (
     station_labels,
 )
 from gateway import config as gateway_config
-from gateway.localbroker import Broker, BrokerError, stop_process
+from gateway.localbroker import Broker, BrokerError
+from gateway.localnet import ServiceProcess
 from gateway.stations import load_stations
 from gateway.store import Store
 
@@ -118,7 +119,7 @@ class Demo:
         self.tl = tl
         self.region = REGION
         self.broker: Broker | None = None
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway: ServiceProcess | None = None
         self.gateway_config = run_dir / "gateway" / "gateway.toml"
         self.gateway_log = run_dir / "gateway" / "gateway.log"
         self.stations: dict[str, Station] = {}
@@ -127,7 +128,6 @@ class Demo:
         self.checks: list[tuple[bool, str]] = []
         self.max_wait_s = 0.0  # the gateway's [reservations] max_wait_s, read from its config
         self._store: Store | None = None
-        self._log_file = None
 
     # ------------------------------------------------------------ for the scenes
 
@@ -149,7 +149,8 @@ class Demo:
         """Until pred(the gateway's stored live state of the stations) holds."""
         deadline = time.monotonic() + timeout
         while not pred(self.store().stations_live()):
-            self._check_gateway_alive()
+            if self.gateway is not None:
+                self.gateway.alive()
             if time.monotonic() > deadline:
                 raise DemoError(f"the gateway's database does not show {what} within {timeout:g} s")
             time.sleep(0.05)
@@ -266,28 +267,11 @@ class Demo:
                 raise
 
     def _start_gateway(self, timeout: float = 30.0) -> None:
-        self._log_file = open(self.gateway_log, "ab")  # noqa: SIM115 (open while the gateway runs)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # its own session: a Ctrl-C in the terminal reaches the demo, which stops it in order
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.gateway_config)],
-            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
-            cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while "connected to" not in self._gateway_log_text():
-            self._check_gateway_alive()
-            if time.monotonic() > deadline:
-                raise DemoError(f"the gateway did not connect to the broker within {timeout:g} s")
-            time.sleep(0.05)
-
-    def _gateway_log_text(self) -> str:
-        return self.gateway_log.read_text(errors="replace") if self.gateway_log.exists() else ""
-
-    def _check_gateway_alive(self) -> None:
-        if self.gateway is not None and self.gateway.poll() is not None:
-            tail = "\n".join(self._gateway_log_text().splitlines()[-15:])
-            raise DemoError(f"the gateway exited with status {self.gateway.returncode}; "
-                            f"its log ends:\n{tail}")
+        self.gateway = ServiceProcess("the gateway", "gateway.cli", self.gateway_config, self.gateway_log).start()
+        try:
+            self.gateway.wait_log("connected to", timeout)
+        except TimeoutError:
+            raise DemoError(f"the gateway did not connect to the broker within {timeout:g} s") from None
 
     # ------------------------------------------------------------ the end
 
@@ -340,10 +324,7 @@ class Demo:
             self._store.close()
             self._store = None
         if self.gateway is not None:
-            stop_process(self.gateway, timeout=10)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+            self.gateway.stop(timeout=10)
 
     def close(self) -> list[str]:
         """Stop everything this demo started, by pid; returns what was stopped."""
@@ -357,7 +338,7 @@ class Demo:
         self.stop_clients()
         if self.gateway is not None:
             self.stop_gateway()
-            stopped.append(f"gateway (pid {self.gateway.pid}, exit {self.gateway.returncode})")
+            stopped.append(f"gateway (pid {self.gateway.pid}, exit {self.gateway.proc.returncode})")
         if self.broker is not None and self.broker.pid is not None:
             self.broker.stop()  # idempotent: it may have stopped before the regions act
             stopped.append(f"mosquitto (pid {self.broker.pid})")

@@ -904,11 +904,16 @@ def run_bench(args: argparse.Namespace) -> int:
                                      str(d / "gateway.toml")], d)
         print(f"(a) max throughput: closed loop, {len(cars)} cars, {seconds:g} s after {warm_closed:g} s warm-up",
               flush=True)
-        results["echo closed"] = closed_runs("echo", r, "e")
-        echo_tp = median([x.throughput for x in results["echo closed"]])
-        rate = echo_tp / 2
-        print(f"(b) latency at {rate:.0f} req/s offered (half the echo's {echo_tp:.0f} req/s): open loop, "
-              f"Poisson arrivals, {seconds:g} s after {warm_open:g} s warm-up", flush=True)
+        if args.rate:
+            rate = args.rate
+            print(f"(b) latency at {rate:.0f} req/s offered (--rate; no closed-loop runs): open loop, "
+                  f"Poisson arrivals, {seconds:g} s after {warm_open:g} s warm-up", flush=True)
+        else:
+            results["echo closed"] = closed_runs("echo", r, "e")
+            echo_tp = median([x.throughput for x in results["echo closed"]])
+            rate = echo_tp / 2
+            print(f"(b) latency at {rate:.0f} req/s offered (half the echo's {echo_tp:.0f} req/s): open loop, "
+                  f"Poisson arrivals, {seconds:g} s after {warm_open:g} s warm-up", flush=True)
         results["echo open"] = open_runs("echo", r, "e", rate)
         stop_responder()
         forget_session(HOST, broker.port, GATEWAY_USER, passwords[GATEWAY_USER], f"recarga-echo-{REGION}")
@@ -917,8 +922,9 @@ def run_bench(args: argparse.Namespace) -> int:
         gw_argv = [sys.executable, "-m", "gateway.cli", "run", "--config", "gateway.toml"]
         d = responder_files("gateway-full", "FULL")
         r = start_responder("gateway", gw_argv, d)
-        print("(a) gateway (synchronous FULL): closed loop", flush=True)
-        results["gateway closed"] = closed_runs("gateway", r, "g")
+        if not args.rate:
+            print("(a) gateway (synchronous FULL): closed loop", flush=True)
+            results["gateway closed"] = closed_runs("gateway", r, "g")
         print(f"(b) gateway (synchronous FULL): open loop at {rate:.0f} req/s", flush=True)
         results["gateway open"] = open_runs("gateway", r, "g", rate)
         if args.profile:
@@ -936,7 +942,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 print(f"  profile written to {args.profile}", flush=True)
         stop_responder()
 
-        if not args.quick and not args.no_normal:
+        if not args.quick and not args.no_normal and not args.rate:
             d = responder_files("gateway-normal", "NORMAL")
             r = start_responder("gateway", gw_argv, d)
             print("(a') gateway (synchronous NORMAL, fresh database): closed loop", flush=True)
@@ -952,8 +958,12 @@ def run_bench(args: argparse.Namespace) -> int:
         def med(key: str, attr: str) -> float:
             return median([getattr(x, attr) for x in results.get(key, [])])
 
-        gw_tp, e_tp = med("gateway closed", "throughput"), med("echo closed", "throughput")
         gw_p99, e_p99 = med("gateway open", "p99_ms"), med("echo open", "p99_ms")
+        if args.rate:
+            print(f"open loop at {rate:.0f} req/s (--rate): gateway p50 {med('gateway open', 'p50_ms'):.1f} ms, "
+                  f"p99 {gw_p99:.1f} ms; echo p50 {med('echo open', 'p50_ms'):.1f} ms, p99 {e_p99:.1f} ms", flush=True)
+            return 0
+        gw_tp, e_tp = med("gateway closed", "throughput"), med("echo closed", "throughput")
         ratio = gw_tp / e_tp if e_tp else math.nan
         lost = sum(x.lost for rs in results.values() for x in rs)
         errors = sum(x.errors for rs in results.values() for x in rs)
@@ -998,7 +1008,7 @@ def start_profiler(path: str, pid: int, seconds: float) -> subprocess.Popen | No
     suffix = Path(path).suffix.lower()
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(suffix, "raw")
     # --gil: sample the thread holding the GIL, i.e. what bounds a CPU-bound Python process
-    proc = subprocess.Popen([spy, "record", "--gil", "--nonblocking", "-p", str(pid), "-d", str(math.ceil(seconds)),
+    proc = subprocess.Popen([spy, "record", "--gil", "--nonblocking", "-r", "400", "-p", str(pid), "-d", str(math.ceil(seconds)),
                              "-f", fmt, "-o", str(Path(path).resolve())],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
@@ -1025,6 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="what-if: TCP_NODELAY on the cars' and stations' sockets and set_tcp_nodelay in the broker")
     ap.add_argument("--broker-conf", action="append", metavar="LINE",
                     help="what-if: append a line to the generated mosquitto conf, e.g. 'max_queued_messages 20000'")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="what-if: only the open-loop runs, at this offered rate (req/s), for comparing builds "
+                         "at the same load; no closed loop and no result line")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", help="parent of the temporary work dir (broker, databases, logs)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
@@ -1033,7 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.serve_echo:
         return serve_echo(args.serve_echo)
-    if args.cars < 1 or args.stations < 1 or args.seconds <= 0 or args.runs < 1:
+    if args.cars < 1 or args.stations < 1 or args.seconds <= 0 or args.runs < 1 or args.rate < 0:
         ap.error("--cars, --stations, --runs must be at least 1 and --seconds above 0")
 
     def on_term(signum, frame):

@@ -57,6 +57,7 @@ class GatewayClient(mqtt.Client):
 
     _rbuf = b""
     _rpos = 0
+    drained = False  # the last recv() found the socket empty: nothing to read until it polls readable
     _filtered = False  # message_callback_add was used: paho's own dispatch
 
     def message_callback_add(self, sub: str, callback: Callable[..., None]) -> None:
@@ -81,7 +82,7 @@ class GatewayClient(mqtt.Client):
             return super()._packet_read()  # a packet half read, or paho's own paths
         if self._rpos >= len(self._rbuf):
             try:
-                data = super()._sock_recv(_RECV_SIZE)
+                data = self._recv(_RECV_SIZE)
             except BlockingIOError:
                 return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
             except OSError:
@@ -167,9 +168,9 @@ class GatewayClient(mqtt.Client):
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if not PAHO_2_2:
-            return super()._sock_recv(bufsize)
+            return self._recv(bufsize)
         if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(_RECV_SIZE)  # empty at EOF; BlockingIOError when drained
+            data = self._recv(_RECV_SIZE)
             if len(data) <= bufsize:
                 return data
             self._rbuf, self._rpos = data, 0
@@ -218,3 +219,13 @@ class GatewayClient(mqtt.Client):
             if sent < len(data):
                 return _AGAIN  # the socket's buffer is full: on when writable
         return _OK
+
+    def _recv(self, size: int) -> bytes:
+        """One recv(): empty at EOF, BlockingIOError when drained (then `drained`)."""
+        try:
+            data = super()._sock_recv(size)
+        except BlockingIOError:
+            self.drained = True
+            raise
+        self.drained = False
+        return data

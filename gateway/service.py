@@ -2,17 +2,17 @@
 
 One thread drives paho's external-loop API (loop_read / loop_write / loop_misc) through a
 selector on the client's socket. The messages read in one pass over the socket (at most
-`MAX_BATCH`) are one batch: each runs through the engine, and the batch's results go to the
-committer thread (gateway/committer.py), which writes all that reached it since its last
-commit in one SQLite transaction (group commit: one fsync for many batches) and hands the
-batches back; only then are their replies and station commands published and their inbound
-messages acknowledged. So an acknowledged request is always on disk, and one that was not
-acknowledged is redelivered by the broker and recognised by its request id. The loop goes on
-reading and deciding while a commit waits for the disk, up to MAX_BACKLOG messages not yet
+`MAX_BATCH`) are one batch: each runs through the engine, and the batch's results are
+committed in one SQLite transaction without waiting for the disk; the syncer thread
+(gateway/syncer.py) fsyncs the WAL once for all the batches committed meanwhile (group
+commit) and hands them back; only then are their replies and station commands published and
+their inbound messages acknowledged. So an acknowledged request is always on disk, and one
+that was not acknowledged is redelivered by the broker and recognised by its request id. The
+loop goes on reading and deciding while an fsync runs, up to MAX_BACKLOG messages not yet
 durable; beyond that it stops reading and the broker's in-flight window and TCP hold the rest
-back (backpressure). paho, the engine and the loop share one thread: no inbox queue and no GIL
-hand-over per message; the other threads (committer, store.Checkpointer) spend their time in
-SQLite, which releases the GIL.
+back (backpressure). paho, the engine, the SQL and the loop share one thread: no inbox queue
+and no GIL hand-over per message or row; the other threads (syncer, store.Checkpointer) wait
+for the disk, without the GIL.
 """
 from __future__ import annotations
 
@@ -21,33 +21,34 @@ import logging
 import os
 import selectors
 import socket
+import sqlite3
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import protocol as P
-from .committer import Committer, Job
 from .config import GatewayConfig
 from .engine import Engine, Result
 from .mqtt_client import GatewayClient, InboundMessage
 from .overflow_link import OverflowLink
 from .stations import load_stations
 from .store import Store, encode_json
+from .syncer import Job, Syncer
 
 log = logging.getLogger("recarga.gateway")
 
-MAX_BATCH = 256  # inbound messages per engine pass: bounds the wait of a batch's first message
-MAX_BACKLOG = 1024  # messages decided but not yet durable before the loop stops reading
+MAX_BATCH = 256  # inbound messages per transaction: bounds the wait of a batch's first message
+MAX_BACKLOG = 1024  # messages committed but not yet durable before the loop stops reading
 EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
 MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
 SWITCH_INTERVAL_S = 0.0005  # see run()
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
-_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 Handler = Callable[[str, bytes, float], Result]
 Inbound = InboundMessage | mqtt.MQTTMessage  # paho's own reader makes the latter
@@ -158,13 +159,25 @@ def _is_journal(stream: Any, journal: str) -> bool:
     return journal == f"{st.st_dev}:{st.st_ino}"
 
 
+@dataclass(slots=True)
+class _Uncommitted:
+    """Batches decided and not yet committed (while an fsync runs), in order."""
+
+    results: list[Result] = field(default_factory=list)
+    texts: dict[int, str] = field(default_factory=dict)  # JSON of reply dicts by id(): stored as published
+    out: list[tuple[str, bytes, bool]] = field(default_factory=list)  # to publish once durable
+    acks: list[int] = field(default_factory=list)
+    messages: int = 0
+    prune: float | None = None  # forget request ids answered before this (epoch s)
+
+
 class GatewayService:
     def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.clock = clock
         self.region = cfg.engine.region
         stations = load_stations(cfg.stations)
-        self.store = Store(cfg.database, cfg.synchronous)
+        self.store = Store(cfg.database, cfg.synchronous, deferred_sync=True)
         self.engine = Engine(cfg.engine, stations)
         now = clock()
         self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
@@ -184,7 +197,8 @@ class GatewayService:
         self._sel.register(self._wake_r, READ)
         self._wake_sel = selectors.DefaultSelector()  # the wake-up pair alone, while the backlog is full
         self._wake_sel.register(self._wake_r, READ)
-        self._committer = Committer(self.store, self._wake, self._db_failed)
+        self._syncer = Syncer(self.store, self._wake, self._db_failed)
+        self._uncommitted = _Uncommitted()
         self._sock: Any = None
         self._writing = False  # the selector watches the socket for writability
         self._delay: float | None = None  # reconnect backoff; None after a successful connect
@@ -287,8 +301,8 @@ class GatewayService:
             return None
 
     def _process(self, batch: list[Inbound]) -> None:
-        """Run a batch through the engine and hand its results to the committer; _release()
-        publishes and acknowledges once they are written."""
+        """Run a batch through the engine; _commit() writes its results, and _release()
+        publishes and acknowledges them once the syncer has made them durable."""
         now = self.clock()
         results = [r for r in (self._handle(m, now) for m in batch) if r is not None]
         prune = None
@@ -310,13 +324,35 @@ class GatewayService:
                 out.append((m.topic, text.encode(), m.retain))
         if self.overflow is not None:
             out += [(p.topic, p.payload, p.retain) for p in self.overflow.outbound(results)]
-        acks = [m.mid for m in batch if m.qos > 0]
-        self._committer.submit(Job(results, texts, (out, acks), len(batch), prune))
+        u = self._uncommitted
+        u.results += results
+        u.texts.update(texts)
+        u.out += out
+        u.acks += [m.mid for m in batch if m.qos > 0]
+        u.messages += len(batch)
+        u.prune = prune if prune is not None else u.prune
+
+    def _commit(self) -> None:
+        """Commit what was decided and hand it to the syncer, unless an fsync is running:
+        what is decided meanwhile would wait for the next one anyway, so it waits here and
+        goes into one transaction with more (fewer pages written than a commit a batch)."""
+        u = self._uncommitted
+        if not (u.results or u.acks or u.out) or not self._syncer.idle():
+            return
+        self._uncommitted = _Uncommitted()
+        try:
+            self.store.commit_all(u.results, u.texts)
+            if u.prune is not None:
+                self.store.prune_requests(u.prune)
+        except sqlite3.Error:
+            log.critical("database write failed; exiting for a clean restart", exc_info=True)
+            self._db_failed()
+        self._syncer.submit(Job((u.out, u.acks), u.messages))
 
     def _release(self) -> None:
-        """Publish and acknowledge the batches the committer has written, in order."""
+        """Publish and acknowledge the batches the syncer has made durable, in order."""
         publish, ack = self.client.publish, self.client.ack
-        for job in self._committer.done():
+        for job in self._syncer.done():
             out, acks = job.release
             for topic, payload, retain in out:
                 publish(topic, payload, qos=P.QOS, retain=retain)
@@ -324,12 +360,17 @@ class GatewayService:
                 ack(mid, P.QOS)
 
     def _settle(self, timeout: float = 10.0) -> bool:
-        """Wait until everything handed to the committer is written, and release it."""
+        """Commit what was decided, wait until it is durable, and release it."""
         deadline = time.monotonic() + timeout
-        while not self._committer.idle() and time.monotonic() < deadline:
+        while True:
+            self._commit()
+            self._release()
+            u = self._uncommitted
+            if self._syncer.idle() and not (u.results or u.acks or u.out):
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.001)
-        self._release()
-        return self._committer.idle()
 
     def _wake(self) -> None:
         try:
@@ -339,7 +380,8 @@ class GatewayService:
 
     def _db_failed(self) -> None:
         # the engine already changed its memory: only a restart from the database is
-        # consistent again. Nothing of the failed batches was acknowledged: nothing is lost.
+        # consistent again. Nothing of the failed batch (or, for a failed fsync, of the
+        # batches it was to cover) was acknowledged: nothing is lost.
         self._logs.uninstall()
         logging.shutdown()
         os._exit(EXIT_DB_FAILURE)
@@ -350,38 +392,35 @@ class GatewayService:
         """Read what the socket holds (paho's loop_read stops after as many packets as it
         has messages in flight, at least 1) up to MAX_BATCH inbound messages, and no further
         than MAX_BACKLOG messages not yet durable."""
-        client, sel = self.client, self._sel
-        room = min(MAX_BATCH, MAX_BACKLOG - self._committer.backlog)
+        client = self.client
+        room = min(MAX_BATCH, MAX_BACKLOG - self._syncer.backlog - self._uncommitted.messages)
+        client.drained = False
         while self._sock is not None:
             if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= room:
                 return
-            if not client.pending() and not any(key.fileobj is self._sock for key, _ in sel.select(0)):
+            if client.drained and not client.pending():
                 return
 
     def _flush(self) -> None:
-        """Write everything paho queued; watch for writability only while some is left.
-        Corked: paho sends packet by packet, the kernel sends them in full segments."""
+        """Write everything paho queued (GatewayClient sends it with one send()); watch for
+        writability only while some is left."""
         client, sock = self.client, self._sock
         if sock is None or not client.want_write():
             return
-        if _CORK is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         client.loop_write()
         if self._sock is not sock:
             return  # the connection broke while writing
-        if _CORK is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)  # sends what is queued now
         want = client.want_write()
         if want != self._writing:
             self._sel.modify(sock, READ | WRITE if want else READ)
             self._writing = want
 
     def _step(self, timeout: float, process: bool = True) -> None:
-        """Wait up to `timeout` s for the socket or the committer, then release what it has
-        written, read, hand one batch over, write. Without `process` what was read is
-        dropped unacknowledged (the broker redelivers it). With MAX_BACKLOG messages not
-        yet durable it waits for the committer alone."""
-        full = process and self._committer.backlog >= MAX_BACKLOG
+        """Wait up to `timeout` s for the socket or the syncer, then release what is durable,
+        read, process one batch, write. Without `process` what was read is dropped
+        unacknowledged (the broker redelivers it). With MAX_BACKLOG messages not yet
+        durable it waits for the syncer alone."""
+        full = process and self._syncer.backlog + self._uncommitted.messages >= MAX_BACKLOG
         readable = not full and self.client.pending() > 0  # read, not parsed yet
         for key, mask in (self._wake_sel if full else self._sel).select(0.0 if readable else timeout):
             if key.fileobj is self._wake_r:
@@ -401,6 +440,7 @@ class GatewayService:
         elif not full and (self._batch or self.clock() >= self._next_tick):
             batch, self._batch = self._batch, []
             self._process(batch)
+        self._commit()
         self._flush()
         self._logs.drain()
 
@@ -435,9 +475,9 @@ class GatewayService:
         self.store.checkpoint_in_background()
         # A thread back from an fsync waits for the GIL until the loop thread gives it up,
         # at the latest after the switch interval (5 ms by default): that delay is on every
-        # reply's path, so the committer gets its turn sooner.
+        # reply's path, so the syncer gets its turn sooner.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self._committer.start()
+        self._syncer.start()
         gc.callbacks.append(_freeze_survivors)
         gc.collect()
         gc.freeze()  # what start-up built (modules, stations, restored state) stays
@@ -455,9 +495,8 @@ class GatewayService:
             if self._connected and self._sock is not None:
                 # what was decided is written, published and acknowledged before we go
                 deadline = time.monotonic() + 5.0
-                while not self._committer.idle() and self._sock is not None and time.monotonic() < deadline:
+                while not self._settle(0) and self._sock is not None and time.monotonic() < deadline:
                     self._step(0.05, process=False)
-                self._release()
                 info = self.client.publish(P.gateway_online_topic(self.region), P.online_message(False),
                                            qos=P.QOS, retain=True)
                 deadline = time.monotonic() + 2.0
@@ -467,7 +506,7 @@ class GatewayService:
             self.client.disconnect()
             self._flush()  # sends DISCONNECT; paho then closes the socket
         finally:
-            self._committer.stop()  # writes what is left; unacknowledged, the broker redelivers it
+            self._syncer.stop()  # syncs what is left; unacknowledged, the broker redelivers it
             self._sel.close()
             self._wake_sel.close()
             self._wake_r.close()

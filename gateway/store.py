@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import asdict, fields
@@ -73,18 +74,52 @@ _ACTIVE = "('" + "', '".join(sorted(P.ACTIVE_STATES)) + "')"
 
 
 class Store:
-    def __init__(self, path: str | Path, synchronous: str = "FULL"):
-        """synchronous=FULL survives power loss; NORMAL survives a process crash only."""
+    def __init__(self, path: str | Path, synchronous: str = "FULL", deferred_sync: bool = False):
+        """synchronous=FULL survives power loss; NORMAL survives a process crash only.
+
+        deferred_sync (with FULL): a commit does not wait for the disk; what it wrote is on
+        disk once a later sync() returns, which another thread may call (see sync()). The
+        gateway makes many commits durable with one sync, and its loop does not wait."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path, self.synchronous = str(path), synchronous
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        deferred = deferred_sync and synchronous == "FULL"
+        self.db.execute(f"PRAGMA synchronous={'NORMAL' if deferred else synchronous}")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
         self._checkpointer: Checkpointer | None = None
+        self._wal_fd: int | None = self._open_wal() if deferred else None
+
+    def _open_wal(self) -> int:
+        """The WAL file, to fsync it from outside SQLite. SQLite keeps it (same inode) while
+        a connection is open; written once here so that it exists, and its directory entry
+        made durable too."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # takes the write lock: SQLite creates the WAL
+        fd = os.open(self.path + "-wal", os.O_RDONLY)
+        os.fsync(fd)
+        dir_fd = os.open(str(Path(self.path).parent), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return fd
+
+    @property
+    def deferred_sync(self) -> bool:
+        return self._wal_fd is not None
+
+    def sync(self) -> None:
+        """Make every commit that has returned durable (deferred_sync; otherwise each commit
+        already was). An fdatasync of the WAL, which is what SQLite's FULL does at the end of
+        each commit; it releases the GIL and may run in another thread while the next
+        commits go on, and then covers those that returned before it began. OSError if the
+        disk fails."""
+        if self._wal_fd is not None:
+            os.fdatasync(self._wal_fd)
 
     def checkpoint_in_background(self) -> None:
         """Copy the WAL into the database from a thread of its own (see Checkpointer) instead
@@ -97,6 +132,10 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._wal_fd is not None:
+            os.fdatasync(self._wal_fd)
+            os.close(self._wal_fd)
+            self._wal_fd = None
         self.db.close()
 
     def commit(self, changed: Iterable[Reservation], request: RequestRecord | None,

@@ -39,7 +39,7 @@ def service(tmp_path, monkeypatch):
                   message(LINK, b"1", 3)])
     svc.events.clear()
     yield svc
-    svc._committer.stop()
+    svc._syncer.stop()
     svc.store.close()
 
 
@@ -66,16 +66,22 @@ def test_a_forwarded_request_is_committed_before_it_goes_to_central_and_is_acked
 
 
 def test_database_failure_exits_70_with_nothing_published_or_acked(service, monkeypatch):
+    class Exited(Exception):
+        pass
+
     def broken(*a):
         raise sqlite3.OperationalError("disk I/O error")
 
-    exits: list[int] = []
+    def fake_exit(code):
+        raise Exited(code)
+
     monkeypatch.setattr(service.store, "commit_all", broken)
-    monkeypatch.setattr(S.os, "_exit", exits.append)  # in the committer thread, which then ends
+    monkeypatch.setattr(S.os, "_exit", fake_exit)
     service._process([message(P.car_topic("t", "c1", "request"), REQUEST, 4)])
-    service._committer._thread.join(10)
-    service._release()
-    assert exits == [S.EXIT_DB_FAILURE] and service.events == []
+    with pytest.raises(Exited) as e:
+        service._commit()
+    service._settle(1)
+    assert e.value.args == (S.EXIT_DB_FAILURE,) and service.events == []
 
 
 def test_poison_central_messages_are_logged_and_acked(service, monkeypatch, caplog):

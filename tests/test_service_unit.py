@@ -28,7 +28,7 @@ def service(tmp_path):
     (tmp_path / "gw.toml").write_text('region = "t"\ndatabase = "gw.db"\nstations = "st.json"\n')
     svc = S.GatewayService(C.load(tmp_path / "gw.toml"))
     yield svc
-    svc._committer.stop()
+    svc._syncer.stop()
     svc.store.close()
 
 
@@ -39,29 +39,54 @@ def message(topic: str, payload: bytes, mid: int) -> mqtt.MQTTMessage:
 
 
 def process(svc: S.GatewayService, batch: list) -> None:
-    """One batch through the engine, the committer thread, and out (publish, ack)."""
+    """One batch through the engine, the store, the syncer thread, and out (publish, ack)."""
     svc._process(batch)
-    assert svc._settle(), "the committer did not finish"
+    assert svc._settle(), "the syncer did not finish"
+
+
+class Exited(Exception):
+    pass
+
+
+def fake_exit(code):
+    raise Exited(code)
 
 
 def test_database_failure_exits_without_acknowledging(service, monkeypatch):
     acked: list[int] = []
     monkeypatch.setattr(service.client, "ack", lambda mid, qos: acked.append(mid))
     monkeypatch.setattr(service.client, "publish", lambda *a, **k: None)
+    process(service, [message(P.station_topic("t", "s1", "online"), P.online_message(True), 1)])
 
     def broken(results, *encoded):
         raise sqlite3.OperationalError("disk I/O error")
 
-    exits: list[int] = []
     monkeypatch.setattr(service.store, "commit_all", broken)
-    monkeypatch.setattr(S.os, "_exit", exits.append)  # in the committer thread, which then ends
-    batch = [message(P.station_topic("t", "s1", "online"), P.online_message(True), 1)]
-    service._process(batch)
+    monkeypatch.setattr(S.os, "_exit", fake_exit)
     service._process([message(P.station_topic("t", "s1", "online"), P.online_message(True), 2)])
-    service._committer._thread.join(10)
+    with pytest.raises(Exited) as e:
+        service._commit()
+    assert e.value.args == (S.EXIT_DB_FAILURE,)
+    service._settle(1)
+    assert acked == [1]
+
+
+def test_a_failed_fsync_exits_without_acknowledging_what_it_was_to_cover(service, monkeypatch):
+    acked: list[int] = []
+    monkeypatch.setattr(service.client, "ack", lambda mid, qos: acked.append(mid))
+    monkeypatch.setattr(service.client, "publish", lambda *a, **k: None)
+
+    def broken():
+        raise OSError(5, "Input/output error")
+
+    exits: list[int] = []
+    monkeypatch.setattr(service.store, "sync", broken)
+    monkeypatch.setattr(S.os, "_exit", exits.append)  # in the syncer thread, which then ends
+    service._process([message(P.station_topic("t", "s1", "online"), P.online_message(True), 1)])
+    service._commit()
+    service._syncer._thread.join(10)
     service._release()
-    assert exits == [S.EXIT_DB_FAILURE]
-    assert acked == []  # neither the failed batch nor the one after it
+    assert exits == [S.EXIT_DB_FAILURE] and acked == []
 
 
 def test_batch_is_committed_before_it_is_acknowledged(service, monkeypatch):
@@ -343,35 +368,43 @@ def test_survivors_of_a_full_collection_are_frozen():
         gc.unfreeze()
 
 
-def test_the_loop_decides_while_a_commit_waits_and_stops_reading_at_the_backlog(service, monkeypatch):
-    """A slow disk does not stop the loop: the next batches are decided meanwhile, and one
-    commit then writes all of them; only MAX_BACKLOG messages wait, then reading stops."""
+def test_the_loop_goes_on_while_an_fsync_waits_and_stops_reading_at_the_backlog(service, monkeypatch):
+    """A slow disk does not stop the loop: the next batches are decided meanwhile, then
+    committed together and covered by one fsync; only MAX_BACKLOG messages wait, then
+    reading stops."""
     entered, gate = threading.Event(), threading.Event()
+    synced: list[int] = []
     commits: list[int] = []
-    real = service.store.commit_all
+    real_sync, real_commit = service.store.sync, service.store.commit_all
 
-    def slow(results, *encoded):
+    def slow():
         entered.set()
         gate.wait(10)
+        synced.append(len(commits))
+        real_sync()
+
+    def commit(results, *encoded):
         commits.append(len(results))
-        return real(results, *encoded)
+        real_commit(results, *encoded)
 
     acked: list[int] = []
-    monkeypatch.setattr(service.store, "commit_all", slow)
+    monkeypatch.setattr(service.store, "sync", slow)
+    monkeypatch.setattr(service.store, "commit_all", commit)
     monkeypatch.setattr(service.client, "ack", lambda mid, qos: acked.append(mid))
     monkeypatch.setattr(service.client, "publish", lambda *a, **k: None)
     service._next_tick = float("inf")
     online = P.online_message(True)
-    for mid in range(1, 4):  # three batches while the first commit hangs
+    for mid in range(1, 4):  # three batches while the first fsync hangs
         service._batch.append(message(P.station_topic("t", "s1", "online"), online, mid))
         service._step(0.0)
         assert entered.wait(10)
-    assert acked == [] and service._committer.backlog == 3
+    assert acked == [] and commits == [1]  # the other two wait for the fsync to end
+    assert service._syncer.backlog + service._uncommitted.messages == 3
     monkeypatch.setattr(S, "MAX_BACKLOG", 3)
     service._batch.append(message(P.station_topic("t", "s1", "online"), online, 4))
     t0 = time.monotonic()
-    service._step(0.2)  # the backlog is full: it waits for the committer, not the batch
+    service._step(0.2)  # the backlog is full: it waits for the syncer, not the batch
     assert time.monotonic() - t0 >= 0.15 and service._batch and acked == []
     gate.set()
     assert service._settle()
-    assert acked == [1, 2, 3] and commits == [1, 2]  # the first alone, the other two together
+    assert acked == [1, 2, 3] and commits == [1, 2] and synced == [1, 2]  # the other two in one transaction

@@ -1,6 +1,7 @@
 """SQLite store: round trips, atomic commits, WAL on disk."""
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -172,3 +173,39 @@ def test_a_long_reader_does_not_hold_commits_behind_a_restart_checkpoint(tmp_pat
     reader.execute("COMMIT")
     reader.close()
     store.close()
+
+
+def test_deferred_sync_commits_without_fsync_and_syncs_the_wal_itself(tmp_path, monkeypatch):
+    """With deferred_sync a commit is SQLite's NORMAL (no fsync) and sync() fsyncs the WAL
+    file SQLite writes, which is what FULL does at each commit."""
+    store = Store(tmp_path / "g.db", "FULL", deferred_sync=True)
+    try:
+        assert store.deferred_sync and store.db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        wal = tmp_path / "g.db-wal"
+        assert os.fstat(store._wal_fd).st_ino == wal.stat().st_ino
+        synced: list[int] = []
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+        store.commit_all([reserve(make(), "c1", "r1")])
+        assert synced == []  # the commit did not sync
+        size = wal.stat().st_size
+        assert size > 0 and os.fstat(store._wal_fd).st_ino == wal.stat().st_ino  # same file, written
+        store.sync()
+        assert synced == [store._wal_fd]
+    finally:
+        store.close()
+    reopened = Store(tmp_path / "g.db")
+    assert [r.car for r in reopened.reservations()] == ["c1"]
+    reopened.close()
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_without_deferred_sync_each_commit_is_as_configured(tmp_path, synchronous):
+    store = Store(tmp_path / "g.db", synchronous)
+    try:
+        assert not store.deferred_sync
+        store.sync()  # nothing to do: each commit synced (FULL) or is not meant to be (NORMAL)
+        assert store.db.execute("PRAGMA synchronous").fetchone() == ({"FULL": 2, "NORMAL": 1}[synchronous],)
+    finally:
+        store.close()
+    assert not Store(tmp_path / "n.db", "NORMAL", deferred_sync=True).deferred_sync  # NORMAL: nothing to defer

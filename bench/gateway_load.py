@@ -76,7 +76,11 @@ line is the result, its p99 figures from the open-loop runs at half the echo thr
 
     gateway/echo throughput ratio: R (gateway G req/s, echo E req/s, p99 gateway X ms, echo Y ms)
 
-`--profile FILE` adds an uncounted closed-loop gateway run under py-spy (`pip install
+`--rate R` runs only the open-loop measurements, at R req/s offered, with no closed loop and
+no result line: for comparing two builds at the same load (the echo's closed-loop throughput,
+and with it the default rate, varies by +-25% between runs on a shared machine).
+
+`--profile FILE` adds an uncounted closed-loop gateway run under py-spy (400 samples/s; `pip install
 py-spy`) sampling the thread that holds the GIL, written to FILE (.svg flame graph, .json
 speedscope, otherwise collapsed stacks). Every process the bench starts (broker,
 responders, py-spy) is stopped by its pid, also on Ctrl-C or an error.

@@ -527,7 +527,6 @@ class Selector:
             r = min(r * 4.0, reach_chord)
         if best is None:
             return None  # every reachable station was evaluated
-        seed_chord = r * (1.0 - 1e-9)  # inside this, the seed ball surely held every point
 
         # Phase 2: best-first over the power classes. A class's stations beyond the radius
         # it has covered (arc a) finish no earlier than lb(a) = drive(a) + charge(a, its top

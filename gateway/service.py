@@ -441,6 +441,7 @@ class GatewayService:
             batch, self._batch = self._batch, []
             self._process(batch)
         self._commit()
+        self._release()  # without an fsync to wait for (synchronous NORMAL) it is durable now
         self._flush()
         self._logs.drain()
 

@@ -408,3 +408,22 @@ def test_the_loop_goes_on_while_an_fsync_waits_and_stops_reading_at_the_backlog(
     gate.set()
     assert service._settle()
     assert acked == [1, 2, 3] and commits == [1, 2] and synced == [1, 2]  # the other two in one transaction
+
+
+def test_without_fsyncs_a_batch_goes_out_in_the_pass_that_decided_it(tmp_path, monkeypatch):
+    """synchronous NORMAL: nothing to wait for, so the pass that commits a batch publishes and
+    acknowledges it (a tick's expiry must not wait for the next message to wake the loop)."""
+    dump_stations_json([StationMeta("s1", 52.52, 13.40, (SlotMeta(22.0, False),))], tmp_path / "st.json")
+    (tmp_path / "gw.toml").write_text('region = "t"\ndatabase = "gw.db"\nstations = "st.json"\n'
+                                      'synchronous = "NORMAL"\n')
+    svc = S.GatewayService(C.load(tmp_path / "gw.toml"))
+    try:
+        acked: list[int] = []
+        monkeypatch.setattr(svc.client, "ack", lambda mid, qos: acked.append(mid))
+        monkeypatch.setattr(svc.client, "publish", lambda *a, **k: None)
+        svc._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 1))
+        svc._step(0.0)
+        assert acked == [1]
+    finally:
+        svc._syncer.stop()
+        svc.store.close()

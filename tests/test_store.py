@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from gateway.engine import RequestRecord
-from gateway.store import Checkpointer, Store
+from gateway.store import MMAP_BYTES, Checkpointer, Store
 from test_engine import T0, make, reserve
 
 
@@ -181,6 +181,7 @@ def test_deferred_sync_commits_without_fsync_and_syncs_the_wal_itself(tmp_path, 
     store = Store(tmp_path / "g.db", "FULL", deferred_sync=True)
     try:
         assert store.deferred_sync and store.db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        assert store.db.execute("PRAGMA mmap_size").fetchone() == (MMAP_BYTES,)
         wal = tmp_path / "g.db-wal"
         assert os.fstat(store._wal_fd).st_ino == wal.stat().st_ino
         synced: list[int] = []

@@ -16,10 +16,11 @@ before anything it should have covered is released. With a store that syncs in e
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .store import Store
@@ -35,22 +36,19 @@ class Job:
     messages: int = 0  # inbound messages it acknowledges: the backlog counts these
 
 
-@dataclass
 class Syncer:
     """wake(): called from this thread after a sync (the loop waits on a socket). failed():
     called from this thread when a sync fails; it must not return (the service exits for a
-    clean restart)."""
+    clean restart). Only the loop thread calls the other methods."""
 
-    store: Store
-    wake: Callable[[], None]
-    failed: Callable[[], None]
-    _queue: deque[Job] = field(default_factory=deque)
-    _done: deque[Job] = field(default_factory=deque)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _busy: bool = False
-    _stopping: bool = False
-    _thread: threading.Thread | None = None
-    backlog: int = 0  # inbound messages of batches committed and not yet given back
+    def __init__(self, store: Store, wake: Callable[[], None], failed: Callable[[], None]) -> None:
+        self.store, self.wake, self.failed = store, wake, failed
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # C: no Condition per job
+        self._done: deque[Job] = deque()  # appended by this thread, popped by the loop
+        self._submitted = 0  # jobs handed over (the loop's count)
+        self._synced = 0  # jobs given back (this thread's count)
+        self._thread: threading.Thread | None = None
+        self.backlog = 0  # inbound messages of batches committed and not yet given back
 
     def start(self) -> None:
         if self._thread is None and self.store.deferred_sync:
@@ -60,53 +58,60 @@ class Syncer:
     def submit(self, job: Job) -> None:
         """A batch whose commit has returned."""
         self.start()
-        with self._cond:
-            self.backlog += job.messages
-            if self._thread is None:
-                self._done.append(job)  # durable already
-                return
-            self._queue.append(job)
-            self._cond.notify()
+        self.backlog += job.messages
+        self._submitted += 1
+        if self._thread is None:
+            self._done.append(job)  # durable already
+            self._synced += 1
+        else:
+            self._queue.put(job)
 
     def done(self) -> list[Job]:
         """The batches made durable since the last call, in the order they were committed."""
-        with self._cond:
-            jobs = list(self._done)
-            self._done.clear()
-            for j in jobs:
-                self.backlog -= j.messages
+        jobs = []
+        try:
+            while True:
+                jobs.append(self._done.popleft())
+        except IndexError:
+            pass
+        for j in jobs:
+            self.backlog -= j.messages
         return jobs
 
     def idle(self) -> bool:
-        with self._cond:
-            return not (self._queue or self._busy)
+        """Nothing handed over waits for a sync."""
+        return self._synced == self._submitted
 
     def stop(self, timeout: float = 10.0) -> None:
         """Sync what was handed over, then end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
         if self._thread is not None:
+            self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                jobs = list(self._queue)  # committed before the sync begins: it covers them
-                self._queue.clear()
-                self._busy = True
+        stopping = False
+        while not stopping:
+            job = self._queue.get()
+            jobs = [] if job is None else [job]
+            stopping = job is None
+            try:  # everything committed before the sync begins: it covers them all
+                while True:
+                    more = self._queue.get_nowait()
+                    if more is None:
+                        stopping = True
+                    else:
+                        jobs.append(more)
+            except queue.Empty:
+                pass
+            if not jobs:
+                continue
             try:
                 self.store.sync()
             except OSError:
                 log.critical("fsync of the database's WAL failed; exiting for a clean restart", exc_info=True)
                 self.failed()
                 return
-            with self._cond:
-                self._done.extend(jobs)
-                self._busy = False
+            self._done.extend(jobs)
+            self._synced += len(jobs)
             self.wake()

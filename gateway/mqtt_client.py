@@ -84,7 +84,7 @@ class GatewayClient(mqtt.Client):
             try:
                 data = self._recv(_RECV_SIZE)
             except BlockingIOError:
-                return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+                return _AGAIN
             except OSError:
                 return super()._packet_read()  # paho reports the broken connection
             if not data:

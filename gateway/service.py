@@ -34,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from . import protocol as P
 from .config import GatewayConfig
 from .engine import Engine, Result
+from .logbatch import LogBatch
 from .mqtt_client import GatewayClient, InboundMessage
 from .overflow_link import OverflowLink
 from .stations import load_stations
@@ -42,7 +43,7 @@ from .syncer import Job, Syncer
 
 log = logging.getLogger("recarga.gateway")
 
-MAX_BATCH = 256  # inbound messages per transaction: bounds the wait of a batch's first message
+MAX_BATCH = 256  # inbound messages per engine pass: bounds the wait of a batch's first message
 MAX_BACKLOG = 1024  # messages committed but not yet durable before the loop stops reading
 EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
 MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
@@ -59,104 +60,9 @@ def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
     permanent generation, which collections skip). The next full collection then scans only
     what came since, not again every request record of the last day, which stopped the loop
     for tens of ms. Freed objects still go by reference counting; the steady state makes no
-    reference cycles (see _Client), so nothing that becomes garbage is kept for want of one."""
+    reference cycles (see mqtt_client.GatewayClient), so nothing that becomes garbage is kept for want of one."""
     if phase == "stop" and info["generation"] == 2:
         gc.freeze()
-
-
-class _Buffered:
-    """A stream that keeps what a StreamHandler writes until drain()."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.parts: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass  # StreamHandler flushes after every record; drain() writes once per pass
-
-    def drain(self) -> None:
-        if self.parts:
-            text = "".join(self.parts)
-            self.parts.clear()
-            self.stream.write(text)
-            self.stream.flush()
-
-
-class _SecondFormatter(logging.Formatter):
-    """The same asctime as logging.Formatter's, its strftime() done once a second rather than
-    once a line."""
-
-    _second = -1
-    _stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None or self.datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-        return self.default_msec_format % (self._stamp, record.msecs)
-
-
-class _LogBatch:
-    """The log lines of one pass of the loop go out with one write() when it ends, not a
-    write and a flush per line (stderr is unbuffered under systemd, and journald wakes for
-    every write). Wraps the root logger's stream handlers while the service runs. Under
-    journald, which stamps every line itself, the lines lose their asctime (elsewhere it is
-    formatted once a second, see _SecondFormatter). Records skip the thread and process
-    lookups (a getpid() call each): our format names neither."""
-
-    _FLAGS = ("logThreads", "logProcesses", "logMultiprocessing")
-
-    def __init__(self) -> None:
-        self.wrapped: list[tuple[logging.StreamHandler, _Buffered, logging.Formatter | None]] = []
-        self.flags: dict[str, Any] = {}
-
-    def install(self) -> None:
-        self.flags = {f: getattr(logging, f) for f in self._FLAGS}
-        for f in self._FLAGS:
-            setattr(logging, f, False)
-        journal = os.environ.get("JOURNAL_STREAM", "")
-        for h in logging.getLogger().handlers:
-            if type(h) is logging.StreamHandler:
-                buffered, formatter = _Buffered(h.stream), h.formatter
-                self.wrapped.append((h, buffered, formatter))
-                h.setStream(buffered)  # type: ignore[arg-type]
-                if formatter is None or type(formatter) is not logging.Formatter:
-                    continue
-                fmt = formatter._fmt or ""
-                if journal and _is_journal(buffered.stream, journal):
-                    h.setFormatter(logging.Formatter(fmt.replace("%(asctime)s ", "")))
-                elif formatter.datefmt is None:
-                    h.setFormatter(_SecondFormatter(fmt))
-
-    def drain(self) -> None:
-        for _, buffered, _ in self.wrapped:
-            buffered.drain()
-
-    def uninstall(self) -> None:
-        for h, buffered, formatter in self.wrapped:
-            buffered.drain()
-            h.setStream(buffered.stream)
-            h.setFormatter(formatter)
-        self.wrapped.clear()
-        for f, value in self.flags.items():
-            setattr(logging, f, value)
-        self.flags = {}
-
-
-def _is_journal(stream: Any, journal: str) -> bool:
-    """systemd sets JOURNAL_STREAM to "device:inode" of the stream it connected to journald."""
-    try:
-        st = os.fstat(stream.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
-    return journal == f"{st.st_dev}:{st.st_ino}"
 
 
 @dataclass(slots=True)
@@ -169,6 +75,10 @@ class _Uncommitted:
     acks: list[int] = field(default_factory=list)
     messages: int = 0
     prune: float | None = None  # forget request ids answered before this (epoch s)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.results or self.acks or self.out)
 
 
 class GatewayService:
@@ -188,7 +98,7 @@ class GatewayService:
         self._pruned = 0.0
         self._batch: list[Inbound] = []
         self._topics: dict[str, tuple[Handler, str] | None] = {}
-        self._logs = _LogBatch()
+        self._logs = LogBatch()
         # the selector: the broker socket while there is one, and a wake-up pair for stop()
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -316,18 +226,15 @@ class GatewayService:
             results += self.overflow.step(now, results)  # committed with the batch
             self._next_tick = min(self._next_tick, self.overflow.next_due())
         # every payload is encoded once: the stored reply is the published text
-        texts: dict[int, str] = {}
-        out = []
+        u = self._uncommitted
+        texts, out = u.texts, u.out
         for result in results:
             for m in result.messages:
                 text = texts[id(m.payload)] = encode_json(m.payload)
                 out.append((m.topic, text.encode(), m.retain))
         if self.overflow is not None:
             out += [(p.topic, p.payload, p.retain) for p in self.overflow.outbound(results)]
-        u = self._uncommitted
         u.results += results
-        u.texts.update(texts)
-        u.out += out
         u.acks += [m.mid for m in batch if m.qos > 0]
         u.messages += len(batch)
         u.prune = prune if prune is not None else u.prune
@@ -337,7 +244,7 @@ class GatewayService:
         what is decided meanwhile would wait for the next one anyway, so it waits here and
         goes into one transaction with more (fewer pages written than a commit a batch)."""
         u = self._uncommitted
-        if not (u.results or u.acks or u.out) or not self._syncer.idle():
+        if u.empty or not self._syncer.idle():
             return
         self._uncommitted = _Uncommitted()
         try:
@@ -365,8 +272,7 @@ class GatewayService:
         while True:
             self._commit()
             self._release()
-            u = self._uncommitted
-            if self._syncer.idle() and not (u.results or u.acks or u.out):
+            if self._syncer.idle() and self._uncommitted.empty:
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -17,6 +17,7 @@ import pytest
 from gateway import config as C
 from gateway import protocol as P
 from gateway import service as S
+from gateway.logbatch import LogBatch, SecondFormatter
 from gateway.model import SlotMeta, StationMeta
 from gateway.mqtt_client import GatewayClient, InboundMessage
 from gateway.stations import dump_stations_json
@@ -132,7 +133,7 @@ def test_log_lines_written_once_per_pass_without_asctime_under_journald(tmp_path
     handler.setFormatter(fmt)
     root = logging.getLogger()
     root.addHandler(handler)
-    logs = S._LogBatch()
+    logs = LogBatch()
     try:
         logs.install()
         log = logging.getLogger("recarga.test")
@@ -154,7 +155,7 @@ def test_log_lines_written_once_per_pass_without_asctime_under_journald(tmp_path
 
 def test_the_once_a_second_timestamp_is_the_one_logging_writes():
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    ours, theirs = S._SecondFormatter(fmt), logging.Formatter(fmt)
+    ours, theirs = SecondFormatter(fmt), logging.Formatter(fmt)
     for created in (1763700000.0, 1763700000.25, 1763700000.999, 1763700001.5, 1763700100.0, 1763700000.5):
         record = logging.LogRecord("recarga.t", logging.INFO, __file__, 1, "m %d", (1,), None)
         record.created, record.msecs = created, (created - int(created)) * 1000

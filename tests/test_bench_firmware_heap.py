@@ -6,27 +6,18 @@ report, not this test's).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchrun import run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_micropython]
 
-ROOT = Path(__file__).resolve().parent.parent
 LAST_LINE = re.compile(
     r"^firmware heap peak: car (-?\d+\.\d) KB, station (-?\d+\.\d) KB; "
     r"drift after 50 messages: car (-?\d+\.\d) KB, station (-?\d+\.\d) KB$")
 
 
 def test_small_bench_exits_0_and_ends_with_the_result_line():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "firmware_heap.py"), "--messages", "50", "--runs", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    lines = proc.stdout.strip().splitlines()
-    assert lines, output
+    lines = run_bench("firmware_heap.py", "--messages", "50", "--runs", "1", timeout=120)
     assert LAST_LINE.match(lines[-1]), lines[-1]
     assert lines[-2].startswith("goal (peak <= 48 KB, drift <= 1 KB): "), lines[-2]

@@ -5,15 +5,13 @@ Only the shape of the output is checked, never the figures (they depend on the m
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchrun import run_bench
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 LAST_LINE = re.compile(
     r"^gateway/echo throughput ratio: (?:\d+\.\d{2}|nan|inf) "
     r"\(gateway (?:\d+|nan|inf) req/s, echo (?:\d+|nan|inf) req/s, "
@@ -21,14 +19,8 @@ LAST_LINE = re.compile(
 
 
 def test_tiny_bench_exits_0_and_ends_with_the_result_line(tmp_path: Path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gateway_load.py"), "--cars", "20", "--stations", "20",
-         "--seconds", "1", "--quick", "--dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    lines = proc.stdout.strip().splitlines()
-    assert lines, output
+    lines = run_bench("gateway_load.py", "--cars", "20", "--stations", "20", "--seconds", "1", "--quick",
+                      "--dir", str(tmp_path))
     assert LAST_LINE.match(lines[-1]), lines[-1]
     assert "half the echo throughput" in lines[-2], lines[-2]
     # its work dir (broker directory, databases, logs) is removed at the end

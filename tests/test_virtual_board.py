@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 
 from boards.virtual import scenario as S
 from boards.virtual.board import (
+    blink_rate,
     HARD_RESET,
     PWRON_RESET,
     WDT_RESET,
@@ -694,3 +695,31 @@ def test_mpremote_copies_lists_executes_and_resets(make_board, tmp_path):
     b.wait_boot(2)
     assert b.wait_serial("booted cause") == f"booted cause {HARD_RESET}"
     assert "extra.py" in b.files()
+
+
+def _square_wave(hz: float, start: float, stop: float, late: dict[int, float] | None = None):
+    """(time, state) changes of an LED blinking at hz; late[k] delays the k-th change."""
+    half, out, k, t = 0.5 / hz, [(start - 1.0, False)], 0, start
+    while t < stop:
+        out.append((t + (late or {}).get(k, 0.0), k % 2 == 0))
+        k, t = k + 1, t + half
+    return out
+
+
+def test_blink_rate_is_not_off_by_an_edge_at_the_window_end():
+    # 2 Hz, rising edges at 0.01, 0.51, 1.01, 1.51; the one due at 1.99 comes 20 ms late,
+    # past the 2 s window: counting edges would say 3 / 2 s = 1.5 Hz
+    changes = _square_wave(2.0, 0.01, 3.0, late={8: 0.02})
+    assert blink_rate(changes, 0.0, 2.0) == pytest.approx(2.0)
+    assert blink_rate(_square_wave(5.0, 0.0, 3.0), 0.05, 2.05) == pytest.approx(5.0)
+
+
+def test_blink_rate_shows_a_stalled_blink_and_a_steady_led():
+    # the loop stalls 500 ms and one blink is lost: 4 periods in 2.5 s
+    stalled = [(t if t < 1.0 else t + 0.5, s) for t, s in _square_wave(2.0, 0.0, 3.0)]
+    assert blink_rate(stalled, 0.0, 3.0) < 1.8
+    assert blink_rate([(0.0, True)], 0.0, 2.0) == 0
+    assert blink_rate([(0.0, False), (0.5, True)], 0.0, 2.0) == 0.5   # one edge: no period
+    assert blink_rate(_square_wave(1.0, 0.0, 3.0), 0.0, 3.0) == pytest.approx(1.0)
+    rgb = [(0.0, (0, 0, 0)), (0.1, (0, 1, 0)), (0.3, (0, 0, 0)), (0.6, (1, 0, 0))]
+    assert blink_rate(rgb, 0.0, 1.0) == pytest.approx(2.0)          # any colour counts as on

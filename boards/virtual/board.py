@@ -232,6 +232,26 @@ def _set_serial_mode(fd: int, isig: bool):
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
+
+def blink_rate(changes: list[tuple[float, object]], t0: float, t1: float) -> float:
+    """Rising edges per second among (time, state) changes inside [t0, t1).
+
+    From two rising edges on this is the mean period between the first and the last of
+    them: counting edges per window is off by one edge whenever the blink's phase or a
+    late loop pass moves an edge across the window's end (2 Hz over 2 s read 1.5 Hz).
+    With fewer than two edges there is no period: the count over the window is returned."""
+    def on(state):
+        return any(state) if isinstance(state, tuple) else bool(state)
+
+    edges, prev = [], None
+    for t, state in changes:
+        if t0 <= t < t1 and on(state) and prev is not None and not on(prev):
+            edges.append(t)
+        prev = state
+    if len(edges) < 2:
+        return len(edges) / (t1 - t0)
+    return (len(edges) - 1) / (edges[-1] - edges[0])
+
 class VirtualBoard:
     """One virtual ESP32 running MicroPython firmware, wired as a Wokwi diagram says.
 
@@ -824,23 +844,12 @@ class VirtualBoard:
         return [x for x in h if since is None or x[0] >= since]
 
     def blink_hz(self, part: str, window: float = 2.0) -> float:
-        """How often an LED (or an RGB LED, any colour) went from off to on per second over
+        """How often an LED (or an RGB LED, any colour) goes from off to on per second, over
         the next `window` seconds (this waits for the window to pass)."""
         t0 = time.monotonic()
         time.sleep(window)
-        # A loaded host oversleeps: count only edges inside the window actually waited and
-        # divide by its real length, or 2.4 s of 5 Hz edges read as 6 Hz.
-        t1 = time.monotonic()
-
-        def on(state):
-            return any(state) if isinstance(state, tuple) else bool(state)
-
-        count, prev = 0, None
-        for t, state in self.changes(part):
-            if t0 <= t < t1 and on(state) and prev is not None and not on(prev):
-                count += 1
-            prev = state
-        return count / (t1 - t0)
+        # a loaded host oversleeps: only the window actually waited counts
+        return blink_rate(self.changes(part), t0, time.monotonic())
 
     # ------------------------------------------------------------------ serial
 

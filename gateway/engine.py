@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from datetime import datetime, timezone
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
@@ -120,6 +121,7 @@ class Engine:
         self.by_slot: dict[tuple[str, int], list[str]] = {}  # active ids, by start
         self.led: dict[tuple[str, int], bool] = {}  # last reserved-flag told to / seen from the station
         self.requests: dict[tuple[str, str], RequestRecord] = {}
+        self._remembered: deque[tuple[float, tuple[str, str]]] = deque()  # (at, key) in arrival order
         self._selector: Selector | None = None
         self._now = 0.0  # decision time, for the SlotView methods
         self._horizon = float("inf")  # slots busy beyond this are not offered (see _choose)
@@ -134,8 +136,8 @@ class Engine:
                 self.live[sid] = state
         for r in active:
             self._index(r)
-        for rec in requests:
-            self.requests[(rec.car, rec.rid)] = rec
+        for rec in sorted(requests, key=attrgetter("at")):
+            self._remember(rec)
 
     # ------------------------------------------------------------ SlotView for selection
 
@@ -222,7 +224,7 @@ class Engine:
             err = reply["error"]
             log.warning("car %s: refused request %s (%s): %s", car, req.rid, err["code"], err["message"])
         res.request = RequestRecord(car, req.rid, now, reply)
-        self.requests[(car, req.rid)] = res.request
+        self._remember(res.request)
         self._reply(res, car, reply)
         return res
 
@@ -324,10 +326,20 @@ class Engine:
             if lapsed:
                 ended = self._end(r, "expired", res)
                 self._event(res, r.car, P.car_event("expired", reservation_view(ended)))
-        horizon = now - self.cfg.request_memory_s
-        if self.requests and next(iter(self.requests.values())).at < horizon:
-            self.requests = {k: v for k, v in self.requests.items() if v.at >= horizon}
+        # oldest first, so a tick costs what it forgets, not a copy of a day's requests
+        horizon, old, requests = now - self.cfg.request_memory_s, self._remembered, self.requests
+        while old and old[0][0] < horizon:
+            rec = requests.get(old.popleft()[1])
+            if rec is not None and rec.at < horizon:
+                del requests[(rec.car, rec.rid)]
         return res
+
+    def _remember(self, rec: RequestRecord) -> None:
+        """Answer (car, rid) with rec.reply from now on, until request_memory_s after rec.at."""
+        key = (rec.car, rec.rid)
+        if key not in self.requests:
+            self._remembered.append((rec.at, key))
+        self.requests[key] = rec
 
     # ------------------------------------------------------------ overflow (docs/architecture.md)
 
@@ -378,7 +390,7 @@ class Engine:
                 log.info("overflow %s: car %s held at %s slot %d until %.0f", xid, car, r.station, r.slot, hold_until)
                 reply = P.ok_reply(xid, "reserve", reservation_view(r))
         res.request = RequestRecord(car, xid, now, reply)
-        self.requests[(car, xid)] = res.request
+        self._remember(res.request)
         return _outcome(reply, [res])
 
     def overflow_release(self, car: str, xid: str, reservation: str, now: float) -> Result:
@@ -409,7 +421,7 @@ class Engine:
         known = self.requests.get((car, rid))
         res = Result()
         res.request = RequestRecord(car, rid, known.at if known is not None else now, reply)
-        self.requests[(car, rid)] = res.request
+        self._remember(res.request)
         self._reply(res, car, reply)
         return res
 

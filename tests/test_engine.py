@@ -267,6 +267,29 @@ def test_restore_from_records_keeps_answers():
     assert e2.tick(T0 + 60).changed[0].state == "expired"
 
 
+def test_request_ids_are_forgotten_oldest_first_after_their_memory():
+    e = make(request_memory_s=100)
+    reserve(e, "c1", "q1", now=T0)
+    reserve(e, "c2", "q2", now=T0 + 10)
+    e2 = make(request_memory_s=100)  # restored records (in any order) are forgotten the same way
+    e2.restore([], list(reversed(list(e.requests.values()))))
+    reserve(e2, "c3", "q3", now=T0 + 20)
+    for eng in (e, e2):
+        eng.tick(T0 + 99)
+        assert ("c1", "q1") in eng.requests
+        eng.tick(T0 + 105)
+        assert ("c1", "q1") not in eng.requests and ("c2", "q2") in eng.requests
+    e2.tick(T0 + 125)
+    assert list(e2.requests) == []
+    # a forgotten id is a new request again, and is remembered afresh
+    again = reserve(e, "c1", "q1", now=T0 + 130)
+    assert again.request is not None and ("c1", "q1") in e.requests
+    e.tick(T0 + 200)
+    assert ("c1", "q1") in e.requests and ("c2", "q2") not in e.requests
+    e.tick(T0 + 231)
+    assert e.requests == {}
+
+
 def test_replay_is_deterministic():
     def run() -> list[str]:
         e = make()

@@ -714,12 +714,19 @@ def test_blink_rate_is_not_off_by_an_edge_at_the_window_end():
     assert blink_rate(_square_wave(5.0, 0.0, 3.0), 0.05, 2.05) == pytest.approx(5.0)
 
 
-def test_blink_rate_shows_a_stalled_blink_and_a_steady_led():
-    # the loop stalls 500 ms and one blink is lost: 4 periods in 2.5 s
-    stalled = [(t if t < 1.0 else t + 0.5, s) for t, s in _square_wave(2.0, 0.0, 3.0)]
-    assert blink_rate(stalled, 0.0, 3.0) < 1.8
+def test_blink_rate_takes_the_period_of_the_pattern_not_of_a_stray_edge():
+    # one late pass of a loaded host stalls the blink 500 ms: still a 2 Hz pattern
+    stalled = [(t if t < 1.0 else t + 0.5, s) for t, s in _square_wave(2.0, 0.0, 4.0)]
+    assert blink_rate(stalled, 0.0, 4.0) == pytest.approx(2.0)
+    # a 1 Hz pattern that starts mid-phase: its first edge comes 0.6 s before the next
+    slow = [(0.0, False), (0.02, True), (0.13, False)] + _square_wave(1.0, 0.63, 3.0)[1:]
+    assert blink_rate(slow, 0.0, 3.0) == pytest.approx(1.0)
+    # a 5 Hz pattern with a 2 ms flicker where it began
+    fast = [(0.0, False), (0.02, True), (0.041, False), (0.043, True), (0.063, False)] + _square_wave(5.0, 0.143, 2.0)[1:]
+    assert blink_rate(fast, 0.0, 2.0) == pytest.approx(5.0)
+    # and what is not a blink
     assert blink_rate([(0.0, True)], 0.0, 2.0) == 0
-    assert blink_rate([(0.0, False), (0.5, True)], 0.0, 2.0) == 0.5   # one edge: no period
+    assert blink_rate([(0.0, False), (0.5, True)], 0.0, 2.0) == 0.5   # one edge: no interval
     assert blink_rate(_square_wave(1.0, 0.0, 3.0), 0.0, 3.0) == pytest.approx(1.0)
-    rgb = [(0.0, (0, 0, 0)), (0.1, (0, 1, 0)), (0.3, (0, 0, 0)), (0.6, (1, 0, 0))]
-    assert blink_rate(rgb, 0.0, 1.0) == pytest.approx(2.0)          # any colour counts as on
+    rgb = [(0.0, (0, 0, 0)), (0.1, (0, 1, 0)), (0.3, (0, 0, 0)), (0.6, (1, 0, 0)), (0.8, (0, 0, 0)), (1.1, (0, 0, 1))]
+    assert blink_rate(rgb, 0.0, 1.5) == pytest.approx(2.0)          # any colour counts as on

@@ -31,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -234,12 +235,14 @@ def _set_serial_mode(fd: int, isig: bool):
 
 
 def blink_rate(changes: list[tuple[float, object]], t0: float, t1: float) -> float:
-    """Rising edges per second among (time, state) changes inside [t0, t1).
+    """The blink frequency of an LED: 1 / the typical time between two rising edges inside
+    [t0, t1) (the upper median of those intervals).
 
-    From two rising edges on this is the mean period between the first and the last of
-    them: counting edges per window is off by one edge whenever the blink's phase or a
-    late loop pass moves an edge across the window's end (2 Hz over 2 s read 1.5 Hz).
-    With fewer than two edges there is no period: the count over the window is returned."""
+    Counting edges per window is off by one edge whenever the blink's phase or a late loop
+    pass moves an edge across either end (2 Hz over 2 s read 1.5 Hz), and a pattern that
+    starts mid-phase, or one late pass of a loaded host, adds one odd interval: the median
+    interval is the pattern's period all the same. With fewer than two edges there is no
+    interval: the count over the window is returned (0 for a steady LED)."""
     def on(state):
         return any(state) if isinstance(state, tuple) else bool(state)
 
@@ -250,7 +253,8 @@ def blink_rate(changes: list[tuple[float, object]], t0: float, t1: float) -> flo
         prev = state
     if len(edges) < 2:
         return len(edges) / (t1 - t0)
-    return (len(edges) - 1) / (edges[-1] - edges[0])
+    return 1.0 / statistics.median_high([b - a for a, b in zip(edges, edges[1:])])
+
 
 class VirtualBoard:
     """One virtual ESP32 running MicroPython firmware, wired as a Wokwi diagram says.
@@ -844,8 +848,8 @@ class VirtualBoard:
         return [x for x in h if since is None or x[0] >= since]
 
     def blink_hz(self, part: str, window: float = 2.0) -> float:
-        """How often an LED (or an RGB LED, any colour) goes from off to on per second, over
-        the next `window` seconds (this waits for the window to pass)."""
+        """The blink frequency of an LED (or an RGB LED, any colour) over the next `window`
+        seconds (this waits for the window to pass); see blink_rate()."""
         t0 = time.monotonic()
         time.sleep(window)
         # a loaded host oversleeps: only the window actually waited counts

@@ -154,7 +154,9 @@ class CarApp:
                 self._check_region(now)
                 up = up and self.session.connected
         lg.poll(now, b.soc, b.low, rt.lat, rt.lon, up)  # every pass: answers go out at once
-        self._show(now)
+        # the time now, not the pass's start: _idle() may have shown a later phase meanwhile,
+        # and going back to it would flicker the LED
+        self._show(ticks_ms())
         if ticks_diff(now, t[3]) >= _GC_MS:
             t[3] = now
             gc.collect()

@@ -134,7 +134,8 @@ class Station:
             self.session.drop("wifi down")
         if up and (self._dirty or time.ticks_diff(now_ms, self._sent_at) >= self._heartbeat_ms):
             self._publish()
-        self.leds.status(up and self.session.connected, now_ms)
+        # the time now, not the pass's start: _idle() may have shown a later blink phase
+        self.leds.status(up and self.session.connected, time.ticks_ms())
         if time.ticks_diff(now_ms, self._gc_at) >= _GC_EVERY_MS:
             self._gc_at = now_ms
             gc.collect()

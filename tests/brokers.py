@@ -179,6 +179,10 @@ class MqttClient:
             self._paho.disconnect()
             self._paho.loop_stop()
             self._started = False
+        # paho closes its wake-up socket pair only when the client is freed, and our bound
+        # callbacks make a reference cycle that only a gc run would free: a few hundred
+        # clients later paho's select() meets a descriptor above 1023 and its thread dies
+        self._paho.on_connect = self._paho.on_subscribe = self._paho.on_message = None
 
 
 def connect_client(broker: Broker, username: str, password: str | None = None, **kwargs) -> MqttClient:

@@ -14,8 +14,9 @@ What runs, all on 127.0.0.1:
   * the gateway exactly as deployed: `python -m gateway.cli run --config gateway.toml`
     with deploy/gateway.example.toml's settings (station file: the whole register, 4,528
     stations of which `--stations` are online; policy least_completion; log_level INFO;
-    synchronous FULL), except hold_s 3600 and max_wait_s 86400 so that offers neither
-    lapse during the bench nor are refused for a long queue. Without --quick a second
+    synchronous FULL, fsynced in the commit, or with `--sync-thread` on the syncer thread),
+    except hold_s 3600 and max_wait_s 86400 so that offers neither lapse during the bench
+    nor are refused for a long queue. Without --quick a second
     gateway with synchronous NORMAL (fresh database) gives the figure without fsyncs.
   * the echo: this script with --serve-echo. Same broker user (the gateway's ACL) and the
     gateway's paho-mqtt options (MQTT 3.1.1, clean_session False, manual_ack, QoS 1,
@@ -663,7 +664,7 @@ def car_fields(rng: random.Random, online) -> dict:
     )
 
 
-def gateway_toml(port: int, synchronous: str, stations: str) -> str:
+def gateway_toml(port: int, synchronous: str, stations: str, sync_thread: bool = False) -> str:
     stations = stations.replace("\\", "\\\\").replace('"', '\\"')
     return f"""\
 # written by bench/gateway_load.py: deploy/gateway.example.toml's settings, longer holds
@@ -673,6 +674,7 @@ stations = "{stations}"
 log_level = "INFO"
 tick_s = 1.0
 synchronous = "{synchronous}"
+sync_thread = {str(sync_thread).lower()}
 
 [broker]
 host = "{HOST}"
@@ -692,7 +694,7 @@ policy = "least_completion"
 
 
 def responder_dir(root: Path, name: str, port: int, password: str, online, synchronous: str = "FULL",
-                  register: bool = True) -> Path:
+                  register: bool = True, sync_thread: bool = False) -> Path:
     """A directory with gateway.toml, the password file and (--online-only) the station file."""
     from gateway.stations import dump_stations_json
 
@@ -706,7 +708,7 @@ def responder_dir(root: Path, name: str, port: int, password: str, online, synch
     else:
         dump_stations_json(online, d / "stations.json")
         stations = "stations.json"
-    (d / "gateway.toml").write_text(gateway_toml(port, synchronous, stations))
+    (d / "gateway.toml").write_text(gateway_toml(port, synchronous, stations, sync_thread))
     return d
 
 
@@ -900,7 +902,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         def responder_files(name: str, synchronous: str = "FULL") -> Path:
             return responder_dir(work, name, broker.port, passwords[GATEWAY_USER], online, synchronous,
-                                 register=args.register)
+                                 register=args.register, sync_thread=args.sync_thread)
 
         # ---------------------------------------------------------------- echo
         d = responder_files("echo")
@@ -1044,6 +1046,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "at the same load; no closed loop and no result line")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", help="parent of the temporary work dir (broker, databases, logs)")
+    ap.add_argument("--sync-thread", action="store_true",
+                    help="the gateways fsync on a thread of their own (sync_thread = true), e.g. with --dir on a slow disk")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     ap.add_argument("--profile", metavar="FILE", help="extra, uncounted gateway run under py-spy into FILE")
     ap.add_argument("--serve-echo", metavar="TOML", help=argparse.SUPPRESS)

@@ -36,6 +36,7 @@ class GatewayConfig:
     database: Path
     stations: Path
     synchronous: str = "FULL"
+    sync_thread: bool = False  # fsync the WAL on a thread of its own (group commit; gateway/syncer.py)
     tick_s: float = 1.0
     log_level: str = "INFO"
     # off unless configured: without a bridge to central nobody would answer
@@ -46,7 +47,7 @@ CAR_REPLY_TIMEOUT_S = 10.0  # the car firmware's wait for a reply (car_logic rep
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
-         "synchronous": str},
+         "synchronous": str, "sync_thread": bool},
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
                "keepalive": int, "client_id": str, "reconnect_min_s": int, "reconnect_max_s": int},
     "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
@@ -122,6 +123,7 @@ def load(path: str | Path) -> GatewayConfig:
         database=base / top["database"],
         stations=base / top["stations"],
         synchronous=synchronous,
+        sync_thread=top.get("sync_thread", False),
         tick_s=float(top.get("tick_s", 1.0)),
         log_level=top.get("log_level", "INFO").upper(),
         overflow=overflow,

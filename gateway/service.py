@@ -3,16 +3,22 @@
 One thread drives paho's external-loop API (loop_read / loop_write / loop_misc) through a
 selector on the client's socket. The messages read in one pass over the socket (at most
 `MAX_BATCH`) are one batch: each runs through the engine, and the batch's results are
-committed in one SQLite transaction without waiting for the disk; the syncer thread
-(gateway/syncer.py) fsyncs the WAL once for all the batches committed meanwhile (group
-commit) and hands them back; only then are their replies and station commands published and
-their inbound messages acknowledged. So an acknowledged request is always on disk, and one
-that was not acknowledged is redelivered by the broker and recognised by its request id. The
-loop goes on reading and deciding while an fsync runs, up to MAX_BACKLOG messages not yet
-durable; beyond that it stops reading and the broker's in-flight window and TCP hold the rest
-back (backpressure). paho, the engine, the SQL and the loop share one thread: no inbox queue
-and no GIL hand-over per message or row; the other threads (syncer, store.Checkpointer) wait
-for the disk, without the GIL.
+committed in one SQLite transaction. Only once that is on disk are their replies and
+station commands published and their inbound messages acknowledged. So an acknowledged
+request is always on disk, and one that was not acknowledged is redelivered by the broker
+and recognised by its request id. Messages that arrive during a commit wait in the socket and
+make the next batch: the batches grow with the load, and so one fsync covers more (group
+commit). paho, the engine, the SQL and the loop share one thread: no inbox queue and no GIL
+hand-over per message or row.
+
+By default the commit fsyncs (SQLite's synchronous FULL), on the loop's thread. With
+`sync_thread` a commit does not wait for the disk: the syncer thread (gateway/syncer.py)
+fsyncs the WAL once for all batches committed meanwhile and hands them back for release,
+and the loop goes on reading and deciding while an fsync runs, up to MAX_BACKLOG messages not
+yet durable; beyond that it stops reading and the broker's in-flight window and TCP hold the
+rest back (backpressure). That overlaps deciding with a slow disk's fsync; on a disk whose
+fsync takes well under a millisecond the hand-over between the threads costs more latency
+than it saves (docs/architecture.md has the figures).
 """
 from __future__ import annotations
 
@@ -87,7 +93,7 @@ class GatewayService:
         self.clock = clock
         self.region = cfg.engine.region
         stations = load_stations(cfg.stations)
-        self.store = Store(cfg.database, cfg.synchronous, deferred_sync=True)
+        self.store = Store(cfg.database, cfg.synchronous, deferred_sync=cfg.sync_thread)
         self.engine = Engine(cfg.engine, stations)
         now = clock()
         self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
@@ -380,10 +386,11 @@ class GatewayService:
             ready()
         self._logs.install()
         self.store.checkpoint_in_background()
-        # A thread back from an fsync waits for the GIL until the loop thread gives it up,
-        # at the latest after the switch interval (5 ms by default): that delay is on every
-        # reply's path, so the syncer gets its turn sooner.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if self.store.deferred_sync:
+            # A thread back from an fsync waits for the GIL until the loop thread gives it
+            # up, at the latest after the switch interval (5 ms by default): that delay is on
+            # every reply's path, so the syncer gets its turn sooner.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._syncer.start()
         gc.callbacks.append(_freeze_survivors)
         gc.collect()

@@ -207,10 +207,11 @@ def test_200_cars_at_once_10_free_slots(region_factory):
     assert sorted(r["id"] for r in stored) == sorted(r["reservation"]["id"] for r in ok)
 
 
-def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory):
+@pytest.mark.parametrize("extra", ["", "sync_thread = true"], ids=["fsync-in-commit", "sync-thread"])
+def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
     cars = [f"k{i:03d}" for i in range(120)]
     stations = station_set(40, 4)  # 160 free slots, enough for everyone
-    region = region_factory(cars, stations, hold_s=4)
+    region = region_factory(cars, stations, hold_s=4, extra=extra)
     clients = [region.client(c) for c in cars]
     for c in clients:
         c.subscribe(P.car_topic(REGION, c.username, "reply"))

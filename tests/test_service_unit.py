@@ -26,7 +26,8 @@ from gateway.stations import dump_stations_json
 @pytest.fixture
 def service(tmp_path):
     dump_stations_json([StationMeta("s1", 52.52, 13.40, (SlotMeta(22.0, False),))], tmp_path / "st.json")
-    (tmp_path / "gw.toml").write_text('region = "t"\ndatabase = "gw.db"\nstations = "st.json"\n')
+    # the fsync on a thread of its own: what most of these tests are about
+    (tmp_path / "gw.toml").write_text('region = "t"\ndatabase = "gw.db"\nstations = "st.json"\nsync_thread = true\n')
     svc = S.GatewayService(C.load(tmp_path / "gw.toml"))
     yield svc
     svc._syncer.stop()
@@ -411,20 +412,23 @@ def test_the_loop_goes_on_while_an_fsync_waits_and_stops_reading_at_the_backlog(
     assert acked == [1, 2, 3] and commits == [1, 2] and synced == [1, 2]  # the other two in one transaction
 
 
-def test_without_fsyncs_a_batch_goes_out_in_the_pass_that_decided_it(tmp_path, monkeypatch):
-    """synchronous NORMAL: nothing to wait for, so the pass that commits a batch publishes and
-    acknowledges it (a tick's expiry must not wait for the next message to wake the loop)."""
+@pytest.mark.parametrize("setting", ['synchronous = "NORMAL"', 'synchronous = "FULL"'])
+def test_without_a_sync_thread_a_batch_goes_out_in_the_pass_that_decided_it(tmp_path, monkeypatch, setting):
+    """NORMAL, or FULL with its fsync inside the commit (the default): the pass that commits a
+    batch publishes and acknowledges it (a tick's expiry must not wait for the next message
+    to wake the loop); with FULL, SQLite fsyncs inside that commit."""
     dump_stations_json([StationMeta("s1", 52.52, 13.40, (SlotMeta(22.0, False),))], tmp_path / "st.json")
-    (tmp_path / "gw.toml").write_text('region = "t"\ndatabase = "gw.db"\nstations = "st.json"\n'
-                                      'synchronous = "NORMAL"\n')
+    (tmp_path / "gw.toml").write_text(f'region = "t"\ndatabase = "gw.db"\nstations = "st.json"\n{setting}\n')
     svc = S.GatewayService(C.load(tmp_path / "gw.toml"))
     try:
+        assert not svc.store.deferred_sync
         acked: list[int] = []
         monkeypatch.setattr(svc.client, "ack", lambda mid, qos: acked.append(mid))
         monkeypatch.setattr(svc.client, "publish", lambda *a, **k: None)
         svc._batch.append(message(P.station_topic("t", "s1", "online"), P.online_message(True), 1))
         svc._step(0.0)
-        assert acked == [1]
+        assert acked == [1] and svc._syncer._thread is None
+        assert svc.store.db.execute("PRAGMA synchronous").fetchone() == ((2,) if "FULL" in setting else (1,))
     finally:
         svc._syncer.stop()
         svc.store.close()

@@ -246,9 +246,10 @@ class GatewayService:
         u.prune = prune if prune is not None else u.prune
 
     def _commit(self) -> None:
-        """Commit what was decided and hand it to the syncer, unless an fsync is running:
-        what is decided meanwhile would wait for the next one anyway, so it waits here and
-        goes into one transaction with more (fewer pages written than a commit a batch)."""
+        """Commit what was decided and hand it to the syncer (which gives it straight back
+        unless sync_thread is on), unless the syncer's fsync is running: what is decided
+        meanwhile would wait for the next one anyway, so it waits here and goes into one
+        transaction with more (fewer pages written than a commit a batch)."""
         u = self._uncommitted
         if u.empty or not self._syncer.idle():
             return
@@ -353,7 +354,7 @@ class GatewayService:
             batch, self._batch = self._batch, []
             self._process(batch)
         self._commit()
-        self._release()  # without an fsync to wait for (synchronous NORMAL) it is durable now
+        self._release()  # without a sync thread the commit made it durable: out in this pass
         self._flush()
         self._logs.drain()
 

@@ -119,7 +119,7 @@ database = "gateway.db"
 stations = "stations.json"
 tick_s = {tick_s}
 log_level = "INFO"
-synchronous = "NORMAL"
+synchronous = "{synchronous}"
 {extra}
 [broker]
 host = "127.0.0.1"
@@ -138,11 +138,12 @@ grace_s = {grace_s}
 class GatewayProcess(ServiceProcess):
     """A gateway with its own config, station file, password and database under `root`,
     on a broker at 127.0.0.1:`port`. `extra` is TOML inserted before [broker]: top-level
-    keys, or whole sections such as [overflow]."""
+    keys, or whole sections such as [overflow]. SQLite's `synchronous` is NORMAL unless
+    given (a killed process loses nothing either way; FULL adds the fsyncs)."""
 
     def __init__(self, root: Path, region: str, port: int, user: str, password: str,
                  stations: Sequence[StationMeta], hold_s: float = 60, grace_s: float = 300,
-                 tick_s: float = 0.2, extra: str = "", who: str | None = None):
+                 tick_s: float = 0.2, extra: str = "", who: str | None = None, synchronous: str = "NORMAL"):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = self.root / "gateway.db"
@@ -150,7 +151,8 @@ class GatewayProcess(ServiceProcess):
         write_secret(self.root / "gateway.password", password)
         config = self.root / "gateway.toml"
         config.write_text(GATEWAY_TOML.format(region=json.dumps(region), tick_s=tick_s, extra=extra, port=port,
-                                              user=user, hold_s=hold_s, grace_s=grace_s))
+                                              user=user, hold_s=hold_s, grace_s=grace_s,
+                                              synchronous=synchronous))
         super().__init__(who or f"gateway {region}", "gateway.cli", config, self.root / "gateway.log")
 
     def wait_connected(self, timeout: float = 10) -> None:

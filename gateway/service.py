@@ -121,6 +121,8 @@ class GatewayService:
         self._reconnect_at = 0.0  # time.monotonic() of the next connection attempt
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
+        log.info("database %s: synchronous %s%s", cfg.database, cfg.synchronous,
+                 ", fsync on the sync thread" if self.store.deferred_sync else "")
         b = cfg.broker
         self.client = GatewayClient(
             CallbackAPIVersion.VERSION2,

@@ -1,5 +1,6 @@
-"""Group commit: the loop commits each batch without waiting for the disk, and this thread
-makes the commits durable with one fsync for as many as have returned meanwhile.
+"""Group commit on a thread of its own (the gateway's `sync_thread` option): the loop commits
+each batch without waiting for the disk, and this thread makes the commits durable with one
+fsync for as many as have returned meanwhile.
 
 With a Store opened with deferred_sync, a commit only writes to the WAL (SQLite's
 synchronous NORMAL); Store.sync() fsyncs the WAL, which is what FULL does inside each commit.

@@ -207,11 +207,13 @@ def test_200_cars_at_once_10_free_slots(region_factory):
     assert sorted(r["id"] for r in stored) == sorted(r["reservation"]["id"] for r in ok)
 
 
+# FULL as deployed: its fsync inside the commit, or on the syncer thread
 @pytest.mark.parametrize("extra", ["", "sync_thread = true"], ids=["fsync-in-commit", "sync-thread"])
 def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
     cars = [f"k{i:03d}" for i in range(120)]
     stations = station_set(40, 4)  # 160 free slots, enough for everyone
-    region = region_factory(cars, stations, hold_s=4, extra=extra)
+    region = region_factory(cars, stations, hold_s=4, extra=extra, synchronous="FULL")
+    assert ("synchronous FULL, fsync on the sync thread" in region.gw.log_text()) == bool(extra)
     clients = [region.client(c) for c in cars]
     for c in clients:
         c.subscribe(P.car_topic(REGION, c.username, "reply"))

@@ -233,7 +233,6 @@ def _set_serial_mode(fd: int, isig: bool):
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-
 def blink_rate(changes: list[tuple[float, object]], t0: float, t1: float) -> float:
     """The blink frequency of an LED: 1 / the typical time between two rising edges inside
     [t0, t1) (the upper median of those intervals).

@@ -250,7 +250,7 @@ class Watch:
             for raw in lines:
                 text = raw.decode(errors="replace").rstrip()
                 m = _GATEWAY_LINE.match(text)
-                msg = text if m is None else (m["msg"] if m["level"] == "INFO" else f"{m['level']} {m['msg']}")
+                msg = text if m is None else (m["msg"] if m["level"] in ("INFO", "DEBUG") else f"{m['level']} {m['msg']}")
                 if self._mentions.search(msg):
                     self.tl.line(log.who, "│", msg)
 

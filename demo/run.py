@@ -78,7 +78,7 @@ region = {region}
 database = "gateway.db"
 stations = {stations}
 tick_s = 0.5
-log_level = "INFO"
+log_level = "DEBUG"      # a line for each car request too (INFO has a summary a minute)
 synchronous = "NORMAL"
 
 [broker]

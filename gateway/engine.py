@@ -20,6 +20,14 @@ from .selection import DEFAULT_POLICY, Selector
 
 log = logging.getLogger("recarga.engine")
 
+# A car's own requests (reserve, confirm, cancel) are logged at DEBUG, one line each: at
+# INFO a busy region would write thousands a second (their CPU, and journald drops lines
+# past ~330 a second). INFO gets a summary of them every SUMMARY_S, and a line for every
+# transition a car did not ask for (check-in, completion, expiry, fault, overflow hold).
+# Every answer is in the database anyway (table requests).
+SUMMARY_S = 60.0
+_COUNTED = ("reserved", "confirmed", "cancelled", "refused", "invalid", "repeated")
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -81,6 +89,7 @@ def reservation_id(*parts: str) -> str:
 
 
 _HANDLERS = {"reserve": "_reserve", "confirm": "_confirm", "cancel": "_cancel"}  # Engine's, by op
+_DONE = {"reserve": "reserved", "confirm": "confirmed", "cancel": "cancelled"}  # counts, by op
 _reservation_values = attrgetter(*(f.name for f in fields(Reservation)))
 
 
@@ -125,6 +134,8 @@ class Engine:
         self._selector: Selector | None = None
         self._now = 0.0  # decision time, for the SlotView methods
         self._horizon = float("inf")  # slots busy beyond this are not offered (see _choose)
+        self.counts: dict[str, int] = dict.fromkeys(_COUNTED, 0)  # car requests since the last summary
+        self._summary_at: float | None = None  # when the next summary line is due
 
     # ------------------------------------------------------------ recovery
 
@@ -211,16 +222,21 @@ class Engine:
             req = P.parse_car_request(car, payload)
         except P.ProtocolError as e:
             log.warning("car %s: rejected request (%s): %s", car, e.code, e)
+            self.counts["invalid"] += 1
             self._reply(res, car, P.error_reply(P.request_rid(payload), e.code, str(e), e.field))
             return res
         known = self.requests.get((car, req.rid))
         if known is not None:
             # QoS 1 redelivery or a car retrying: same answer, nothing new
+            self.counts["repeated"] += 1
             self._reply(res, car, known.reply)
             return res
         self._now = now
         reply = getattr(self, _HANDLERS[req.op])(req, now, res)
-        if not reply["ok"]:
+        if reply["ok"]:
+            self.counts[_DONE[req.op]] += 1
+        else:
+            self.counts["refused"] += 1
             err = reply["error"]
             log.warning("car %s: refused request %s (%s): %s", car, req.rid, err["code"], err["message"])
         res.request = RequestRecord(car, req.rid, now, reply)
@@ -332,7 +348,22 @@ class Engine:
             rec = requests.get(old.popleft()[1])
             if rec is not None and rec.at < horizon:
                 del requests[(rec.car, rec.rid)]
+        self._summarise(now)
         return res
+
+    def _summarise(self, now: float) -> None:
+        """Every SUMMARY_S, an INFO line with the car requests since the last one (none if
+        there were none)."""
+        if self._summary_at is None:
+            self._summary_at = now + SUMMARY_S
+        elif now >= self._summary_at:
+            c = self.counts
+            if any(c.values()):
+                log.info("last %.0f s: %d car requests: %d reserved, %d confirmed, %d cancelled, %d refused, "
+                         "%d invalid, %d repeated; %d active reservations", now - self._summary_at + SUMMARY_S,
+                         sum(c.values()), *(c[k] for k in _COUNTED), len(self.reservations))
+            self.counts = dict.fromkeys(_COUNTED, 0)
+            self._summary_at = now + SUMMARY_S
 
     def _remember(self, rec: RequestRecord) -> None:
         """Answer (car, rid) with rec.reply from now on, until request_memory_s after rec.at."""
@@ -447,10 +478,10 @@ class Engine:
             return self._no_capacity(req.rid, need, now, only)
         if previous is not None:
             self._index(previous)
-            self._end(previous, "cancelled", res)
+            self._end(previous, "cancelled", res, logging.DEBUG)
         r = self._new_reservation(reservation_id(req.car, req.rid), req.car, req.rid, need, choice, now)
         self._add(r, res)
-        log.info("car %s rid %s -> %s slot %d (drive %.0fs wait %.0fs charge %.0fs)", req.car, req.rid,
+        log.debug("car %s rid %s -> %s slot %d (drive %.0fs wait %.0fs charge %.0fs)", req.car, req.rid,
                  r.station, r.slot, choice.drive_s, choice.wait_s, choice.charge_s)
         return P.ok_reply(req.rid, "reserve", reservation_view(r))
 
@@ -463,7 +494,7 @@ class Engine:
         r = _changed(r, state="confirmed")
         self.reservations[r.id] = r
         res.changed.append(r)
-        log.info("reservation %s (car %s, %s slot %d) confirmed", r.id, r.car, r.station, r.slot)
+        log.debug("reservation %s (car %s, %s slot %d) confirmed", r.id, r.car, r.station, r.slot)
         return P.ok_reply(req.rid, "confirm", reservation_view(r))
 
     def _cancel(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
@@ -472,7 +503,7 @@ class Engine:
             return r
         if r.state == "checked_in":
             return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is checked in; unplug to end it")
-        return P.ok_reply(req.rid, "cancel", reservation_view(self._end(r, "cancelled", res)))
+        return P.ok_reply(req.rid, "cancel", reservation_view(self._end(r, "cancelled", res, logging.DEBUG)))
 
     def _own(self, req: P.CarRequest) -> Reservation | dict[str, Any]:
         r = self.reservations.get(req.fields["reservation"])
@@ -588,13 +619,13 @@ class Engine:
         res.changed.append(r)
         self._sync_led((r.station, r.slot), res)
 
-    def _end(self, r: Reservation, state: str, res: Result) -> Reservation:
+    def _end(self, r: Reservation, state: str, res: Result, level: int = logging.INFO) -> Reservation:
         self._unindex(r)
         ended = _changed(r, state=state)
         res.changed.append(ended)
         self._requeue((r.station, r.slot), res)
         self._sync_led((r.station, r.slot), res)
-        log.info("reservation %s (car %s, %s slot %d) %s", r.id, r.car, r.station, r.slot, state)
+        log.log(level, "reservation %s (car %s, %s slot %d) %s", r.id, r.car, r.station, r.slot, state)
         return ended
 
     def _requeue(self, key: tuple[str, int], res: Result) -> None:

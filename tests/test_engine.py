@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -335,3 +336,43 @@ def test_queue_moves_forward_when_a_reservation_ahead_ends():
     assert moved.wait_s == 0 and moved.start == moved.eta
     assert moved in res.changed  # persisted
     assert moved.deadline == promised  # what the car was told still holds
+
+
+def test_car_requests_log_at_debug_and_a_summary_a_minute_at_info(caplog):
+    """A line per car request would flood INFO in a busy region: those are DEBUG, INFO has a
+    count of them every SUMMARY_S, and transitions no car asked for stay INFO."""
+    from gateway.engine import SUMMARY_S
+
+    e = make()
+    caplog.set_level(logging.DEBUG, logger="recarga.engine")  # after make()'s "station ... online"
+
+    def lines(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    e.tick(T0)  # the first tick starts the first summary window
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    reserve(e, "c1", "q1")  # repeated
+    e.car_message("c1", P.encode(P.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 1)
+    r2 = replies(reserve(e, "c2", "q1"), "c2")[0]["reservation"]
+    e.car_message("c2", P.encode(P.reservation_request("cancel", "q2", "c2", r2["id"])), T0 + 2)
+    e.car_message("c2", P.encode(P.reservation_request("cancel", "q3", "c2", r2["id"])), T0 + 3)  # refused
+    e.car_message("c3", b"{not json", T0 + 4)  # invalid
+    debug = lines(logging.DEBUG)
+    assert any(f"car c1 rid q1 -> {r['station']} slot {r['slot']}" in m for m in debug), debug
+    assert f"reservation {r['id']} (car c1, {r['station']} slot {r['slot']}) confirmed" in debug
+    assert f"reservation {r2['id']} (car c2, {r2['station']} slot {r2['slot']}) cancelled" in debug
+    assert lines(logging.INFO) == []
+    assert len(lines(logging.WARNING)) == 2  # the refusal and the bad payload, each as it happens
+
+    e.tick(T0 + SUMMARY_S - 1)
+    assert lines(logging.INFO) == []
+    e.tick(T0 + SUMMARY_S)
+    assert lines(logging.INFO) == ["last 60 s: 7 car requests: 2 reserved, 1 confirmed, 1 cancelled, 1 refused, "
+                                   "1 invalid, 1 repeated; 1 active reservations"]
+    # the counts start again; a window without car requests writes no summary
+    e.tick(T0 + 2 * SUMMARY_S + 5)
+    assert len(lines(logging.INFO)) == 1
+    # a no-show is no car's request: INFO as it happens
+    deadline = e.reservations[r["id"]].deadline
+    e.tick(deadline)
+    assert f"reservation {r['id']} (car c1, {r['station']} slot {r['slot']}) expired" in lines(logging.INFO)

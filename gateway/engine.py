@@ -135,7 +135,7 @@ class Engine:
         self._now = 0.0  # decision time, for the SlotView methods
         self._horizon = float("inf")  # slots busy beyond this are not offered (see _choose)
         self.counts: dict[str, int] = dict.fromkeys(_COUNTED, 0)  # car requests since the last summary
-        self._summary_at: float | None = None  # when the next summary line is due
+        self._counting_since: float | None = None  # start of the summary's window (the first tick)
 
     # ------------------------------------------------------------ recovery
 
@@ -354,16 +354,17 @@ class Engine:
     def _summarise(self, now: float) -> None:
         """Every SUMMARY_S, an INFO line with the car requests since the last one (none if
         there were none)."""
-        if self._summary_at is None:
-            self._summary_at = now + SUMMARY_S
-        elif now >= self._summary_at:
+        since = self._counting_since
+        if since is None:
+            self._counting_since = now
+        elif now - since >= SUMMARY_S:
             c = self.counts
             if any(c.values()):
                 log.info("last %.0f s: %d car requests: %d reserved, %d confirmed, %d cancelled, %d refused, "
-                         "%d invalid, %d repeated; %d active reservations", now - self._summary_at + SUMMARY_S,
+                         "%d invalid, %d repeated; %d active reservations", now - since,
                          sum(c.values()), *(c[k] for k in _COUNTED), len(self.reservations))
             self.counts = dict.fromkeys(_COUNTED, 0)
-            self._summary_at = now + SUMMARY_S
+            self._counting_since = now
 
     def _remember(self, rec: RequestRecord) -> None:
         """Answer (car, rid) with rec.reply from now on, until request_memory_s after rec.at."""

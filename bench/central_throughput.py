@@ -29,16 +29,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from brokers import MqttClient, connect_client
-
-from central.localnet import (MONITOR_ACL, MONITOR_USER, CentralBroker, CentralProcess, central_passwords,
-                              overflow_request)
-from gateway import protocol as P
-from gateway.localnet import wait_for
-from gateway.model import SlotMeta, StationMeta
-from gateway.overflow import summary_stations
+from harness.central import (
+    MONITOR_ACL,
+    MONITOR_USER,
+    CentralBroker,
+    CentralProcess,
+    central_passwords,
+    overflow_request,
+)
+from harness.clients import MqttClient, connect_client
+from harness.services import wait_for
+from recarga.core import protocol as P
+from recarga.core.model import SlotMeta, StationMeta
+from recarga.gateway.overflow import summary_stations
 
 TICK = os.sysconf("SC_CLK_TCK")
 REGIONS = ("a", "b")  # a asks, b holds

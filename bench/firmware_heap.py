@@ -99,8 +99,8 @@ if str(ROOT) not in sys.path:
 import paho.mqtt.client as mqtt
 
 from boards.virtual.board import BoardError, VirtualBoard
-from gateway import protocol as P
-from gateway.localbroker import Broker, BrokerError
+from harness.broker import Broker, BrokerError
+from recarga.core import protocol as P
 
 REGION = "berlin"
 GATEWAY_PASSWORD = "gw-heap-pw"

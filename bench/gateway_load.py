@@ -117,7 +117,7 @@ import paho.mqtt  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from gateway import protocol as P  # noqa: E402
+from recarga.core import protocol as P  # noqa: E402
 
 REGION = "bench"
 GATEWAY_USER = "gateway"
@@ -137,7 +137,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def serve_echo(config_path: str) -> int:
     """The echo responder (a child process): the gateway's paho setup with nothing behind it."""
-    from gateway import config as C
+    from recarga.gateway import config as C
 
     cfg = C.load(config_path)
     region, b = cfg.engine.region, cfg.broker
@@ -227,7 +227,7 @@ class Responder:
             return "(no log)"
 
     def stop(self) -> None:
-        from gateway.localbroker import stop_process
+        from harness.broker import stop_process
 
         proc, self.proc = self.proc, None
         if proc is not None:
@@ -641,7 +641,7 @@ class Fleet:
 # ====================================================================== scenario
 
 def choose_stations(n: int, rng: random.Random):
-    from gateway.stations import load_stations
+    from recarga.core.stations import load_stations
 
     everything = load_stations(BERLIN_CSV)
     online = rng.sample(everything, min(n, len(everything)))
@@ -696,7 +696,7 @@ policy = "least_completion"
 def responder_dir(root: Path, name: str, port: int, password: str, online, synchronous: str = "FULL",
                   register: bool = True, sync_thread: bool = False) -> Path:
     """A directory with gateway.toml, the password file and (--online-only) the station file."""
-    from gateway.stations import dump_stations_json
+    from recarga.core.stations import dump_stations_json
 
     d = root / name
     d.mkdir(parents=True)
@@ -715,7 +715,7 @@ def responder_dir(root: Path, name: str, port: int, password: str, online, synch
 def launch_broker(directory: Path, extra_conf: Sequence[str], attempts: int = 3, **kwargs):
     """gateway.localbroker.Broker.generate + start, with `extra_conf` lines appended to the
     generated conf (what-if experiments only; none by default)."""
-    from gateway.localbroker import Broker, BrokerError
+    from harness.broker import Broker, BrokerError
 
     for attempt in range(1, attempts + 1):
         broker = Broker.generate(directory, **kwargs)
@@ -793,7 +793,7 @@ def median(values: list[float]) -> float:
 # ====================================================================== main
 
 def run_bench(args: argparse.Namespace) -> int:
-    from gateway.localbroker import require_tool, stop_process
+    from harness.broker import require_tool, stop_process
 
     runs = 1 if args.quick else args.runs
     warm_closed, warm_open = (0.5, 0.3) if args.quick else (1.0, 0.5)
@@ -925,7 +925,7 @@ def run_bench(args: argparse.Namespace) -> int:
         forget_session(HOST, broker.port, GATEWAY_USER, passwords[GATEWAY_USER], f"recarga-echo-{REGION}")
 
         # ---------------------------------------------------------------- gateway
-        gw_argv = [sys.executable, "-m", "gateway.cli", "run", "--config", "gateway.toml"]
+        gw_argv = [sys.executable, "-m", "recarga.gateway.cli", "run", "--config", "gateway.toml"]
         d = responder_files("gateway-full", "FULL")
         r = start_responder("gateway", gw_argv, d)
         if not args.rate:

@@ -33,11 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from brokers import MqttClient, connect_client  # noqa: E402
-
-from central.localnet import (  # noqa: E402
+from harness.central import (  # noqa: E402
     CAR_NEED,
     CENTRAL_USER,
     BridgedBroker,
@@ -45,10 +43,11 @@ from central.localnet import (  # noqa: E402
     CentralProcess,
     central_passwords,
 )
-from gateway import protocol as P  # noqa: E402
-from gateway.localnet import GatewayProcess, wait_for  # noqa: E402
-from gateway.model import StationMeta  # noqa: E402
-from gateway.stations import load_stations  # noqa: E402
+from harness.clients import MqttClient, connect_client  # noqa: E402
+from harness.services import GatewayProcess, wait_for  # noqa: E402
+from recarga.core import protocol as P  # noqa: E402
+from recarga.core.model import StationMeta  # noqa: E402
+from recarga.core.stations import load_stations  # noqa: E402
 
 BERLIN = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
 CENTRE = (52.521, 13.401)

@@ -25,9 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gateway.model import CarNeed, StationMeta  # noqa: E402
-from gateway.selection import DEFAULT_POLICY, POLICIES, Selector  # noqa: E402
-from gateway.stations import load_bnetza_csv, synthetic_radius_km, synthetic_stations  # noqa: E402
+from recarga.core.model import CarNeed, StationMeta  # noqa: E402
+from recarga.core.selection import DEFAULT_POLICY, POLICIES, Selector  # noqa: E402
+from recarga.core.stations import (  # noqa: E402
+    load_bnetza_csv,
+    synthetic_radius_km,
+    synthetic_stations,
+)
 
 BERLIN_CSV = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
 NOW = 1_800_000_000.0

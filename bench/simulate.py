@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulation.cli import main  # noqa: E402
+from recarga.simulation.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(prog="bench/simulate.py"))

@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from gateway import protocol as P
-from gateway.model import StationMeta
+from recarga.core import protocol as P
+from recarga.core.model import StationMeta
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIONS_CSV = ROOT / "data" / "berlin_charging_stations_bnetza.csv"

@@ -32,7 +32,7 @@ from demo.actors import ROOT, DemoError, EvModel, Timeline, load_ev_model, slots
 if TYPE_CHECKING:
     from boards.virtual.board import VirtualBoard
     from demo.run import Demo
-    from gateway.model import StationMeta
+    from recarga.core.model import StationMeta
 
 STATION_DIR = ROOT / "boards" / "station"
 CAR_DIR = ROOT / "boards" / "car"

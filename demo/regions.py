@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
-from central.localnet import CENTRAL_USER, BridgedBroker, CentralBroker, CentralProcess
-from central.store import HOLD_ACTIVE
-from central.store import Store as CentralStore
 from demo.actors import Car, DemoError, Station, hms, load_ev_model, station_labels
 from demo.boards import _CAR_DEFAULT, FINE, LOW, Board, Watch, pot_for
-from gateway import broker_config
-from gateway import protocol as P
-from gateway.localbroker import Broker, BrokerError
-from gateway.localnet import GatewayProcess, wait_for
-from gateway.model import StationMeta
-from gateway.store import Store
+from harness.broker import Broker, BrokerError
+from harness.central import CENTRAL_USER, BridgedBroker, CentralBroker, CentralProcess
+from harness.services import GatewayProcess, wait_for
+from recarga.central.store import HOLD_ACTIVE
+from recarga.central.store import Store as CentralStore
+from recarga.core import broker_config
+from recarga.core import protocol as P
+from recarga.core.model import StationMeta
+from recarga.gateway.store import Store
 
 if TYPE_CHECKING:
     from demo.run import Demo

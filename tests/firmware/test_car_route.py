@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import mp
-
+from harness import micropython as mp
 
 
 def run_mp(tmp_path: Path, code: str) -> list:

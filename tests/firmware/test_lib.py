@@ -6,9 +6,9 @@ import json
 import time
 
 import pytest
-from mp import MicroPython, run, run_json
 
-from gateway import protocol as P
+from harness.micropython import MicroPython, run, run_json
+from recarga.core import protocol as P
 
 GOOD = {
     "kind": "station", "id": "st-1", "region": "test",

@@ -7,9 +7,9 @@ import itertools
 import json
 
 import pytest
-from mp import run, run_json
 
-from gateway import protocol as P
+from harness.micropython import run, run_json
+from recarga.core import protocol as P
 
 NAMES = ["free", "reserved", "occupied", "out_of_service"]
 

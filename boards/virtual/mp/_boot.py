@@ -5,9 +5,10 @@
 import gc
 import os
 import sys
-import vfs
+
 import machine  # the emulation: connects to the harness before any firmware runs
 import network
+import vfs
 
 _f = os.getenv("VB_FLASH")
 if _f:

@@ -1,8 +1,9 @@
 # The rarer parts of the emulated `machine` (see machine.py): loaded on first use.
-from micropython import const
 import time as _t
+
 import machine as _m
 from machine import Pin
+from micropython import const
 
 
 class Signal:

@@ -10,12 +10,13 @@
 # Input changes are applied when the firmware next calls into this module (a poll(0) on the
 # socket, no round trip per read); outputs are sent fire-and-forget. Kept small: it lives
 # in the same heap as the firmware.
-from micropython import const
-from array import array
-import usocket as _so
+import os as _os
 import select as _sel
 import time as _t
-import os as _os
+from array import array
+
+import usocket as _so
+from micropython import const
 
 _N = const(40)
 _VALID = const(0xFF0EEFF03F)  # GPIO 0-5, 12-19, 21-23, 25-27, 32-39

@@ -3,10 +3,11 @@
 # harness's access point, which the harness can switch off and on (board.wifi(False/True));
 # sockets really go over the host's loopback. Connecting takes $VB_WIFI_MS (default 300 ms);
 # $VB_SSID / $VB_PASSWORD, when set, are the only credentials the access point accepts.
-from micropython import const
-import time as _t
 import os as _os
+import time as _t
+
 import machine as _m
+from micropython import const
 
 STA_IF = const(0)
 AP_IF = const(1)

@@ -1,5 +1,0 @@
-import sys
-
-from devices.cli import main
-
-sys.exit(main())

@@ -1,0 +1,157 @@
+"""Central's configuration file (TOML): loading, defaults and clear errors.
+
+deploy/central.example.toml documents every key. Unknown keys and wrong types are refused
+with a message naming them, as the gateway's config does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recarga.core import protocol as P
+from recarga.core.model import SelectionParams
+from recarga.core.selection import POLICIES
+from recarga.gateway import config as gateway_config
+
+ConfigError = gateway_config.ConfigError  # one error type for both services' config files
+
+
+@dataclass(frozen=True)
+class BrokerConfig(gateway_config.BrokerConfig):
+    username: str = "central"
+    # MQTT 5 session expiry: a restarted instance gets its unacknowledged messages again
+    # within this; an instance gone for longer leaves the shared subscription
+    session_expiry_s: int = 120
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    name: str
+    broker_host: str  # the region's broker as cars reach it (the handover target)
+    broker_port: int = 1883
+    neighbours: tuple[str, ...] = ()  # regions its cars may be sent to; () = every other region
+
+
+@dataclass(frozen=True)
+class OverflowConfig:
+    policy: str = "least_completion"
+    max_wait_s: float = 1800.0  # offer a busy slot only if it frees within this
+    summary_max_age_s: float = 300.0  # a region whose newest summary is older is not offered
+    confirm_s: float = 180.0  # after the answer's deadline, the car has this long to confirm
+    relay_s: float = 0.5  # of the request's deadline, kept back to relay the answer to the origin
+    max_attempts: int = 2  # regions asked per request (the next best when one refuses)
+    selection: SelectionParams = SelectionParams()
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    instance: str
+    database: Path
+    broker: BrokerConfig
+    overflow: OverflowConfig
+    regions: dict[str, RegionInfo]
+    synchronous: str = "FULL"
+    tick_s: float = 1.0
+    log_level: str = "INFO"
+
+
+_NUMBER = (int, float)
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "": {"instance": str, "database": str, "log_level": str, "tick_s": _NUMBER, "synchronous": str},
+    "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
+               "keepalive": int, "session_expiry_s": int, "reconnect_min_s": int, "reconnect_max_s": int},
+    "overflow": {"policy": str, "max_wait_s": _NUMBER, "summary_max_age_s": _NUMBER, "confirm_s": _NUMBER,
+                 "relay_s": _NUMBER, "max_attempts": int},
+    "selection": {"road_factor": _NUMBER, "speed_kmh": _NUMBER, "safety_margin_soc": _NUMBER, "nearest_k": int},
+    "region": {"broker_host": str, "broker_port": int, "neighbours": list},
+}
+
+
+def _check(section: str, table: Any, where: str | None = None) -> dict[str, Any]:
+    where = where or (f"[{section}]" if section else "top level")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    allowed = _SCHEMA[section]
+    for key, value in table.items():
+        if isinstance(value, dict) and not section:
+            if key not in ("broker", "overflow", "selection", "regions"):
+                raise ConfigError(f"unknown section [{key}]; allowed: broker, overflow, selection, regions")
+            continue
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
+        if isinstance(value, bool) or not isinstance(value, allowed[key]):
+            raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"{where} {key} must not be negative")
+    return {k: v for k, v in table.items() if not isinstance(v, dict)}
+
+
+def _port(value: int, where: str) -> int:
+    if not 0 < value < 65536:
+        raise ConfigError(f"{where} must be 1..65535")
+    return value
+
+
+def _regions(raw: Any) -> dict[str, RegionInfo]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("[regions] must list at least one region: [regions.<name>] broker_host = ...")
+    regions = {}
+    for name, table in raw.items():
+        where = f"[regions.{name}]"
+        try:
+            P.check_region(name)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        t = _check("region", table, where)
+        if "broker_host" not in t:
+            raise ConfigError(f"{where}: missing broker_host (the region's broker as cars reach it)")
+        neighbours = t.get("neighbours", [])
+        if not all(isinstance(n, str) for n in neighbours):
+            raise ConfigError(f"{where} neighbours must be a list of region names")
+        regions[name] = RegionInfo(name, t["broker_host"], _port(t.get("broker_port", 1883), f"{where} broker_port"),
+                                   tuple(neighbours))
+    for r in regions.values():
+        unknown = [n for n in r.neighbours if n not in regions or n == r.name]
+        if unknown:
+            raise ConfigError(f"[regions.{r.name}] neighbours {unknown}: not another configured region")
+    return regions
+
+
+def load(path: str | Path) -> CentralConfig:
+    path = Path(path)
+    raw = gateway_config.read_toml(path)
+    top = _check("", raw)
+    for key in ("instance", "database"):
+        if key not in top:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    if not P.ID_RE.match(top["instance"]):
+        raise ConfigError(f"instance {top['instance']!r} must be 1-32 of A-Z a-z 0-9 _ -")
+    base = path.parent
+    broker = dict(_check("broker", raw.get("broker", {})))
+    if "password_file" in broker:
+        pw_path = base / broker.pop("password_file")
+        try:
+            broker["password"] = pw_path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"[broker] password_file: {e}") from None
+    _port(broker.get("port", 1883), "[broker] port")
+    overflow = _check("overflow", raw.get("overflow", {}))
+    if overflow.get("policy", "least_completion") not in POLICIES:
+        raise ConfigError(f"[overflow] policy {overflow['policy']!r} unknown; one of {', '.join(POLICIES)}")
+    if overflow.get("max_attempts", 1) < 1:
+        raise ConfigError("[overflow] max_attempts must be at least 1")
+    selection = SelectionParams(**_check("selection", raw.get("selection", {})))
+    synchronous = top.get("synchronous", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError("synchronous must be FULL or NORMAL")
+    return CentralConfig(
+        instance=top["instance"],
+        database=base / top["database"],
+        broker=BrokerConfig(**broker),
+        overflow=OverflowConfig(selection=selection, **overflow),
+        regions=_regions(raw.get("regions")),
+        synchronous=synchronous,
+        tick_s=float(top.get("tick_s", 1.0)),
+        log_level=top.get("log_level", "INFO").upper(),
+    )

@@ -1,0 +1,332 @@
+"""Station metadata: the Bundesnetzagentur register (CSV), a small JSON format, synthetic sets.
+
+Pure loading and validation; nothing here knows about live slot state.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from recarga.core.model import AC_MAX_KW, SlotMeta, StationMeta
+
+log = logging.getLogger(__name__)
+
+# The register carries no prices. These defaults are typical Berlin ad-hoc tariffs
+# (EUR/kWh) and only feed the price estimate in an offer; an operator can override
+# them through the JSON format.
+DEFAULT_PRICE_AC = 0.49
+DEFAULT_PRICE_DC = 0.59
+
+MAX_POINTS = 6  # the register has six plug column groups per device
+
+JSON_VERSION = 1
+
+# Berlin: 4,528 devices in the register over the city's 891 km^2 -> ~5.1 stations/km^2.
+# Synthetic sets keep this density by default so that scale benchmarks see as many
+# stations around a car as a real city would, whatever their total count.
+BERLIN_STATIONS = 4528
+BERLIN_AREA_KM2 = 891.0
+BERLIN_DENSITY_PER_KM2 = BERLIN_STATIONS / BERLIN_AREA_KM2
+
+_EARTH_RADIUS_KM = 6371.0088
+
+
+def default_price(slots: Iterable[SlotMeta]) -> float:
+    """DC tariff when the station has any DC slot, AC tariff otherwise."""
+    return DEFAULT_PRICE_DC if any(s.dc for s in slots) else DEFAULT_PRICE_AC
+
+
+# --------------------------------------------------------------------------- BNetzA CSV
+
+def _parse_decimal(text: str) -> float:
+    """German number ('3,7', '1.234,5') -> float; ValueError if not a finite number."""
+    s = text.strip()
+    if "," in s:
+        s = s.replace(".", "").replace(",", ".")
+    value = float(s)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
+
+
+def _plug_power(text: str) -> float | None:
+    """Largest of the '; '-separated plug powers of one point, None if there is none."""
+    values = []
+    for part in text.split(";"):
+        if part.strip():
+            try:
+                values.append(_parse_decimal(part))
+            except ValueError:
+                continue
+    values = [v for v in values if v > 0]
+    return max(values) if values else None
+
+
+def _one_line(text: str) -> str:
+    """Quoted register fields may hold line breaks; names must stay on one line."""
+    return " ".join(text.split())
+
+
+def load_bnetza_csv(path: str | os.PathLike[str]) -> list[StationMeta]:
+    """Stations from the Bundesnetzagentur Ladesäulenregister (one station per device).
+
+    Slot N is the register's charging point N. Rows that cannot be placed on the map or
+    whose points have no power at all are skipped with a warning.
+    """
+    stations: list[StationMeta] = []
+    seen: set[str] = set()
+    # utf-8-sig strips the BOM; newline='' lets csv handle line breaks inside quotes.
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=";")
+        for row in reader:
+            line = reader.line_num
+            sid = (row.get("Ladeeinrichtungs-ID") or "").strip()
+            if not sid:
+                log.warning("%s:%d: row without Ladeeinrichtungs-ID skipped", path, line)
+                continue
+            if sid in seen:
+                log.warning("%s:%d: duplicate station %s skipped", path, line, sid)
+                continue
+            try:
+                lat = _parse_decimal(row.get("Breitengrad") or "")
+                lon = _parse_decimal(row.get("Längengrad") or "")
+            except ValueError:
+                lat = lon = math.nan
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+                log.warning("%s:%d: station %s has unusable coordinates (%r, %r), skipped",
+                            path, line, sid, row.get("Breitengrad"), row.get("Längengrad"))
+                continue
+            slots = _bnetza_slots(row)
+            if slots is None:
+                log.warning("%s:%d: station %s has no usable charging points, skipped",
+                            path, line, sid)
+                continue
+            name = _one_line(row.get("Anzeigename (Karte)") or "")
+            if not name:
+                name = _one_line(f"{row.get('Straße') or ''} {row.get('Hausnummer') or ''}")
+            seen.add(sid)
+            stations.append(StationMeta(
+                id=sid, lat=lat, lon=lon, slots=slots,
+                operator=_one_line(row.get("Betreiber") or ""),
+                price_per_kwh=default_price(slots), name=name,
+            ))
+    return stations
+
+
+def _bnetza_slots(row: dict[str, str]) -> tuple[SlotMeta, ...] | None:
+    try:
+        count = int((row.get("Anzahl Ladepunkte") or "").strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_POINTS:
+        # Infer from the plug groups actually filled in.
+        filled = [i for i in range(1, MAX_POINTS + 1)
+                  if (row.get(f"Steckertypen{i}") or "").strip()
+                  or (row.get(f"Nennleistung Stecker{i}") or "").strip()]
+        count = max(filled, default=0)
+        if count == 0:
+            return None
+    try:
+        device_kw: float | None = _parse_decimal(row.get("Nennleistung Ladeeinrichtung [kW]") or "")
+    except ValueError:
+        device_kw = None
+    if device_kw is not None and device_kw <= 0:
+        device_kw = None
+    slots = []
+    for i in range(1, count + 1):
+        power = _plug_power(row.get(f"Nennleistung Stecker{i}") or "")
+        if power is None:
+            # A point alone at its device can draw the device's full rating.
+            power = device_kw
+        if power is None:
+            return None  # cannot drop one point: slot numbers must match the physical points
+        plugs = row.get(f"Steckertypen{i}") or ""
+        # the plug type decides (there are 43 kW AC couplers); power only when none is given
+        slots.append(SlotMeta(power_kw=power, dc="DC" in plugs if plugs.strip() else power > AC_MAX_KW))
+    return tuple(slots)
+
+
+# --------------------------------------------------------------------------- JSON
+
+def _fail(where: str, message: str) -> ValueError:
+    return ValueError(f"{where}: {message}")
+
+
+def _number(value: Any, where: str, field: str) -> float:
+    # bool is an int subclass; true/false is never a valid number here.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(where, f"{field} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _text(value: Any, where: str, field: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, f"{field} must be a string, got {value!r}")
+    return value
+
+
+def stations_from_dict(doc: Any) -> list[StationMeta]:
+    """Validate a parsed JSON document; ValueError names the station and field at fault."""
+    if not isinstance(doc, dict):
+        raise ValueError("stations document must be a JSON object")
+    if doc.get("v") != JSON_VERSION:
+        raise ValueError(f"stations document: v must be {JSON_VERSION}, got {doc.get('v')!r}")
+    entries = doc.get("stations")
+    if not isinstance(entries, list):
+        raise ValueError("stations document: 'stations' must be a list")
+    stations: list[StationMeta] = []
+    seen: set[str] = set()
+    for n, entry in enumerate(entries):
+        where = f"stations[{n}]"
+        if not isinstance(entry, dict):
+            raise _fail(where, "must be an object")
+        sid = entry.get("id")
+        if not isinstance(sid, str) or not sid:
+            raise _fail(where, f"id must be a non-empty string, got {sid!r}")
+        where = f"station {sid!r}"
+        if sid in seen:
+            raise _fail(where, "duplicate id")
+        unknown = set(entry) - {"id", "lat", "lon", "operator", "name", "price_per_kwh", "slots"}
+        if unknown:
+            raise _fail(where, f"unknown field(s) {sorted(unknown)}")
+        if "lat" not in entry or "lon" not in entry:
+            raise _fail(where, "lat and lon are required")
+        lat = _number(entry["lat"], where, "lat")
+        lon = _number(entry["lon"], where, "lon")
+        if not -90.0 <= lat <= 90.0:
+            raise _fail(where, f"lat {lat} outside -90..90")
+        if not -180.0 <= lon <= 180.0:
+            raise _fail(where, f"lon {lon} outside -180..180")
+        raw_slots = entry.get("slots")
+        if not isinstance(raw_slots, list) or not raw_slots:
+            raise _fail(where, "slots must be a non-empty list")
+        slots = []
+        for k, raw in enumerate(raw_slots, start=1):
+            swhere = f"{where} slot {k}"
+            if not isinstance(raw, dict):
+                raise _fail(swhere, "must be an object")
+            unknown = set(raw) - {"power_kw", "dc"}
+            if unknown:
+                raise _fail(swhere, f"unknown field(s) {sorted(unknown)}")
+            if "power_kw" not in raw:
+                raise _fail(swhere, "power_kw is required")
+            power = _number(raw["power_kw"], swhere, "power_kw")
+            if power <= 0:
+                raise _fail(swhere, f"power_kw must be > 0, got {power}")
+            dc = raw.get("dc", power > AC_MAX_KW)  # omitted: by power, like the register
+            if not isinstance(dc, bool):
+                raise _fail(swhere, f"dc must be true or false, got {dc!r}")
+            slots.append(SlotMeta(power_kw=power, dc=dc))
+        slots_t = tuple(slots)
+        price = default_price(slots_t)
+        if "price_per_kwh" in entry:
+            price = _number(entry["price_per_kwh"], where, "price_per_kwh")
+            if price < 0:
+                raise _fail(where, f"price_per_kwh must be >= 0, got {price}")
+        seen.add(sid)
+        stations.append(StationMeta(
+            id=sid, lat=lat, lon=lon, slots=slots_t,
+            operator=_text(entry.get("operator", ""), where, "operator"),
+            price_per_kwh=price,
+            name=_text(entry.get("name", ""), where, "name"),
+        ))
+    return stations
+
+
+def stations_to_dict(stations: Sequence[StationMeta]) -> dict[str, Any]:
+    return {"v": JSON_VERSION, "stations": [
+        {"id": s.id, "lat": s.lat, "lon": s.lon, "operator": s.operator, "name": s.name,
+         "price_per_kwh": s.price_per_kwh,
+         "slots": [{"power_kw": p.power_kw, "dc": p.dc} for p in s.slots]}
+        for s in stations]}
+
+
+def load_stations_json(path: str | os.PathLike[str]) -> list[StationMeta]:
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from e
+    try:
+        return stations_from_dict(doc)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def dump_stations_json(stations: Sequence[StationMeta], path: str | os.PathLike[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(stations_to_dict(stations), f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+def load_stations(path: str | os.PathLike[str]) -> list[StationMeta]:
+    """Load by file suffix: .csv is the BNetzA register, .json the small JSON format."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return load_bnetza_csv(path)
+    if suffix == ".json":
+        return load_stations_json(path)
+    raise ValueError(f"{path}: unknown station file type {suffix!r} (expected .csv or .json)")
+
+
+# --------------------------------------------------------------------------- synthetic
+
+# Device archetypes resembling the Berlin register (share of devices, points per device
+# with their weights, power per point in kW, dc), rounded from the 2026 register: 21 %
+# single 3.7 kW lantern points, 35 % 11 kW and 28 % 22 kW AC wallboxes (mostly 1-2
+# points), 16 % DC: 50 kW (2-3 points), 150 kW and 300 kW high-power chargers (1-2).
+_ARCHETYPES: tuple[tuple[float, tuple[tuple[int, float], ...], float, bool], ...] = (
+    (0.21, ((1, 1.0),), 3.7, False),
+    (0.35, ((1, 0.54), (2, 0.45), (4, 0.01)), 11.0, False),
+    (0.28, ((1, 0.20), (2, 0.78), (4, 0.02)), 22.0, False),
+    (0.03, ((1, 0.02), (2, 0.70), (3, 0.28)), 50.0, True),
+    (0.065, ((1, 0.12), (2, 0.82), (3, 0.05), (4, 0.01)), 150.0, True),
+    (0.065, ((1, 0.36), (2, 0.64)), 300.0, True),
+)
+
+
+def synthetic_radius_km(n: int) -> float:
+    """Radius of the disc holding n stations at Berlin's density (~16.8 km for Berlin's
+    4,528, ~25 km for 10,000, ~79 km for 100,000)."""
+    return math.sqrt(n / (BERLIN_DENSITY_PER_KM2 * math.pi))
+
+
+def synthetic_stations(n: int, seed: int, center: tuple[float, float] = (52.52, 13.405),
+                       radius_km: float | None = None) -> list[StationMeta]:
+    """n deterministic random stations, uniform over a disc around center.
+
+    radius_km defaults to synthetic_radius_km(n): the area grows with n so density stays
+    Berlin-like (a larger n models a larger region, not a denser city).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if radius_km is None:
+        radius_km = synthetic_radius_km(n)
+    rng = random.Random(seed)
+    lat0, lon0 = center
+    km_per_deg_lat = math.pi * _EARTH_RADIUS_KM / 180.0
+    km_per_deg_lon = km_per_deg_lat * math.cos(math.radians(lat0))
+    weights = [a[0] for a in _ARCHETYPES]
+    stations = []
+    width = len(str(max(n - 1, 0)))
+    for i in range(n):
+        # sqrt(u) makes the points uniform over the disc's area, not bunched at the center.
+        r = radius_km * math.sqrt(rng.random())
+        theta = rng.random() * 2.0 * math.pi
+        lat = lat0 + r * math.sin(theta) / km_per_deg_lat
+        lon = lon0 + r * math.cos(theta) / km_per_deg_lon
+        _, counts, power, dc = rng.choices(_ARCHETYPES, weights)[0]
+        points = rng.choices([c for c, _ in counts], [w for _, w in counts])[0]
+        slots = tuple(SlotMeta(power_kw=power, dc=dc) for _ in range(points))
+        stations.append(StationMeta(
+            id=f"syn{i:0{width}d}", lat=round(lat, 6), lon=round(lon, 6), slots=slots,
+            operator=f"Synthetic {i % 7}", price_per_kwh=default_price(slots),
+            name=f"Synthetic station {i}",
+        ))
+    return stations

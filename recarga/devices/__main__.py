@@ -1,0 +1,5 @@
+import sys
+
+from recarga.devices.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""Gateway configuration file (TOML): loading, defaults and clear errors."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recarga.core import protocol as P
+from recarga.core.model import SelectionParams
+from recarga.core.selection import POLICIES
+from recarga.gateway.engine import EngineConfig
+from recarga.gateway.overflow import OverflowSettings
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = "gateway"
+    password: str = field(default="", repr=False)
+    keepalive: int = 30
+    client_id: str = ""  # default: recarga-gateway-<region>
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    engine: EngineConfig
+    broker: BrokerConfig
+    database: Path
+    stations: Path
+    synchronous: str = "FULL"
+    sync_thread: bool = False  # fsync the WAL on a thread of its own (group commit; gateway/syncer.py)
+    tick_s: float = 1.0
+    log_level: str = "INFO"
+    # off unless configured: without a bridge to central nobody would answer
+    overflow: OverflowSettings = OverflowSettings(enabled=False)
+
+
+CAR_REPLY_TIMEOUT_S = 10.0  # the car firmware's wait for a reply (car_logic reply_timeout_ms)
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
+         "synchronous": str, "sync_thread": bool},
+    "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
+               "keepalive": int, "client_id": str, "reconnect_min_s": int, "reconnect_max_s": int},
+    "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
+                     "min_remaining_s": (int, float), "max_wait_s": (int, float), "request_memory_s": (int, float)},
+    "selection": {"policy": str, "road_factor": (int, float), "speed_kmh": (int, float),
+                  "safety_margin_soc": (int, float), "nearest_k": int},
+    "overflow": {"enabled": bool, "wait_limit_s": (int, float), "answer_within_s": (int, float),
+                 "summary_min_interval_s": (int, float), "summary_refresh_s": (int, float)},
+}
+
+
+def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
+    where = f"[{section}]" if section else "top level"
+    allowed = _SCHEMA[section]
+    for key, value in table.items():
+        if isinstance(value, dict) and not section:
+            if key not in _SCHEMA:
+                raise ConfigError(f"unknown section [{key}]; allowed: broker, overflow, reservations, selection")
+            continue
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
+        if isinstance(value, bool) != (allowed[key] is bool) or not isinstance(value, allowed[key]):
+            raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"{where} {key} must not be negative")
+    return {k: v for k, v in table.items() if not isinstance(v, dict)}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's TOML, or a ConfigError naming the file (shared with central's config)."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+
+
+def load(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    raw = read_toml(path)
+    top = _check("", raw)
+    for key in ("region", "database", "stations"):
+        if key not in top:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    try:
+        P.region_root(top["region"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    base = path.parent
+    broker = dict(_check("broker", raw.get("broker", {})))
+    if "password_file" in broker:
+        pw_path = base / broker.pop("password_file")
+        try:
+            broker["password"] = pw_path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"[broker] password_file: {e}") from None
+    if not 0 < broker.get("port", 1883) < 65536:
+        raise ConfigError("[broker] port must be 1..65535")
+    sel = _check("selection", raw.get("selection", {}))
+    policy = sel.pop("policy", "least_completion")
+    if policy not in POLICIES:
+        raise ConfigError(f"[selection] policy {policy!r} unknown; one of {', '.join(POLICIES)}")
+    engine = EngineConfig(region=top["region"], policy=policy, selection=SelectionParams(**sel),
+                          **_check("reservations", raw.get("reservations", {})))
+    overflow = _overflow(_check("overflow", raw.get("overflow", {})))
+    synchronous = top.get("synchronous", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError("synchronous must be FULL or NORMAL")
+    return GatewayConfig(
+        engine=engine,
+        broker=BrokerConfig(**broker),
+        database=base / top["database"],
+        stations=base / top["stations"],
+        synchronous=synchronous,
+        sync_thread=top.get("sync_thread", False),
+        tick_s=float(top.get("tick_s", 1.0)),
+        log_level=top.get("log_level", "INFO").upper(),
+        overflow=overflow,
+    )
+
+
+def _overflow(table: dict[str, Any]) -> OverflowSettings:
+    o = OverflowSettings(**{"enabled": False, **table})
+    if not 0 < o.answer_within_s < CAR_REPLY_TIMEOUT_S:
+        # the car must get its one reply before it gives up waiting and asks again
+        raise ConfigError(f"[overflow] answer_within_s must be above 0 and below {CAR_REPLY_TIMEOUT_S:.0f} "
+                          "(the car waits that long for its reply)")
+    if not 0 < o.summary_min_interval_s <= o.summary_refresh_s:
+        raise ConfigError("[overflow] summary_min_interval_s must be above 0 and at most summary_refresh_s")
+    return o

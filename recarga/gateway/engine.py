@@ -1,0 +1,695 @@
+"""The gateway's functional core: events and `now` in, state changes and messages out.
+
+No sockets, clock, threads or database in here. The MQTT adapter feeds events in, commits
+`Result.changed` and `Result.request` to the store, then publishes `Result.messages` and
+acknowledges the inbound message. Replaying the same events gives the same results.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from operator import attrgetter
+from typing import Any
+
+from recarga.core import protocol as P
+from recarga.core.model import (
+    AC_MAX_KW,
+    CarNeed,
+    Choice,
+    Reservation,
+    SelectionParams,
+    SlotMeta,
+    StationMeta,
+)
+from recarga.core.selection import DEFAULT_POLICY, Selector
+
+log = logging.getLogger("recarga.engine")
+
+# A car's own requests (reserve, confirm, cancel) are logged at DEBUG, one line each: at
+# INFO a busy region would write thousands a second (their CPU, and journald drops lines
+# past ~330 a second). INFO gets a summary of them every SUMMARY_S, and a line for every
+# transition a car did not ask for (check-in, completion, expiry, fault, overflow hold).
+# Every answer is in the database anyway (table requests).
+SUMMARY_S = 60.0
+_COUNTED = ("reserved", "confirmed", "cancelled", "refused", "invalid", "repeated")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    region: str
+    policy: str = DEFAULT_POLICY
+    hold_s: float = 120.0  # a held offer lapses unless the car confirms within this
+    grace_s: float = 600.0  # a confirmed reservation is a no-show this long after its start
+    expected_session_s: float = 3600.0  # unknown car on a slot: assume it charges this long
+    min_remaining_s: float = 600.0  # ... and at least this much longer once overdue
+    max_wait_s: float = 1800.0  # book a busy slot only if it is expected free within this
+    request_memory_s: float = 86400.0  # a request id is answered identically for this long
+    selection: SelectionParams = SelectionParams()
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    topic: str
+    payload: dict[str, Any]
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    car: str
+    rid: str
+    at: float
+    reply: dict[str, Any]
+
+
+@dataclass(slots=True)
+class StationLive:
+    online: bool = False
+    slots: list[str] | None = None  # last reported slot states, None until first status
+    occupied_since: list[float | None] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Result:
+    messages: list[Outbound] = field(default_factory=list)
+    changed: list[Reservation] = field(default_factory=list)  # to persist, in order
+    request: RequestRecord | None = None  # to persist with them (idempotency)
+    # persisted too: after a restart, queued requests arrive before the retained statuses
+    station: tuple[str, StationLive] | None = None
+
+
+@dataclass(slots=True)
+class HoldOutcome:
+    """The engine's answer to central's hold (gateway/overflow.py answers central with it)."""
+
+    reservation: dict[str, Any] | None  # the held reservation's view (state "held")
+    code: str | None = None  # why not (no_capacity, unknown_station, bad_state)
+    message: str = ""
+    results: list[Result] = field(default_factory=list)  # for the service to commit and publish
+
+
+def reservation_id(*parts: str) -> str:
+    """Deterministic id, so a replay or a redelivered request yields the same id."""
+    return "r" + hashlib.blake2s("/".join(parts).encode(), digest_size=6).hexdigest()
+
+
+_HANDLERS = {"reserve": "_reserve", "confirm": "_confirm", "cancel": "_cancel"}  # Engine's, by op
+_DONE = {"reserve": "reserved", "confirm": "confirmed", "cancel": "cancelled"}  # counts, by op
+_reservation_values = attrgetter(*(f.name for f in fields(Reservation)))
+
+
+def _changed(r: Reservation, **changes: Any) -> Reservation:
+    """dataclasses.replace(r, **changes), cheaper: a copy from all field values fetched in one
+    call, then the changes (replace looks every field up by name, on every call)."""
+    new = Reservation(*_reservation_values(r))
+    for name, value in changes.items():
+        setattr(new, name, value)
+    return new
+
+
+def reservation_view(r: Reservation) -> dict[str, Any]:
+    """What a car is told about its reservation (docs/protocol.md, "reservation object")."""
+    return {
+        "id": r.id,
+        "station": r.station,
+        "slot": r.slot,
+        "state": r.state,
+        "distance_km": round(r.distance_km, 2),
+        "eta": round(r.eta),
+        "wait_min": round(r.wait_s / 60, 1),
+        "charge_min": round(r.charge_s / 60, 1),
+        "energy_kwh": round(r.energy_kwh, 2),
+        "power_kw": round(r.power_kw, 1),
+        "price_eur": round(r.price_eur, 2),
+        "hold_until": round(r.hold_until) if r.state == "held" else round(r.deadline),
+    }
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, stations: list[StationMeta]):
+        self.cfg = config
+        self.stations: dict[str, StationMeta] = {s.id: s for s in stations}
+        self.live: dict[str, StationLive] = {}
+        self.reservations: dict[str, Reservation] = {}  # active ones only
+        self.by_car: dict[str, str] = {}
+        self.by_slot: dict[tuple[str, int], list[str]] = {}  # active ids, by start
+        self.led: dict[tuple[str, int], bool] = {}  # last reserved-flag told to / seen from the station
+        self.requests: dict[tuple[str, str], RequestRecord] = {}
+        self._remembered: deque[tuple[float, tuple[str, str]]] = deque()  # (at, key) in arrival order
+        self._selector: Selector | None = None
+        self._now = 0.0  # decision time, for the SlotView methods
+        self._horizon = float("inf")  # slots busy beyond this are not offered (see _choose)
+        self.counts: dict[str, int] = dict.fromkeys(_COUNTED, 0)  # car requests since the last summary
+        self._counting_since: float | None = None  # start of the summary's window (the first tick)
+
+    # ------------------------------------------------------------ recovery
+
+    def restore(self, active: list[Reservation], requests: list[RequestRecord],
+                live: dict[str, StationLive] | None = None) -> None:
+        """Load what the store kept; retained station messages then bring it up to date."""
+        for sid, state in (live or {}).items():
+            if sid in self.stations:
+                self.live[sid] = state
+        for r in active:
+            self._index(r)
+        for rec in sorted(requests, key=attrgetter("at")):
+            self._remember(rec)
+
+    # ------------------------------------------------------------ SlotView for selection
+
+    def busy_until(self, station_id: str, slot: int) -> float | None:
+        # Called for every candidate slot of every decision: _occupant_until inlined, one
+        # lookup of the slot's queue.
+        live = self.live.get(station_id)
+        if live is None or not live.online:
+            return None
+        states = live.slots
+        if states is None or slot > len(states):
+            return None
+        state = states[slot - 1]
+        if state == "out_of_service":
+            return None
+        ids = self.by_slot.get((station_id, slot))
+        if ids:
+            reservations = self.reservations
+            first = reservations[ids[0]]
+            if first.state == "checked_in":
+                t = first.end
+            else:
+                t = self._now
+                if state == "occupied":
+                    t = self._occupied_until(live, slot, t)
+            t = max(t, reservations[ids[-1]].end)  # the queue is ordered by start
+        else:
+            t = self._now
+            if state == "occupied":
+                t = self._occupied_until(live, slot, t)
+        return t if t <= self._horizon else None
+
+    def _occupied_until(self, live: StationLive, slot: int, t: float) -> float:
+        since = live.occupied_since[slot - 1]
+        expected = (since if since is not None else t) + self.cfg.expected_session_s
+        return max(expected, t + self.cfg.min_remaining_s)
+
+    def _occupant_until(self, live: StationLive, station_id: str, slot: int) -> float:
+        """When the car on the slot now (if any) is expected to leave."""
+        ids = self.by_slot.get((station_id, slot))
+        if ids and self.reservations[ids[0]].state == "checked_in":
+            return self.reservations[ids[0]].end  # our own car: its estimate, not the generic one
+        t = self._now
+        if live.slots is not None and live.slots[slot - 1] == "occupied":
+            t = self._occupied_until(live, slot, t)
+        return t
+
+    def free_slots(self, station_id: str) -> int:
+        live = self.live.get(station_id)
+        if live is None or not live.online or live.slots is None:
+            return 0
+        return sum(1 for i, s in enumerate(live.slots, 1)
+                   if s in ("free", "reserved") and not self.by_slot.get((station_id, i)))
+
+    def queue_len(self, station_id: str) -> int:
+        live = self.live.get(station_id)
+        if live is None or live.slots is None:
+            return 0
+        n = 0
+        for i, s in enumerate(live.slots, 1):
+            ids = self.by_slot.get((station_id, i), ())
+            n += sum(1 for rid in ids if self.reservations[rid].state != "checked_in")
+            n += s == "occupied"
+        return n
+
+    # ------------------------------------------------------------ events
+
+    def car_message(self, car: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        try:
+            req = P.parse_car_request(car, payload)
+        except P.ProtocolError as e:
+            log.warning("car %s: rejected request (%s): %s", car, e.code, e)
+            self.counts["invalid"] += 1
+            self._reply(res, car, P.error_reply(P.request_rid(payload), e.code, str(e), e.field))
+            return res
+        known = self.requests.get((car, req.rid))
+        if known is not None:
+            # QoS 1 redelivery or a car retrying: same answer, nothing new
+            self.counts["repeated"] += 1
+            self._reply(res, car, known.reply)
+            return res
+        self._now = now
+        reply = getattr(self, _HANDLERS[req.op])(req, now, res)
+        if reply["ok"]:
+            self.counts[_DONE[req.op]] += 1
+        else:
+            self.counts["refused"] += 1
+            err = reply["error"]
+            log.warning("car %s: refused request %s (%s): %s", car, req.rid, err["code"], err["message"])
+        res.request = RequestRecord(car, req.rid, now, reply)
+        self._remember(res.request)
+        self._reply(res, car, reply)
+        return res
+
+    def station_status(self, sid: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        meta = self.stations.get(sid)
+        if meta is None:
+            log.warning("status from unknown station %s ignored", sid)
+            return res
+        try:
+            slots = P.parse_station_status(payload)
+        except P.ProtocolError as e:
+            log.warning("station %s: bad status (%s): %s", sid, e.code, e)
+            return res
+        if len(slots) != len(meta.slots):
+            log.warning("station %s reports %d slots, metadata has %d; using the overlap",
+                        sid, len(slots), len(meta.slots))
+            slots = (slots + ["out_of_service"] * len(meta.slots))[: len(meta.slots)]
+        self._now = now
+        live = self.live.setdefault(sid, StationLive())
+        res.station = (sid, live)
+        if live.slots is None:
+            self._selector = None  # now assignable
+        old = live.slots or ["free"] * len(slots)
+        if len(live.occupied_since) != len(slots):
+            live.occupied_since = [now if s == "occupied" else None for s in slots]
+        live.slots = list(slots)
+        self._forget(sid)
+        for i, (before, after) in enumerate(zip(old, slots), 1):
+            key = (sid, i)
+            if after in ("free", "reserved"):
+                self.led[key] = after == "reserved"
+            if after == "out_of_service" and before != "out_of_service":
+                self._fault_slot(key, now, res)
+            elif after == "occupied" and before != "occupied":
+                live.occupied_since[i - 1] = now
+                self._check_in(key, now, res)
+            elif after != "occupied" and before == "occupied":
+                live.occupied_since[i - 1] = None
+                self._complete(key, now, res)
+            self._sync_led(key, res)
+        return res
+
+    def station_online(self, sid: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        try:
+            online = P.parse_online(payload)
+        except P.ProtocolError as e:
+            log.warning("station %s: bad online message: %s", sid, e)
+            return res
+        if sid not in self.stations:
+            log.warning("online message from unknown station %s ignored", sid)
+            return res
+        live = self.live.setdefault(sid, StationLive())
+        if live.online != online:
+            self._selector = None
+        live.online = online
+        res.station = (sid, live)
+        log.info("station %s %s", sid, "online" if online else "offline")
+        if online:
+            # it may have missed commands while away: tell it again what is reserved (slots it
+            # shows reserved without cause are released when its retained status arrives)
+            for key in [k for k in self.by_slot if k[0] == sid]:
+                self.led.pop(key, None)
+                self._sync_led(key, res)
+        return res
+
+    def station_meta(self, sid: str, payload: bytes, now: float) -> Result:
+        res = Result()
+        try:
+            m = P.parse_station_meta(payload)
+        except P.ProtocolError as e:
+            log.warning("station %s: bad meta (%s): %s", sid, e.code, e)
+            return res
+        slots = tuple(SlotMeta(float(s["power_kw"]), bool(s.get("dc", float(s["power_kw"]) > AC_MAX_KW)))
+                      for s in m["slots"])
+        old = self.stations.get(sid)
+        new = StationMeta(sid, float(m["lat"]), float(m["lon"]), slots,
+                          operator=m.get("operator", old.operator if old else ""),
+                          price_per_kwh=float(m.get("price_per_kwh", old.price_per_kwh if old else 0.49)),
+                          name=m.get("name", old.name if old else ""))
+        if new != old:
+            if old is not None and len(old.slots) != len(slots):
+                live = self.live.get(sid)
+                if live is not None:
+                    live.slots = None  # slot numbering changed: wait for a fresh status
+                    res.station = (sid, live)
+            self.stations[sid] = new
+            self._selector = None  # rebuilt on the next decision
+            log.info("station %s metadata %s", sid, "updated" if old else "added")
+        return res
+
+    def tick(self, now: float) -> Result:
+        """Expire lapsed holds and no-shows; forget request ids past their memory."""
+        res = Result()
+        self._now = now
+        for r in list(self.reservations.values()):
+            lapsed = (r.state == "held" and now >= r.hold_until) or (r.state == "confirmed" and now >= r.deadline)
+            if lapsed:
+                ended = self._end(r, "expired", res)
+                self._event(res, r.car, P.car_event("expired", reservation_view(ended)))
+        # oldest first, so a tick costs what it forgets, not a copy of a day's requests
+        horizon, old, requests = now - self.cfg.request_memory_s, self._remembered, self.requests
+        while old and old[0][0] < horizon:
+            rec = requests.get(old.popleft()[1])
+            if rec is not None and rec.at < horizon:
+                del requests[(rec.car, rec.rid)]
+        self._summarise(now)
+        return res
+
+    def _summarise(self, now: float) -> None:
+        """Every SUMMARY_S, an INFO line with the car requests since the last one (none if
+        there were none)."""
+        since = self._counting_since
+        if since is None:
+            self._counting_since = now
+        elif now - since >= SUMMARY_S:
+            c = self.counts
+            if any(c.values()):
+                log.info("last %.0f s: %d car requests: %d reserved, %d confirmed, %d cancelled, %d refused, "
+                         "%d invalid, %d repeated; %d active reservations", now - since,
+                         sum(c.values()), *(c[k] for k in _COUNTED), len(self.reservations))
+            self.counts = dict.fromkeys(_COUNTED, 0)
+            self._counting_since = now
+
+    def _remember(self, rec: RequestRecord) -> None:
+        """Answer (car, rid) with rec.reply from now on, until request_memory_s after rec.at."""
+        key = (rec.car, rec.rid)
+        if key not in self.requests:
+            self._remembered.append((rec.at, key))
+        self.requests[key] = rec
+
+    # ------------------------------------------------------------ overflow (docs/architecture.md)
+
+    def assignable(self) -> list[StationMeta]:
+        """The stations the selector indexes (online, with a reported status)."""
+        live = self.live
+        return [m for sid, m in self.stations.items()
+                if sid in live and live[sid].online and live[sid].slots is not None]
+
+    def slot_times(self, sid: str, now: float) -> list[float | None]:
+        """busy_until of every slot of a station at `now`, with no horizon (for the summary)."""
+        meta = self.stations.get(sid)
+        if meta is None:
+            return []
+        self._now = now
+        return [self.busy_until(sid, k) for k in range(1, len(meta.slots) + 1)]
+
+    def overflow_hold(self, car: str, xid: str, need: CarNeed, station: str | None, hold_until: float,
+                      now: float) -> HoldOutcome:
+        """Central's hold: at `station` if it still can, else the policy's best; a held
+        reservation (rid = xid) lasting until central's confirm_by. The request record (car,
+        xid) makes a repeated hold request answer the same. The car is not on this broker
+        yet, so it gets no reply; the station gets its command."""
+        known = self.requests.get((car, xid))
+        if known is not None:
+            return _outcome(known.reply, [])
+        res = Result()
+        self._now = now
+        previous = self.reservations.get(self.by_car.get(car, ""))
+        if previous is not None and previous.state == "checked_in":
+            reply = P.error_reply(xid, P.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
+        else:
+            if previous is not None:
+                self._unindex(previous)  # its own hold must not stand in the way (as in reserve)
+            choice = self._choose(need, now, only=station) if station in self.stations else None
+            if choice is None:
+                choice = self._choose(need, now)
+            if previous is not None:
+                self._index(previous)
+            if choice is None:
+                reply = self._no_capacity(xid, need, now, None)
+            else:
+                if previous is not None:
+                    self._end(previous, "cancelled", res)
+                r = _changed(self._new_reservation(reservation_id(car, xid), car, xid, need, choice, now),
+                             hold_until=hold_until)
+                self._add(r, res)
+                log.info("overflow %s: car %s held at %s slot %d until %.0f", xid, car, r.station, r.slot, hold_until)
+                reply = P.ok_reply(xid, "reserve", reservation_view(r))
+        res.request = RequestRecord(car, xid, now, reply)
+        self._remember(res.request)
+        return _outcome(reply, [res])
+
+    def overflow_release(self, car: str, xid: str, reservation: str, now: float) -> Result:
+        """Central gives back a hold it did not use: cancelled, no car reply. Unknown, ended,
+        another request's or checked in: no change (a release may repeat or come late)."""
+        res = Result()
+        r = self.reservations.get(reservation)
+        if r is None or r.car != car or r.rid.removesuffix(":any") != xid or r.state == "checked_in":
+            return res
+        self._now = now
+        self._end(r, "cancelled", res)
+        return res
+
+    def cancel(self, car: str, reservation: str, now: float) -> Result:
+        """End the car's local hold because overflow sent it elsewhere; no car event (its one
+        reply says where to go). Unknown, ended or checked in: no change."""
+        res = Result()
+        r = self.reservations.get(reservation)
+        if r is None or r.car != car or r.state == "checked_in":
+            return res
+        self._now = now
+        self._end(r, "cancelled", res)
+        return res
+
+    def replace_reply(self, car: str, rid: str, reply: dict[str, Any], now: float) -> Result:
+        """The final reply to a deferred request: stored as its record (a retried rid gets
+        this, not the local answer) and sent to the car."""
+        known = self.requests.get((car, rid))
+        res = Result()
+        res.request = RequestRecord(car, rid, known.at if known is not None else now, reply)
+        self._remember(res.request)
+        self._reply(res, car, reply)
+        return res
+
+    # ------------------------------------------------------------ car operations
+
+    def _reserve(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        f = req.fields
+        need = CarNeed(f["lat"], f["lon"], f["soc"], f["battery_kwh"], f["consumption_kwh_100km"],
+                       f["max_ac_kw"], f["max_dc_kw"], f["target_soc"])
+        only = f.get("station")
+        if only is not None and only not in self.stations:
+            return P.error_reply(req.rid, P.UNKNOWN_STATION, f"station {only!r} is not in region {self.cfg.region}", "station")
+        previous = self.reservations.get(self.by_car.get(req.car, ""))
+        if previous is not None and previous.state == "checked_in":
+            return P.error_reply(req.rid, P.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
+        # the car's own current hold must not stand in the way of its new answer
+        if previous is not None:
+            self._unindex(previous)
+        choice = self._choose(need, now, only=only)
+        if choice is None:
+            if previous is not None:
+                self._index(previous)
+            return self._no_capacity(req.rid, need, now, only)
+        if previous is not None:
+            self._index(previous)
+            self._end(previous, "cancelled", res, logging.DEBUG)
+        r = self._new_reservation(reservation_id(req.car, req.rid), req.car, req.rid, need, choice, now)
+        self._add(r, res)
+        log.debug("car %s rid %s -> %s slot %d (drive %.0fs wait %.0fs charge %.0fs)", req.car, req.rid,
+                 r.station, r.slot, choice.drive_s, choice.wait_s, choice.charge_s)
+        return P.ok_reply(req.rid, "reserve", reservation_view(r))
+
+    def _confirm(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        r = self._own(req)
+        if isinstance(r, dict):
+            return r
+        if r.state != "held":
+            return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is {r.state}, only a held one can be confirmed")
+        r = _changed(r, state="confirmed")
+        self.reservations[r.id] = r
+        res.changed.append(r)
+        log.debug("reservation %s (car %s, %s slot %d) confirmed", r.id, r.car, r.station, r.slot)
+        return P.ok_reply(req.rid, "confirm", reservation_view(r))
+
+    def _cancel(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        r = self._own(req)
+        if isinstance(r, dict):
+            return r
+        if r.state == "checked_in":
+            return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is checked in; unplug to end it")
+        return P.ok_reply(req.rid, "cancel", reservation_view(self._end(r, "cancelled", res, logging.DEBUG)))
+
+    def _own(self, req: P.CarRequest) -> Reservation | dict[str, Any]:
+        r = self.reservations.get(req.fields["reservation"])
+        if r is None or r.car != req.car:
+            return P.error_reply(req.rid, P.UNKNOWN_RESERVATION,
+                                 f"no active reservation {req.fields['reservation']!r} for car {req.car}", "reservation")
+        return r
+
+    # ------------------------------------------------------------ station-driven transitions
+
+    def _check_in(self, key: tuple[str, int], now: float, res: Result) -> None:
+        first = self._first_waiting(key)
+        if first is None:
+            return
+        r = _changed(first, state="checked_in", start=now, end=now + first.charge_s)
+        self.reservations[r.id] = r
+        self._forget(*key)
+        res.changed.append(r)
+        log.info("reservation %s (car %s, %s slot %d) checked in", r.id, r.car, r.station, r.slot)
+        self._event(res, r.car, P.car_event("checked_in", reservation_view(r)))
+
+    def _complete(self, key: tuple[str, int], now: float, res: Result) -> None:
+        for rid in list(self.by_slot.get(key, ())):
+            r = self.reservations[rid]
+            if r.state == "checked_in":
+                ended = self._end(r, "completed", res)
+                self._event(res, r.car, P.car_event("completed", reservation_view(ended)))
+
+    def _fault_slot(self, key: tuple[str, int], now: float, res: Result) -> None:
+        for rid in list(self.by_slot.get(key, ())):
+            r = self.reservations[rid]
+            faulted = self._end(r, "faulted", res)
+            offer = None
+            choice = self._choose(r.need, now, exclude={key})
+            if choice is not None:
+                new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, r.need, choice, now)
+                self._add(new, res)
+                log.info("car %s offered %s slot %d as %s after the fault", r.car, new.station, new.slot, new.id)
+                offer = reservation_view(new)
+            self._event(res, r.car, P.car_event("faulted", reservation_view(faulted), offer))
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def selector(self) -> Selector:
+        if self._selector is None:
+            # only stations that can be assigned: the index stays small and every candidate
+            # it yields is a real one (most of a city's register may be offline)
+            self._selector = Selector(self.assignable(), self.cfg.selection, learn=True)
+        return self._selector
+
+    def _choose(self, need: CarNeed, now: float, only: str | None = None,
+                exclude: set[tuple[str, int]] | frozenset = frozenset()) -> Choice | None:
+        self._now = now
+        self._horizon = now + self.cfg.max_wait_s
+        try:
+            if only is not None:
+                return self.selector.choose_at(only, need, now, self, exclude)
+            return self.selector.choose(self.cfg.policy, need, now, self, exclude)
+        finally:
+            self._horizon = float("inf")
+
+    def _no_capacity(self, rid: str, need: CarNeed, now: float, only: str | None) -> dict[str, Any]:
+        earliest = self.selector.earliest_free(need, now, self)
+        where = f"at station {only}" if only else f"within reach in region {self.cfg.region}"
+        if earliest is None:
+            msg = f"no usable slot {where}"
+        else:
+            at = datetime.fromtimestamp(earliest, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+            msg = f"every slot {where} is busy beyond {self.cfg.max_wait_s / 60:.0f} min; the earliest frees up at {at}"
+        return P.error_reply(rid, P.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
+
+    def _new_reservation(self, rid_: str, car: str, rid: str, need: CarNeed, c: Choice, now: float) -> Reservation:
+        eta = now + c.drive_s
+        start = eta + c.wait_s
+        return Reservation(
+            id=rid_, car=car, rid=rid, station=c.station_id, slot=c.slot, state="held", created=now,
+            hold_until=now + self.cfg.hold_s, eta=eta, start=start, end=start + c.charge_s,
+            deadline=start + self.cfg.grace_s, distance_km=c.distance_km, wait_s=c.wait_s,
+            charge_s=c.charge_s, energy_kwh=c.energy_kwh, price_eur=c.price_eur, power_kw=c.power_kw,
+            need=need,
+        )
+
+    def _index(self, r: Reservation) -> None:
+        self.reservations[r.id] = r
+        self.by_car[r.car] = r.id
+        ids = self.by_slot.setdefault((r.station, r.slot), [])
+        ids.append(r.id)
+        if len(ids) > 1:
+            ids.sort(key=lambda i: (self.reservations[i].state != "checked_in", self.reservations[i].start))
+
+    def _unindex(self, r: Reservation) -> None:
+        self.reservations.pop(r.id, None)
+        if self.by_car.get(r.car) == r.id:
+            del self.by_car[r.car]
+        key = (r.station, r.slot)
+        ids = self.by_slot.get(key)
+        if ids is not None:
+            ids.remove(r.id)
+            if not ids:
+                del self.by_slot[key]
+        self._forget(*key)
+
+    def _forget(self, sid: str, slot: int | None = None) -> None:
+        """busy_until of the slot (every slot of the station if None) may have dropped:
+        selection forgets what it learnt about it. Any change that can make a slot free
+        earlier must call this (see Selector's learn)."""
+        if self._selector is not None:
+            self._selector.forget(sid, slot)
+
+    def _add(self, r: Reservation, res: Result) -> None:
+        self._index(r)
+        res.changed.append(r)
+        self._sync_led((r.station, r.slot), res)
+
+    def _end(self, r: Reservation, state: str, res: Result, level: int = logging.INFO) -> Reservation:
+        self._unindex(r)
+        ended = _changed(r, state=state)
+        res.changed.append(ended)
+        self._requeue((r.station, r.slot), res)
+        self._sync_led((r.station, r.slot), res)
+        log.log(level, "reservation %s (car %s, %s slot %d) %s", r.id, r.car, r.station, r.slot, state)
+        return ended
+
+    def _requeue(self, key: tuple[str, int], res: Result) -> None:
+        """Move the reservations queued on a slot forward when one ahead of them ended, so
+        that waits shrink again. Only ever earlier; the no-show deadline a car was told stays."""
+        ids = self.by_slot.get(key)
+        live = self.live.get(key[0])
+        if not ids or live is None:
+            return
+        t = self._occupant_until(live, *key)
+        for i in ids:  # checked-in first, then by start
+            r = self.reservations[i]
+            if r.state == "checked_in":
+                continue
+            start = max(r.eta, t)
+            if start < r.start:
+                r = _changed(r, start=start, end=start + r.charge_s, wait_s=start - r.eta)
+                self.reservations[i] = r
+                res.changed.append(r)
+            t = max(t, r.end)
+
+    def _sync_led(self, key: tuple[str, int], res: Result) -> None:
+        """Tell the station when a slot's reserved flag should change."""
+        live = self.live.get(key[0])
+        if live is None or not live.online:
+            return  # told when it comes back online
+        nxt = self._first_waiting(key)
+        want = nxt is not None
+        if self.led.get(key) == want:
+            return
+        # sent even while the slot is occupied: the station keeps the flag and shows it once free
+        self.led[key] = want
+        if nxt is not None:
+            cmd = P.station_cmd("reserve", key[1], nxt.id, nxt.hold_until if nxt.state == "held" else nxt.deadline)
+        else:
+            cmd = P.station_cmd("release", key[1])
+        res.messages.append(Outbound(P.station_topic(self.cfg.region, key[0], "cmd"), cmd))
+
+    def _first_waiting(self, key: tuple[str, int]) -> Reservation | None:
+        """The first reservation queued on the slot that is not checked in (the next car)."""
+        reservations = self.reservations
+        for i in self.by_slot.get(key, ()):
+            r = reservations[i]
+            if r.state != "checked_in":
+                return r
+        return None
+
+    def _reply(self, res: Result, car: str, payload: dict[str, Any]) -> None:
+        res.messages.append(Outbound(P.car_topic(self.cfg.region, car, "reply"), payload))
+
+    _event = _reply
+
+
+def _outcome(reply: dict[str, Any], results: list[Result]) -> HoldOutcome:
+    if reply.get("ok"):
+        return HoldOutcome(reply["reservation"], results=results)
+    err = reply.get("error", {})
+    return HoldOutcome(None, err.get("code", P.NO_CAPACITY), err.get("message", ""), results)

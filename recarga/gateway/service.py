@@ -1,0 +1,437 @@
+"""The gateway's imperative shell: paho-mqtt in, engine, SQLite, paho-mqtt out, in one thread.
+
+One thread drives paho's external-loop API (loop_read / loop_write / loop_misc) through a
+selector on the client's socket. The messages read in one pass over the socket (at most
+`MAX_BATCH`) are one batch: each runs through the engine, and the batch's results are
+committed in one SQLite transaction. Only once that is on disk are their replies and
+station commands published and their inbound messages acknowledged. So an acknowledged
+request is always on disk, and one that was not acknowledged is redelivered by the broker
+and recognised by its request id. Messages that arrive during a commit wait in the socket and
+make the next batch: the batches grow with the load, and so one fsync covers more (group
+commit). paho, the engine, the SQL and the loop share one thread: no inbox queue and no GIL
+hand-over per message or row.
+
+By default the commit fsyncs (SQLite's synchronous FULL), on the loop's thread. With
+`sync_thread` a commit does not wait for the disk: the syncer thread (gateway/syncer.py)
+fsyncs the WAL once for all batches committed meanwhile and hands them back for release,
+and the loop goes on reading and deciding while an fsync runs, up to MAX_BACKLOG messages not
+yet durable; beyond that it stops reading and the broker's in-flight window and TCP hold the
+rest back (backpressure). That overlaps deciding with a slow disk's fsync; on a disk whose
+fsync takes well under a millisecond the hand-over between the threads costs more latency
+than it saves (docs/architecture.md has the figures).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import selectors
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from recarga.core import protocol as P
+from recarga.core.stations import load_stations
+from recarga.gateway.config import GatewayConfig
+from recarga.gateway.engine import Engine, Result
+from recarga.gateway.logbatch import LogBatch
+from recarga.gateway.mqtt_client import GatewayClient, InboundMessage
+from recarga.gateway.overflow_link import OverflowLink
+from recarga.gateway.store import Store, encode_json
+from recarga.gateway.syncer import Job, Syncer
+
+log = logging.getLogger("recarga.gateway")
+
+MAX_BATCH = 256  # inbound messages per engine pass: bounds the wait of a batch's first message
+MAX_BACKLOG = 1024  # messages committed but not yet durable before the loop stops reading
+EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
+MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
+SWITCH_INTERVAL_S = 0.0005  # see run()
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
+
+Handler = Callable[[str, bytes, float], Result]
+Inbound = InboundMessage | mqtt.MQTTMessage  # paho's own reader makes the latter
+
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """After a full collection, what it kept is alive: freeze it (gc.freeze() moves it to the
+    permanent generation, which collections skip). The next full collection then scans only
+    what came since, not again every request record of the last day, which stopped the loop
+    for tens of ms. Freed objects still go by reference counting; the steady state makes no
+    reference cycles (see mqtt_client.GatewayClient), so nothing that becomes garbage is kept for want of one."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
+
+
+@dataclass(slots=True)
+class _Uncommitted:
+    """Batches decided and not yet committed (while an fsync runs), in order."""
+
+    results: list[Result] = field(default_factory=list)
+    texts: dict[int, str] = field(default_factory=dict)  # JSON of reply dicts by id(): stored as published
+    out: list[tuple[str, bytes, bool]] = field(default_factory=list)  # to publish once durable
+    acks: list[int] = field(default_factory=list)
+    messages: int = 0
+    prune: float | None = None  # forget request ids answered before this (epoch s)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.results or self.acks or self.out)
+
+
+class GatewayService:
+    def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.region = cfg.engine.region
+        stations = load_stations(cfg.stations)
+        self.store = Store(cfg.database, cfg.synchronous, deferred_sync=cfg.sync_thread)
+        self.engine = Engine(cfg.engine, stations)
+        now = clock()
+        self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
+                            self.store.stations_live())
+        self.stopping = threading.Event()
+        self._connected = False
+        self._next_tick = 0.0
+        self._pruned = 0.0
+        self._batch: list[Inbound] = []
+        self._topics: dict[str, tuple[Handler, str] | None] = {}
+        self._logs = LogBatch()
+        # the selector: the broker socket while there is one, and a wake-up pair for stop()
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, READ)
+        self._wake_sel = selectors.DefaultSelector()  # the wake-up pair alone, while the backlog is full
+        self._wake_sel.register(self._wake_r, READ)
+        self._syncer = Syncer(self.store, self._wake, self._db_failed)
+        self._uncommitted = _Uncommitted()
+        self._sock: Any = None
+        self._writing = False  # the selector watches the socket for writability
+        self._delay: float | None = None  # reconnect backoff; None after a successful connect
+        self._reconnect_at = 0.0  # time.monotonic() of the next connection attempt
+        log.info("region %s: %d stations, %d active reservations restored", self.region,
+                 len(stations), len(self.engine.reservations))
+        log.info("database %s: synchronous %s%s", cfg.database, cfg.synchronous,
+                 ", fsync on the sync thread" if self.store.deferred_sync else "")
+        b = cfg.broker
+        self.client = GatewayClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=b.client_id or f"recarga-gateway-{self.region}",
+            protocol=mqtt.MQTTv311,
+            clean_session=False,  # the broker keeps our QoS 1 backlog while we are away
+            manual_ack=True,
+        )
+        self.client.username_pw_set(b.username, b.password)
+        self.client.will_set(P.gateway_online_topic(self.region), P.online_message(False), qos=P.QOS, retain=True)
+        # No client-side in-flight limit: paho rescans every queued message on each PUBACK
+        # while one is set. What we publish is bounded by what we read (one batch at a time).
+        self.client.max_inflight_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = lambda client, userdata, msg: self._batch.append(msg)
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        # with these set paho queues what it sends instead of writing it at once; _flush()
+        # writes everything a batch produced together
+        self.client.on_socket_register_write = lambda client, userdata, sock: None
+        self.client.on_socket_unregister_write = lambda client, userdata, sock: None
+        # overflow to other regions (gateway/overflow_link.py): a few hooks below, None when off
+        self.overflow = OverflowLink(self.engine, cfg.overflow) if cfg.overflow.enabled else None
+        self._handlers: dict[tuple[str, str], Handler] = {
+            ("car", "request"): self.overflow.car_message if self.overflow else self.engine.car_message,
+            ("station", "status"): self.engine.station_status,
+            ("station", "online"): self.engine.station_online,
+            ("station", "meta"): self.engine.station_meta,
+        }
+
+    # ------------------------------------------------------------ paho callbacks
+
+    def _on_socket_open(self, client: mqtt.Client, userdata, sock) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small replies: no Nagle delay
+        self._sock, self._writing = sock, False
+        self._sel.register(sock, READ)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata, sock) -> None:
+        if self._sock is sock:
+            self._sel.unregister(sock)
+            self._sock, self._writing = None, False
+            self._schedule_reconnect()
+
+    def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused connection: %s", reason_code)
+            return
+        self._delay = None
+        # renewed on every connect: a broker that lost its session state still delivers
+        topics = P.gateway_subscriptions(self.region) + (self.overflow.subscriptions() if self.overflow else [])
+        client.subscribe([(t, P.QOS) for t in topics])
+        client.publish(P.gateway_online_topic(self.region), P.online_message(True), qos=P.QOS, retain=True)
+        self._connected = True
+        log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected = False
+        if not self.stopping.is_set():
+            log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
+
+    def _schedule_reconnect(self) -> None:
+        """Next attempt after reconnect_min_s, doubling up to reconnect_max_s until one succeeds."""
+        b = self.cfg.broker
+        self._delay = float(b.reconnect_min_s) if self._delay is None else min(2 * self._delay, b.reconnect_max_s)
+        self._reconnect_at = time.monotonic() + self._delay
+
+    # ------------------------------------------------------------ one batch
+
+    def _route(self, topic: str) -> tuple[Handler, str] | None:
+        route = self._topics.get(topic, False)
+        if route is False:
+            ref = P.parse_topic(self.region, topic)
+            handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
+            route = None if handler is None else (handler, ref.id)
+            if route is None and self.overflow is not None:
+                route = self.overflow.route(topic)
+            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                self._topics.clear()
+            self._topics[topic] = route
+        return route
+
+    def _handle(self, msg: Inbound, now: float) -> Result | None:
+        route = self._route(msg.topic)
+        if route is None:
+            log.warning("message on unexpected topic %s ignored", msg.topic)
+            return None
+        handler, ident = route
+        try:
+            return handler(ident, msg.payload, now)
+        except Exception:
+            # a bug must not take the region down: this message is logged and dropped
+            log.exception("failed to handle message on %s", msg.topic)
+            return None
+
+    def _process(self, batch: list[Inbound]) -> None:
+        """Run a batch through the engine; _commit() writes its results, and _release()
+        publishes and acknowledges them once the syncer has made them durable."""
+        now = self.clock()
+        results = [r for r in (self._handle(m, now) for m in batch) if r is not None]
+        prune = None
+        if now >= self._next_tick:
+            self._next_tick = now + self.cfg.tick_s
+            results.append(self.engine.tick(now))
+            if now - self._pruned > 3600:
+                self._pruned = now
+                prune = now - self.cfg.engine.request_memory_s
+        if self.overflow is not None:
+            results += self.overflow.step(now, results)  # committed with the batch
+            self._next_tick = min(self._next_tick, self.overflow.next_due())
+        # every payload is encoded once: the stored reply is the published text
+        u = self._uncommitted
+        texts, out = u.texts, u.out
+        for result in results:
+            for m in result.messages:
+                text = texts[id(m.payload)] = encode_json(m.payload)
+                out.append((m.topic, text.encode(), m.retain))
+        if self.overflow is not None:
+            out += [(p.topic, p.payload, p.retain) for p in self.overflow.outbound(results)]
+        u.results += results
+        u.acks += [m.mid for m in batch if m.qos > 0]
+        u.messages += len(batch)
+        u.prune = prune if prune is not None else u.prune
+
+    def _commit(self) -> None:
+        """Commit what was decided and hand it to the syncer (which gives it straight back
+        unless sync_thread is on), unless the syncer's fsync is running: what is decided
+        meanwhile would wait for the next one anyway, so it waits here and goes into one
+        transaction with more (fewer pages written than a commit a batch)."""
+        u = self._uncommitted
+        if u.empty or not self._syncer.idle():
+            return
+        self._uncommitted = _Uncommitted()
+        try:
+            self.store.commit_all(u.results, u.texts)
+            if u.prune is not None:
+                self.store.prune_requests(u.prune)
+        except sqlite3.Error:
+            log.critical("database write failed; exiting for a clean restart", exc_info=True)
+            self._db_failed()
+        self._syncer.submit(Job((u.out, u.acks), u.messages))
+
+    def _release(self) -> None:
+        """Publish and acknowledge the batches the syncer has made durable, in order."""
+        publish, ack = self.client.publish, self.client.ack
+        for job in self._syncer.done():
+            out, acks = job.release
+            for topic, payload, retain in out:
+                publish(topic, payload, qos=P.QOS, retain=retain)
+            for mid in acks:
+                ack(mid, P.QOS)
+
+    def _settle(self, timeout: float = 10.0) -> bool:
+        """Commit what was decided, wait until it is durable, and release it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._commit()
+            self._release()
+            if self._syncer.idle() and self._uncommitted.empty:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already woken (its buffer is full), or closed after the loop ended
+
+    def _db_failed(self) -> None:
+        # the engine already changed its memory: only a restart from the database is
+        # consistent again. Nothing of the failed batch (or, for a failed fsync, of the
+        # batches it was to cover) was acknowledged: nothing is lost.
+        self._logs.uninstall()
+        logging.shutdown()
+        os._exit(EXIT_DB_FAILURE)
+
+    # ------------------------------------------------------------ the loop
+
+    def _read(self) -> None:
+        """Read what the socket holds (paho's loop_read stops after as many packets as it
+        has messages in flight, at least 1) up to MAX_BATCH inbound messages, and no further
+        than MAX_BACKLOG messages not yet durable."""
+        client = self.client
+        room = min(MAX_BATCH, MAX_BACKLOG - self._syncer.backlog - self._uncommitted.messages)
+        client.drained = False
+        while self._sock is not None:
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= room:
+                return
+            if client.drained and not client.pending():
+                return
+
+    def _flush(self) -> None:
+        """Write everything paho queued (GatewayClient sends it with one send()); watch for
+        writability only while some is left."""
+        client, sock = self.client, self._sock
+        if sock is None or not client.want_write():
+            return
+        client.loop_write()
+        if self._sock is not sock:
+            return  # the connection broke while writing
+        want = client.want_write()
+        if want != self._writing:
+            self._sel.modify(sock, READ | WRITE if want else READ)
+            self._writing = want
+
+    def _step(self, timeout: float, process: bool = True) -> None:
+        """Wait up to `timeout` s for the socket or the syncer, then release what is durable,
+        read, process one batch, write. Without `process` what was read is dropped
+        unacknowledged (the broker redelivers it). With MAX_BACKLOG messages not yet
+        durable it waits for the syncer alone."""
+        full = process and self._syncer.backlog + self._uncommitted.messages >= MAX_BACKLOG
+        readable = not full and self.client.pending() > 0  # read, not parsed yet
+        for key, mask in (self._wake_sel if full else self._sel).select(0.0 if readable else timeout):
+            if key.fileobj is self._wake_r:
+                try:
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+                continue
+            if mask & WRITE:
+                self._flush()
+            readable = readable or bool(mask & READ)
+        self._release()
+        if readable and self._sock is not None:
+            self._read()
+        if not process:
+            self._batch.clear()
+        elif not full and (self._batch or self.clock() >= self._next_tick):
+            batch, self._batch = self._batch, []
+            self._process(batch)
+        self._commit()
+        self._release()  # without a sync thread the commit made it durable: out in this pass
+        self._flush()
+        self._logs.drain()
+
+    def _serve(self) -> None:
+        client = self.client
+        misc_at = 0.0
+        while not self.stopping.is_set():
+            mono = time.monotonic()
+            if self._sock is None and mono >= self._reconnect_at:
+                try:
+                    client.reconnect()  # a new socket (_on_socket_open) with CONNECT queued
+                except OSError as e:
+                    self._schedule_reconnect()
+                    log.warning("cannot connect to broker %s:%d (%s); next attempt in %.0f s",
+                                self.cfg.broker.host, self.cfg.broker.port, e, self._delay)
+            if self._sock is not None and mono >= misc_at:
+                client.loop_misc()  # keepalive: PINGREQ, or a dead connection closed
+                misc_at = mono + MISC_S
+            wait = self._next_tick - self.clock()
+            wait = min(wait, MISC_S) if self._sock is not None else min(wait, self._reconnect_at - mono)
+            self._step(max(0.0, wait))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Connect and serve until stop() (or SIGTERM via the CLI)."""
+        b = self.cfg.broker
+        self.client.connect_async(b.host, b.port, keepalive=b.keepalive)
+        if ready is not None:
+            ready()
+        self._logs.install()
+        self.store.checkpoint_in_background()
+        if self.store.deferred_sync:
+            # A thread back from an fsync waits for the GIL until the loop thread gives it
+            # up, at the latest after the switch interval (5 ms by default): that delay is on
+            # every reply's path, so the syncer gets its turn sooner.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._syncer.start()
+        gc.callbacks.append(_freeze_survivors)
+        gc.collect()
+        gc.freeze()  # what start-up built (modules, stations, restored state) stays
+        try:
+            self._serve()
+        finally:
+            gc.callbacks.remove(_freeze_survivors)
+            try:
+                self._close()
+            finally:
+                self._logs.uninstall()
+
+    def _close(self) -> None:
+        try:
+            if self._connected and self._sock is not None:
+                # what was decided is written, published and acknowledged before we go
+                deadline = time.monotonic() + 5.0
+                while not self._settle(0) and self._sock is not None and time.monotonic() < deadline:
+                    self._step(0.05, process=False)
+                info = self.client.publish(P.gateway_online_topic(self.region), P.online_message(False),
+                                           qos=P.QOS, retain=True)
+                deadline = time.monotonic() + 2.0
+                while not info.is_published() and self._sock is not None and time.monotonic() < deadline:
+                    self._step(0.05, process=False)  # if this fails, the Last Will says it
+            self.stopping.set()
+            self.client.disconnect()
+            self._flush()  # sends DISCONNECT; paho then closes the socket
+        finally:
+            self._syncer.stop()  # syncs what is left; unacknowledged, the broker redelivers it
+            self._sel.close()
+            self._wake_sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            self.store.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        """From a signal handler or another thread: the loop ends after the current batch."""
+        self.stopping.set()
+        self._wake()

@@ -1,0 +1,85 @@
+"""Gateway configuration: defaults, and clear errors for bad files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import ROOT
+from recarga.gateway import config as C
+
+BASE = 'region = "berlin"\ndatabase = "gw.db"\nstations = "st.json"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gateway.toml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_config_gets_defaults(tmp_path):
+    cfg = C.load(write(tmp_path, BASE))
+    assert cfg.engine.region == "berlin" and cfg.engine.policy == "least_completion"
+    assert cfg.engine.hold_s == 120 and cfg.engine.grace_s == 600 and cfg.engine.max_wait_s == 1800
+    assert cfg.database == tmp_path / "gw.db" and cfg.synchronous == "FULL"
+    assert cfg.broker.port == 1883
+
+
+def test_overflow_section_off_by_default_with_the_documented_defaults(tmp_path):
+    assert not C.load(write(tmp_path, BASE)).overflow.enabled
+    o = C.load(write(tmp_path, BASE + "[overflow]\nenabled = true\nwait_limit_s = 600\n")).overflow
+    assert o.enabled and o.wait_limit_s == 600 and o.answer_within_s == 5
+    assert o.summary_min_interval_s == 5 and o.summary_refresh_s == 60
+
+
+def test_sections_and_password_file(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = C.load(write(tmp_path, BASE + '[broker]\nport = 1999\npassword_file = "pw"\n'
+                                        '[reservations]\nhold_s = 30\n[selection]\npolicy = "nearest"\nroad_factor = 1.5\n'))
+    assert cfg.broker.password == "s3cret" and cfg.broker.port == 1999
+    assert cfg.engine.hold_s == 30 and cfg.engine.policy == "nearest"
+    assert cfg.engine.selection.road_factor == 1.5
+
+
+@pytest.mark.parametrize("text,message", [
+    ('region = "berlin"\n', "missing required key 'database'"),
+    (BASE + "colour = 1\n", "unknown key 'colour'"),
+    (BASE + "[brokr]\nport = 1\n", "unknown section [brokr]"),
+    (BASE + '[broker]\nport = "x"\n', "port has the wrong type"),
+    (BASE + "[broker]\nport = 70000\n", "port must be 1..65535"),
+    (BASE + "[reservations]\nhold_s = -1\n", "hold_s must not be negative"),
+    (BASE + '[selection]\npolicy = "random"\n', "policy 'random' unknown"),
+    (BASE.replace("berlin", "bad/region"), "bad region id"),
+    (BASE + 'synchronous = "OFF"\n', "synchronous must be FULL or NORMAL"),
+    ("region = \n", "gateway.toml"),
+    (BASE + '[broker]\npassword_file = "missing"\n', "password_file"),
+    (BASE + "[overflow]\nenabled = 1\n", "enabled has the wrong type"),
+    (BASE + "[overflow]\nwait_limit_s = true\n", "wait_limit_s has the wrong type"),
+    (BASE + "[overflow]\nanswer_within_s = 12\n", "answer_within_s must be above 0 and below 10"),
+    (BASE + "[overflow]\nanswer_within_s = 0\n", "answer_within_s must be above 0"),
+    (BASE + "[overflow]\nsummary_min_interval_s = 90\n", "summary_min_interval_s must be above 0 and at most"),
+    (BASE + "[overflow]\nlimit = 5\n", "unknown key 'limit' at [overflow]"),
+    (BASE + "[overfow]\nenabled = true\n", "unknown section [overfow]; allowed: broker, overflow"),
+])
+def test_bad_config_is_refused_with_a_clear_message(tmp_path, text, message):
+    with pytest.raises(C.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        C.load(write(tmp_path, text))
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    p = write(tmp_path, BASE + "colour = 1\n")
+    out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "check-config", "--config", str(p)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "unknown key 'colour'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_check_config_loads_berlin(tmp_path):
+    data = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
+    p = write(tmp_path, f'region = "berlin"\ndatabase = "gw.db"\nstations = "{data}"\n')
+    out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "check-config", "--config", str(p)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "4528 stations" in out.stdout

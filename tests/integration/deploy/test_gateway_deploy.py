@@ -1,0 +1,123 @@
+"""The deployment files: the systemd unit passes systemd's own checks, its command line matches
+the package, and the example configuration is accepted by the gateway's config loader.
+
+`systemd-analyze verify` also checks that ExecStart's program exists and is executable. The
+program, /opt/recarga/.venv/bin/recarga-gateway, exists only on an installed gateway, so the
+test verifies a copy of the unit whose ExecStart points at the same relative path inside a
+temporary directory (an executable placeholder there). Everything else in the unit is verified
+unchanged, and test_exec_start_is_the_packaged_cli checks separately that the program name is
+the console script pyproject.toml installs and that its `run --config` arguments exist.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harness import ROOT
+from harness.systemd import SYSTEMD_ANALYZE, about, verify
+from recarga.gateway import config as gateway_config
+
+UNIT = ROOT / "deploy" / "recarga-gateway.service"
+EXAMPLE = ROOT / "deploy" / "gateway.example.toml"
+EXEC = "/opt/recarga/.venv/bin/recarga-gateway"
+EXEC_LINE = f"ExecStart={EXEC} run --config /etc/recarga/gateway.toml"
+STATE_DIR = Path("/var/lib/recarga")
+
+
+
+def unit_with_local_exec(tmp_path: Path, text: str | None = None) -> Path:
+    """A copy of the unit (same file name) whose ExecStart program lives under tmp_path."""
+    text = UNIT.read_text() if text is None else text
+    assert text.count(EXEC_LINE) == 1, f"{UNIT.name} must contain exactly one {EXEC_LINE!r}"
+    program = tmp_path / "root" / EXEC.lstrip("/")
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\nexit 0\n")  # placeholder: verify only checks it is executable
+    program.chmod(0o755)
+    copy = tmp_path / "units" / UNIT.name
+    copy.parent.mkdir()
+    copy.write_text(text.replace(f"ExecStart={EXEC} ", f"ExecStart={program} "))
+    return copy
+
+
+
+
+@pytest.mark.needs_systemd_analyze
+def test_gateway_unit_passes_systemd_analyze_verify(tmp_path: Path):
+    unit = unit_with_local_exec(tmp_path)
+    rc, output = verify(unit)
+    assert rc == 0, output
+    assert about(unit, output) == [], output
+
+
+@pytest.mark.needs_systemd_analyze
+def test_verify_check_catches_a_broken_unit(tmp_path: Path):
+    """The check above can fail: a misspelt key and a missing program are reported."""
+    text = UNIT.read_text().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes")
+    unit = unit_with_local_exec(tmp_path, text)
+    rc, output = verify(unit)
+    assert "NoNewPrivilege" in "\n".join(about(unit, output)), output
+    (tmp_path / "root" / EXEC.lstrip("/")).unlink()
+    rc, output = verify(unit)
+    assert rc != 0 and "is not executable" in output, output
+
+
+@pytest.mark.needs_systemd_analyze
+def test_gateway_unit_is_hardened(tmp_path: Path):
+    """systemd's exposure score (0 = locked down, 100 = unprotected) stays at "OK" level."""
+    unit = unit_with_local_exec(tmp_path)
+    done = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=30",
+                           "--no-pager", str(unit)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        m = re.match(r"^([A-Za-z]+)=(.*)$", line)
+        if m:
+            settings.setdefault(m[1], []).append(m[2])
+    return settings
+
+
+def test_unit_settings_asked_for():
+    s = unit_settings()
+    assert s["User"] == ["recarga"]
+    assert s["StateDirectory"] == ["recarga"]
+    assert s["Restart"] == ["on-failure"]
+    assert "mosquitto.service" in s["After"][0].split() and "mosquitto.service" in s["Wants"][0].split()
+    assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["strict"]
+    assert s["ReadWritePaths"] == [str(STATE_DIR)]
+
+
+def test_exec_start_is_the_packaged_cli():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert Path(EXEC).name in scripts, "ExecStart must run a console script pyproject.toml installs"
+    assert scripts[Path(EXEC).name] == "recarga.gateway.cli:main"
+    done = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "run", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--config" in done.stdout, done.stderr
+
+
+def test_example_config_is_accepted_and_writes_only_to_the_state_dir(tmp_path: Path):
+    raw = tomllib.loads(EXAMPLE.read_text())
+    password_file = Path(raw["broker"]["password_file"])
+    assert password_file.is_absolute() and password_file.parent == Path("/etc/recarga")
+    # The real password file exists only on the gateway: load a copy that points at a stand-in.
+    copy = tmp_path / "gateway.toml"
+    stand_in = tmp_path / "broker.password"
+    stand_in.write_text("secret\n")
+    copy.write_text(EXAMPLE.read_text().replace(str(password_file), str(stand_in)))
+    cfg = gateway_config.load(copy)
+    assert cfg.engine.region == raw["region"]
+    assert cfg.broker.password == "secret"
+    assert cfg.engine.hold_s == raw["reservations"]["hold_s"]
+    # ProtectSystem=strict: the database (and its -wal/-shm files) must be in the state dir.
+    assert cfg.database.parent == STATE_DIR
+    # The example's station file is the register shipped in data/ (the checkout is /opt/recarga).
+    assert cfg.stations == Path("/opt/recarga") / "data" / "berlin_charging_stations_bnetza.csv"
+    assert (ROOT / cfg.stations.relative_to("/opt/recarga")).is_file()

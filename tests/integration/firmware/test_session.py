@@ -1,0 +1,238 @@
+"""firmware/lib/session.py (umqtt.simple underneath) on MicroPython with a 96 KB heap against
+a real Mosquitto with auth and ACL: Last Will, online, resubscribe, reconnect with backoff,
+bounded connect, dead-link detection, region hand-over; plus the inbox with a fake client."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.clients import REGION, Broker
+from harness.micropython import MicroPython, run, umqtt_available, wait_until
+from recarga.core import protocol as P
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not umqtt_available(), reason="umqtt.simple not vendored: run scripts/fetch_umqtt.py"),
+]
+
+DRIVER = Path(__file__).with_name("session_driver.py")
+SID = "st-1"
+ONLINE = P.station_topic(REGION, SID, "online")
+STATUS = P.station_topic(REGION, SID, "status")
+CMD = P.station_topic(REGION, SID, "cmd")
+
+
+def driver(broker: Broker | None, tmp_path: Path, **over) -> MicroPython:
+    """session_driver.py as st-1 against `broker` (host/port/password overridable)."""
+    params = dict(cid=SID, user=SID, keepalive=30, will=ONLINE, subs=[CMD], status=STATUS,
+                  base=200, cap=2000, timeout=5)
+    if broker is not None:
+        params.update(host=broker.host, port=broker.port, password=broker.password(SID))
+    params.update(over)
+    path = tmp_path / "session_params.json"
+    path.write_text(json.dumps(params))
+    return MicroPython(DRIVER, cwd=tmp_path, args=[str(path)])
+
+
+def online_payloads(client, topic=ONLINE) -> list[bool]:
+    return [P.parse_online(m.payload) for m in client.messages(topic)]
+
+
+def test_connect_online_retained_subscribe_and_last_will(broker, mqtt_client, tmp_path):
+    gw = mqtt_client("gateway")
+    gw.subscribe(ONLINE)
+    gw.subscribe(STATUS)
+    with driver(broker, tmp_path) as mp:
+        mp.wait_line("CONNECTED")
+        assert "OFFLINE_PUB False" in mp.lines()  # before connecting: nothing queued, just False
+        mp.wait_line("PUB True")
+        wait_until(lambda: online_payloads(gw) == [True], 5, "online true")
+        assert P.parse_station_status(gw.expect(STATUS).payload) == ["free"]
+        gw.publish(CMD, "hello")
+        mp.wait_line(f"MSG {CMD} hello")
+    # killed without DISCONNECT: the broker publishes the Last Will
+    wait_until(lambda: online_payloads(gw) == [True, False], 5, "Last Will online false")
+    # retained: a late subscriber sees the last word
+    late = mqtt_client("gateway")
+    late.subscribe(ONLINE)
+    assert P.parse_online(late.expect(ONLINE).payload) is False
+    assert late.expect(ONLINE).retain
+
+
+def test_reconnects_after_broker_restart_and_resubscribes(broker, mqtt_client, tmp_path):
+    with driver(broker, tmp_path, base=200, cap=1000) as mp:
+        mp.wait_line("CONNECTED")
+        broker.stop()
+        lost = mp.wait_line("mqtt: connection lost", timeout=10)
+        mp.wait_line("mqtt: connect failed", timeout=10, start=lost)  # retrying while it is down
+        time.sleep(1.0)
+        broker.start()
+        t0 = time.monotonic()
+        again = mp.wait_line("CONNECTED", timeout=10, start=lost)
+        assert time.monotonic() - t0 < 3.0  # within the backoff cap (1 s) plus slack
+        assert mp.wait_line("PUB True", start=again) == again + 1
+        gw = mqtt_client("gateway")
+        gw.subscribe(ONLINE)
+        assert P.parse_online(gw.expect(ONLINE).payload) is True
+        gw.publish(CMD, "after restart")
+        mp.wait_line(f"MSG {CMD} after restart", start=again)
+        # backoff delays stayed under the (doubling, capped) ceiling
+        delays = [int(m.group(1)) for m in re.finditer(r"(?:next attempt|reconnect) in (\d+) ms", mp.output())]
+        assert delays and all(0 <= d < 1000 for d in delays), delays
+
+
+def test_packet_id_wraps_before_65535(broker, mqtt_client, tmp_path):
+    """umqtt.simple increments its packet id forever; past 65535 a QoS 1 publish would wait
+    for a PUBACK that never matches. The session wraps it."""
+    gw = mqtt_client("gateway")
+    gw.subscribe(STATUS)
+    with driver(broker, tmp_path) as mp:
+        mp.wait_line("CONNECTED")
+        gw.publish(CMD, "pid 65533")
+        mp.wait_line(f"MSG {CMD} pid 65533")
+        for k in range(5):
+            gw.publish(CMD, f'publish {{"v":1,"slots":["free"],"seq":{k + 1}}}')
+        wait_until(lambda: sum(l == "PUB True" for l in mp.lines()) == 6, 10, "five more acknowledged publishes")
+        assert "connection lost" not in mp.output()
+    seqs = [json.loads(m.payload).get("seq") for m in gw.messages(STATUS)]
+    assert seqs[-5:] == [1, 2, 3, 4, 5]
+
+
+def test_refused_login_backs_off_and_says_why(broker, tmp_path):
+    with driver(broker, tmp_path, password="wrong", base=100, cap=400, run_ms=3000) as mp:
+        mp.wait_line("END", timeout=10)
+        out = mp.output()
+    failed = [l for l in out.splitlines() if "mqtt: connect failed" in l]
+    assert len(failed) >= 4, out
+    assert "broker refused, code 5" in failed[0] or "broker refused, code 4" in failed[0], failed[0]
+    delays = [int(re.search(r"next attempt in (\d+) ms", l).group(1)) for l in failed]
+    ceilings = [min(100 * 2 ** i, 400) for i in range(len(delays))]
+    assert all(0 <= d < c for d, c in zip(delays, ceilings)), (delays, ceilings)
+    assert "CONNECTED" not in out
+
+
+def test_connect_to_a_silent_server_times_out(tmp_path):
+    """A server that accepts TCP but never answers CONNECT: the attempt fails after timeout_s."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        with driver(None, tmp_path, host="127.0.0.1", port=port, password="x", timeout=1, base=100, cap=100, run_ms=4500) as mp:
+            mp.wait_line("END", timeout=15)
+            failed = [l for l in mp.lines() if "mqtt: connect failed" in l]
+    finally:
+        stop.set()
+        t.join(2)
+        for c in held:
+            c.close()
+        srv.close()
+    # each attempt ends after ~1 s (ETIMEDOUT), so ~3-4 attempts in 4.5 s, never stuck
+    assert 2 <= len(failed) <= 5, failed
+    assert all("OSError 110" in l for l in failed), failed
+
+
+def test_dead_link_detected_by_keepalive_when_broker_freezes(broker, mqtt_client, tmp_path):
+    """SIGSTOP the broker: the TCP connection stays open but nothing answers. The session sees
+    no PINGRESP within its keepalive and reconnects once the broker runs again."""
+    with driver(broker, tmp_path, keepalive=4, timeout=1, base=200, cap=1000) as mp:
+        mp.wait_line("CONNECTED")
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            lost = mp.wait_line("mqtt: connection lost: OSError 110", timeout=15)
+            assert time.monotonic() - t0 < 4 + 2 + 1
+            mp.wait_line("mqtt: connect failed", timeout=10, start=lost)  # no CONNACK: bounded
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        mp.wait_line("CONNECTED", timeout=10, start=lost)
+
+
+def test_hand_over_to_another_broker_says_goodbye_to_the_first(broker, mqtt_client, tmp_path):
+    other = Broker.launch(tmp_path / "other")
+    try:
+        gw1 = mqtt_client("gateway")
+        gw1.subscribe(ONLINE)
+        with driver(broker, tmp_path) as mp:
+            mp.wait_line("CONNECTED")
+            wait_until(lambda: online_payloads(gw1) == [True], 5, "online on the first broker")
+            gw1.publish(CMD, f"handover {other.port}")
+            mp.wait_line(f"mqtt: connecting to 127.0.0.1 {other.port}")
+            second = mp.wait_line("CONNECTED", start=mp.wait_line("handover"))
+            # the first broker heard a clean goodbye (online false), not silence
+            wait_until(lambda: online_payloads(gw1) == [True, False], 5, "online false on the first broker")
+            from harness.clients import connect_client
+            gw2 = connect_client(other, "gateway")
+            try:
+                gw2.subscribe(ONLINE)
+                assert P.parse_online(gw2.expect(ONLINE).payload) is True
+                gw2.publish(CMD, "disconnect")
+                mp.wait_line("mqtt: disconnected from", start=second)
+                time.sleep(0.5)
+                assert "CONNECTED" not in mp.lines()[second + 1:]  # stays offline after disconnect()
+            finally:
+                gw2.close()
+    finally:
+        other.stop()
+
+
+def test_inbox_is_bounded_and_delivers_in_order_outside_umqtt_calls():
+    """Messages that arrive while umqtt.simple waits for a PUBACK are queued (`inbox` at most,
+    the oldest dropped, one warning) and handed to on_message from poll(), never from inside
+    publish()."""
+    out = run("""
+from session import Session
+from backoff import Backoff
+class FakeSock:
+    def setblocking(self, flag): pass
+    def read(self, n): return None
+    def close(self): pass
+class FakeClient:
+    def __init__(self, *args): self.sock = None
+    def set_callback(self, cb): self.cb = cb
+    def set_last_will(self, *a): pass
+    def connect(self, clean_session=True): self.sock = FakeSock()
+    def subscribe(self, t, q): pass
+    def check_msg(self): pass
+    def ping(self): pass
+    def publish(self, topic, msg, retain, qos):
+        if topic == "busy":
+            for k in range(6):
+                self.cb(b"t", b"m%d" % k)
+inside = []
+def on_message(t, m):
+    inside.append(m.decode())
+s = Session("c", "h", 1, "u", "p", 30, "will", on_message, Backoff(), FakeClient, inbox=4)
+s.poll(0)
+print("connected", s.connected)
+print("published", s.publish("busy", b"x"))
+print("delivered during publish", inside)
+s.poll(10)
+print("delivered by poll", inside, "dropped", s.dropped)
+""")
+    lines = out.splitlines()
+    assert "connected True" in lines and "published True" in lines
+    assert "delivered during publish []" in lines
+    assert "delivered by poll ['m2', 'm3', 'm4', 'm5'] dropped 2" in lines
+    assert [l for l in lines if "inbox full" in l] == ["[W] mqtt: inbox full, dropped 2 message(s)"]

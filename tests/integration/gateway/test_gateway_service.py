@@ -1,0 +1,318 @@
+"""The gateway process end to end over a real Mosquitto (auth + ACL on), with paho clients."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.clients import Broker, MqttClient, connect_client
+from harness.services import GatewayProcess
+from recarga.core import protocol as P
+from recarga.core.model import SlotMeta, StationMeta
+
+pytestmark = pytest.mark.integration
+
+REGION = "test"
+AC22 = SlotMeta(22.0, False)
+
+
+def station_set(n_stations: int, slots_each: int) -> list[StationMeta]:
+    # a small grid around Berlin-Mitte, about 300 m apart
+    return [StationMeta(f"st-{i + 1}", 52.52 + 0.003 * (i // 10), 13.40 + 0.004 * (i % 10),
+                        (AC22,) * slots_each, operator="op", price_per_kwh=0.45)
+            for i in range(n_stations)]
+
+
+class Region:
+    """A broker + gateway + station clients for one test; closed by the fixture."""
+
+    def __init__(self, tmp: Path, cars: list[str], stations: list[StationMeta],
+                 initial: list[str] | None = None, **gw):
+        self.cars = cars
+        self.initial = initial
+        self.stations = stations
+        passwords = {"gateway": "gw-pw", **{c: f"{c}-pw" for c in cars},
+                     **{s.id: f"{s.id}-pw" for s in stations}}
+        self.broker = Broker.launch(tmp / "broker", region=REGION, cars=cars,
+                                    stations=[s.id for s in stations], passwords=passwords)
+        self.clients: list[MqttClient] = []
+        self.gw = GatewayProcess(tmp / "gw", REGION, self.broker.port, "gateway", "gw-pw", stations, **gw)
+
+    def start(self) -> "Region":
+        for s in self.stations:
+            self.station_up(s.id, self.initial or ["free"] * len(s.slots))
+        self.gw.start().wait_connected()
+        return self
+
+    def client(self, user: str, **kw) -> MqttClient:
+        c = connect_client(self.broker, user, **kw)
+        self.clients.append(c)
+        return c
+
+    def station_up(self, sid: str, slots: list[str]) -> MqttClient:
+        c = self.client(sid)
+        c.subscribe(P.station_topic(REGION, sid, "cmd"))
+        c.publish(P.station_topic(REGION, sid, "online"), P.online_message(True), retain=True)
+        c.publish(P.station_topic(REGION, sid, "status"), P.encode(P.station_status(slots)), retain=True)
+        return c
+
+    def reservations(self, *args: str) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config", str(self.gw.config),
+                              "--json", *args], capture_output=True, text=True, timeout=30, check=True)
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.gw.stop()
+        self.broker.stop()
+
+
+@pytest.fixture
+def region_factory(tmp_path):
+    made: list[Region] = []
+
+    def make(cars: list[str], stations: list[StationMeta], **kw) -> Region:
+        r = Region(tmp_path, cars, stations, **kw)
+        made.append(r)
+        return r.start()
+
+    try:
+        yield make
+    finally:
+        for r in made:
+            r.close()
+
+
+def reserve_msg(car: str, rid: str, lat: float = 52.521, lon: float = 13.401, **over) -> bytes:
+    fields = dict(lat=lat, lon=lon, soc=0.2, battery_kwh=58, consumption_kwh_100km=16.6,
+                  max_ac_kw=11, max_dc_kw=100, target_soc=0.8)
+    fields.update(over)
+    return P.encode(P.reserve_request(rid, car, **fields))
+
+
+def ask(car: MqttClient, payload: bytes, timeout: float = 10) -> dict:
+    reply_topic = P.car_topic(REGION, car.username, "reply")
+    before = len(car.messages(reply_topic))
+    car.publish(P.car_topic(REGION, car.username, "request"), payload)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = car.messages(reply_topic)
+        if len(got) > before:
+            return json.loads(got[before].payload)
+        time.sleep(0.01)
+    raise AssertionError(f"no reply for {car.username} within {timeout}s")
+
+
+def test_request_reply_reservation_and_station_command(region_factory):
+    region = region_factory(["car-a"], station_set(2, 2))
+    car = region.client("car-a")
+    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    reply = ask(car, reserve_msg("car-a", "q1"))
+    assert reply["ok"] and reply["rid"] == "q1"
+    r = reply["reservation"]
+    assert r["state"] == "held" and r["station"] in ("st-1", "st-2")
+    station = next(c for c in region.clients if c.username == r["station"])
+    cmd = json.loads(station.expect(P.station_topic(REGION, r["station"], "cmd")).payload)
+    assert cmd == {"v": 1, "cmd": "reserve", "slot": r["slot"], "reservation": r["id"], "until": cmd["until"]}
+    [stored] = region.reservations()
+    assert stored["id"] == r["id"] and stored["state"] == "held"
+    # confirm, plug in, unplug: the full lifecycle over the broker
+    assert ask(car, P.encode(P.reservation_request("confirm", "q2", "car-a", r["id"])))["reservation"]["state"] == "confirmed"
+    slots = ["free", "free"]
+    slots[r["slot"] - 1] = "occupied"
+    station.publish(P.station_topic(REGION, r["station"], "status"), P.encode(P.station_status(slots)), retain=True)
+    reply_topic = P.car_topic(REGION, "car-a", "reply")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(b'"checked_in"' in m.payload for m in car.messages(reply_topic)):
+        time.sleep(0.02)
+    assert region.reservations()[0]["state"] == "checked_in"
+    station.publish(P.station_topic(REGION, r["station"], "status"), P.encode(P.station_status(["free", "free"])), retain=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and region.reservations()[0]["state"] != "completed":
+        time.sleep(0.05)
+    assert region.reservations()[0]["state"] == "completed"
+
+
+BAD = [
+    (b"{not json", P.BAD_JSON),
+    (b'{"v":1,"op":"reserve","rid":"b2","car":"car-a"}', P.MISSING_FIELD),
+    (reserve_msg("car-a", "b3", soc="low"), P.BAD_TYPE),
+    (reserve_msg("car-a", "b4", soc=1.7), P.OUT_OF_RANGE),
+    (reserve_msg("car-a", "b5", lat=200), P.OUT_OF_RANGE),
+    (reserve_msg("car-a", "b6")[:-1] + b',"turbo":true}', P.UNKNOWN_FIELD),
+    (reserve_msg("car-a", "b7")[:-1] + b',"pad":"' + b"x" * 500 + b'"}', P.TOO_LARGE),
+    (reserve_msg("car-a", "b8", station="st-999"), P.UNKNOWN_STATION),
+    (reserve_msg("car-b", "b9"), P.CAR_MISMATCH),
+]
+
+
+def test_bad_input_error_replies_log_nothing_stored_and_keeps_serving(region_factory):
+    region = region_factory(["car-a", "car-b"], station_set(2, 1))
+    car = region.client("car-a")
+    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    for payload, code in BAD:
+        reply = ask(car, payload)
+        assert reply["ok"] is False and reply["error"]["code"] == code, (payload, reply)
+        assert reply["error"]["message"]
+    assert region.reservations() == []
+    log = region.gw.log_text()
+    for _, code in BAD:
+        assert f"request ({code})" in log or f"({code}):" in log
+    # still serving
+    assert ask(car, reserve_msg("car-a", "good"))["ok"] is True
+    assert region.gw.proc.poll() is None
+
+
+def test_200_cars_at_once_10_free_slots(region_factory):
+    cars = [f"c{i:03d}" for i in range(200)]
+    # 10 free slots; the others are busy for longer than max_wait, so exactly 10 can be held
+    stations = station_set(5, 4)
+    region = region_factory(cars, stations, initial=["free", "free", "occupied", "occupied"])
+    clients = [region.client(c) for c in cars]
+    for c in clients:
+        c.subscribe(P.car_topic(REGION, c.username, "reply"))
+    barrier = threading.Barrier(len(clients))
+
+    def fire(c: MqttClient) -> None:
+        barrier.wait()
+        c.paho.publish(P.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "burst"), qos=1)
+
+    threads = [threading.Thread(target=fire, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(bool(c.messages(P.car_filter(REGION, "reply"))) for c in clients) < len(clients):
+        time.sleep(0.1)
+    time.sleep(0.5)  # room for any duplicate to show up
+    replies = {}
+    for c in clients:
+        got = c.messages(P.car_topic(REGION, c.username, "reply"))
+        assert len(got) == 1, f"{c.username} got {len(got)} replies"
+        replies[c.username] = json.loads(got[0].payload)
+    ok = [r for r in replies.values() if r["ok"]]
+    assert len(ok) == 10
+    assert all(r["error"]["code"] == P.NO_CAPACITY for r in replies.values() if not r["ok"])
+    taken = Counter((r["reservation"]["station"], r["reservation"]["slot"]) for r in ok)
+    assert max(taken.values()) == 1 and len(taken) == 10
+    stored = region.reservations("--active")
+    assert sorted(r["id"] for r in stored) == sorted(r["reservation"]["id"] for r in ok)
+
+
+# FULL as deployed: its fsync inside the commit, or on the syncer thread
+@pytest.mark.parametrize("extra", ["", "sync_thread = true"], ids=["fsync-in-commit", "sync-thread"])
+def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
+    cars = [f"k{i:03d}" for i in range(120)]
+    stations = station_set(40, 4)  # 160 free slots, enough for everyone
+    region = region_factory(cars, stations, hold_s=4, extra=extra, synchronous="FULL")
+    assert ("synchronous FULL, fsync on the sync thread" in region.gw.log_text()) == bool(extra)
+    clients = [region.client(c) for c in cars]
+    for c in clients:
+        c.subscribe(P.car_topic(REGION, c.username, "reply"))
+    for c in clients:
+        c.paho.publish(P.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "crash"), qos=1)
+    # kill the gateway as soon as the first answers are out, in the middle of the burst
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(bool(c.received) for c in clients) < 10:
+        time.sleep(0.005)
+    region.gw.kill()
+    answered_before = sum(bool(c.received) for c in clients)
+    assert answered_before < len(clients), "the burst finished before the kill; make it larger"
+    region.gw.start().wait_connected()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(c.received for c in clients):
+        time.sleep(0.05)
+    replies: dict[str, dict] = {}
+    for c in clients:
+        got = [json.loads(m.payload) for m in c.received if b'"rid":"crash"' in m.payload]
+        assert got, f"{c.username} never got an answer"
+        # a redelivered request is answered again, but always with the same answer
+        assert all(g == got[0] for g in got), got
+        replies[c.username] = got[0]
+    assert all(r["ok"] for r in replies.values()), [r for r in replies.values() if not r["ok"]][:3]
+    stored = {r["id"]: r for r in region.reservations()}
+    assert len(stored) == len(cars)  # one each, none twice
+    for car, r in replies.items():
+        s = stored[r["reservation"]["id"]]
+        assert (s["car"], s["station"], s["slot"]) == (car, r["reservation"]["station"], r["reservation"]["slot"])
+    assert len({(s["station"], s["slot"]) for s in stored.values()}) == len(cars)
+    # expiry still works after the restart: the 4 s holds lapse and the stations are told
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(s["state"] == "held" for s in region.reservations()):
+        time.sleep(0.2)
+    assert {s["state"] for s in region.reservations()} == {"expired"}
+    releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages(P.station_filter(REGION, "cmd")))
+    assert releases >= len(cars)
+
+
+def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_factory):
+    region = region_factory(["car-a", "car-b"], station_set(2, 1))
+    car = region.client("car-a")
+    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    first = ask(car, reserve_msg("car-a", "before"))["reservation"]
+    for c in region.clients:
+        c.close()
+    region.clients.clear()
+    region.broker.restart()  # same port and persistence: retained statuses survive
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and region.gw.log_text().count("connected to") < 2:
+        time.sleep(0.1)
+    assert region.gw.log_text().count("connected to") >= 2, region.gw.log_text()
+    car_b = region.client("car-b")
+    car_b.subscribe(P.car_topic(REGION, "car-b", "reply"))
+    second = ask(car_b, reserve_msg("car-b", "after"))
+    assert second["ok"]
+    # the slot held before the restart is still held: car-b got the other one
+    assert (second["reservation"]["station"], second["reservation"]["slot"]) != (first["station"], first["slot"])
+
+
+def online_flags(monitor: MqttClient) -> list[bool]:
+    return [json.loads(m.payload)["online"] for m in monitor.messages(P.gateway_online_topic(REGION))]
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_online_flag_clean_stop_is_prompt_and_last_will_on_kill(region_factory):
+    region = region_factory(["car-a"], station_set(1, 1))
+    # the gateway's own user may read its flag; a second connection with another client id
+    monitor = region.client("gateway", password="gw-pw")
+    monitor.subscribe(P.gateway_online_topic(REGION))
+    wait_for(lambda: online_flags(monitor) == [True], 5, "the retained online flag")
+    t0 = time.monotonic()
+    region.gw.stop()  # SIGTERM: the single loop wakes at once, says offline, disconnects
+    assert region.gw.proc.returncode == 0
+    assert time.monotonic() - t0 < 4.0
+    wait_for(lambda: online_flags(monitor)[-1:] == [False], 5, "offline after a clean stop")
+    assert "stopped" in region.gw.log_text()
+    region.gw.start().wait_connected()
+    wait_for(lambda: online_flags(monitor)[-1:] == [True], 5, "online again")
+    region.gw.kill()  # no goodbye: the broker publishes the Last Will
+    wait_for(lambda: online_flags(monitor)[-1:] == [False], 10, "the Last Will")
+
+
+def test_gateway_started_before_its_broker_connects_with_backoff(region_factory):
+    region = region_factory(["car-a"], station_set(2, 1))
+    region.gw.stop()
+    region.broker.stop()
+    region.gw.start()
+    wait_for(lambda: region.gw.log_text().count("cannot connect to broker") >= 2, 10, "failed attempts")
+    assert region.gw.proc.poll() is None
+    region.broker.start()  # reconnect_max_s = 2 in the test config: back within a few seconds
+    wait_for(lambda: region.gw.log_text().count("connected to") >= 2, 10, "the reconnection")
+    car = region.client("car-a")
+    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    assert ask(car, reserve_msg("car-a", "late"))["ok"] is True

@@ -3,11 +3,11 @@
 Mosquitto (free loopback port, auth and ACL on), and the CPU each process used.
 
 The regions' sides are paho clients on the central broker logged in as the regions' bridge
-users, as in tests/test_central_service.py: region "a" sends overflow requests
-(central.localnet.overflow_request, QoS 1) in a closed loop with --window requests outstanding,
-each a new car; region "b" has a retained summary of --stations free stations and answers
-every hold request at once with a held reservation (no engine: the target's cost is not
-central's). A separate monitoring user counts the answers on the wire. Each run starts a
+users, as in tests/integration/central/test_central_service.py: region "a" sends overflow
+requests (harness.central.overflow_request, QoS 1) in a closed loop with --window requests
+outstanding, each a new car; region "b" has a retained summary of --stations free stations
+and answers every hold request at once with a held reservation (no engine: the target's cost
+is not central's). A separate monitoring user counts the answers on the wire. Each run starts a
 fresh broker, database and instances, warms up, then counts answers for --seconds; runs
 alternate 1 and 2 instances so the machine's noise falls on both, and the figures are
 medians over runs. Everything started is stopped by pid, also on failure.
@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
+from bench.loadgen.cpu import cpu_seconds
 from harness.central import (
     MONITOR_ACL,
     MONITOR_USER,
@@ -40,19 +41,13 @@ from harness.central import (
     overflow_request,
 )
 from harness.clients import MqttClient, connect_client
-from harness.services import wait_for
-from recarga.core import protocol as P
+from harness.wait import wait_until
 from recarga.core.model import SlotMeta, StationMeta
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 from recarga.gateway.overflow import summary_stations
 
-TICK = os.sysconf("SC_CLK_TCK")
 REGIONS = ("a", "b")  # a asks, b holds
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 class Target:
@@ -64,23 +59,23 @@ class Target:
         now = time.time()
         self.client = connect_client(broker, "bridge-b", client_id="bench-region-b")
         self.client.paho.on_message = self._on_hold
-        self.client.subscribe(P.central_topic("b", "hold/request"))
+        self.client.subscribe(PC.central_topic("b", "hold/request"))
         busy = {m.id: [now, now] for m in metas}
-        for msg in P.summary_messages("b", summary_stations(metas, busy, now), now):
-            self.client.publish(P.summary_topic("b", msg["shard"]), P.encode(msg), retain=True)
+        for msg in PC.summary_messages("b", summary_stations(metas, busy, now), now):
+            self.client.publish(PC.summary_topic("b", msg["shard"]), W.encode(msg), retain=True)
         self._n = 0
 
     def _on_hold(self, client, userdata, msg) -> None:
-        req = P.parse_hold_request("b", msg.payload)
-        if isinstance(req, P.HoldRelease):
+        req = PC.parse_hold_request("b", msg.payload)
+        if isinstance(req, PC.HoldRelease):
             return
         self._n += 1
         now = time.time()
         reservation = {"id": f"r{self._n}", "station": req.station or "b-0", "slot": 1, "state": "held",
                        "distance_km": 1.0, "eta": round(now + 600), "wait_min": 0.0, "charge_min": 30.0,
                        "energy_kwh": 20.0, "power_kw": 150.0, "price_eur": 9.5, "hold_until": round(now + 120)}
-        answer = P.hold_answer(req.xid, "b", req.car, req.deadline, reservation=reservation)
-        client.publish(P.central_topic("b", "hold/answer"), P.encode(answer), qos=1)
+        answer = PC.hold_answer(req.xid, "b", req.car, req.deadline, reservation=reservation)
+        client.publish(PC.central_topic("b", "hold/answer"), W.encode(answer), qos=1)
 
     def close(self) -> None:
         self.client.close()
@@ -100,7 +95,7 @@ class Load:
         self.stopping = threading.Event()
         self.monitor = connect_client(broker, MONITOR_USER, client_id=f"bench-monitor-{tag}")
         self.monitor.paho.on_message = self._on_answer
-        self.monitor.subscribe(P.central_topic("a", "overflow/answer"))
+        self.monitor.subscribe(PC.central_topic("a", "overflow/answer"))
         self.origin = MqttClient(broker, "bridge-a", client_id=f"bench-region-a-{tag}")
         self.origin.paho.max_inflight_messages_set(window)  # paho's default 20 would cap the window
         try:
@@ -109,11 +104,11 @@ class Load:
             self.origin.close()
             self.monitor.close()
             raise
-        self.topic = P.central_topic("a", "overflow/request")
+        self.topic = PC.central_topic("a", "overflow/request")
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_answer(self, client, userdata, msg) -> None:
-        a = P.parse_overflow_answer("a", msg.payload)
+        a = PC.parse_overflow_answer("a", msg.payload)
         with self.lock:
             if a.xid in self.answered:
                 return  # a re-send
@@ -162,14 +157,14 @@ def one_run(root: Path, instances: int, seconds: float, warmup: float, window: i
         load = Load(broker, root.name, window)
         things.append(load)
         load.thread.start()
-        wait_for(lambda: load.answers_between(0, float("inf")) > 0, 15, "a first answer")
+        wait_until(lambda: load.answers_between(0, float("inf")) > 0, 15, "a first answer")
         time.sleep(warmup)
         pids = {"broker": [broker.pid], "central": [c.pid for c in centrals], "bench": [os.getpid()]}
-        before = {k: [cpu_s(p) for p in v] for k, v in pids.items()}
+        before = {k: [cpu_seconds(p) for p in v] for k, v in pids.items()}
         t0 = time.monotonic()
         time.sleep(seconds)
         t1 = time.monotonic()
-        after = {k: [cpu_s(p) for p in v] for k, v in pids.items()}
+        after = {k: [cpu_seconds(p) for p in v] for k, v in pids.items()}
         for c in centrals:
             c.alive()
         n = load.answers_between(t0, t1)

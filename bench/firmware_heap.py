@@ -7,10 +7,11 @@ the same time, `--sequential` one after the other):
     .venv/bin/python bench/firmware_heap.py [--messages 1000] [--runs 3] [--board both] [-v]
                                             [--firmware DIR] [--check]
 
-What runs, all on 127.0.0.1: one Mosquitto from gateway.localbroker (auth and ACL on, users
+What runs, all on 127.0.0.1: one Mosquitto from harness.broker (auth and ACL on, users
 `gateway`, the car and the station, each with its own password); no gateway process: this
-script is the gateway, a paho-mqtt client logged in as the `gateway` user (so the broker's
-ACL for the gateway applies), speaking docs/protocol.md with gateway.protocol's builders.
+script is the gateway, a paho-mqtt client (harness.clients) logged in as the `gateway` user
+(so the broker's ACL for the gateway applies), speaking docs/protocol.md with
+recarga.core.protocol's builders.
 Per run a fresh virtual board of each kind (boards/car and boards/station wiring, the
 unmodified firmware from firmware/, a config.json like the board's default pointing at this
 broker); car and station, and all runs, go at the same time (each board is its own
@@ -96,11 +97,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt
-
 from boards.virtual.board import BoardError, VirtualBoard
 from harness.broker import Broker, BrokerError
-from recarga.core import protocol as P
+from harness.clients import connect_client
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 REGION = "berlin"
 GATEWAY_PASSWORD = "gw-heap-pw"
@@ -150,51 +151,40 @@ def heap_total(heapsize: str) -> int:
 
 
 class Gateway:
-    """paho-mqtt 2.x as the `gateway` broker user, its network loop in a thread; records what
-    it receives (topic, payload) in order."""
+    """The `gateway` broker user as a harness.clients.MqttClient subscribed to `topics`; what
+    it receives, in order, as (topic, payload)."""
 
     def __init__(self, broker: Broker, topics: Sequence[str]):
-        self.received: list[tuple[str, bytes]] = []
-        self._cond = threading.Condition()
-        self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"heap-bench-{time.monotonic_ns()}",
-                              protocol=mqtt.MQTTv311, clean_session=True)
-        self._c.username_pw_set("gateway", GATEWAY_PASSWORD)
-        self._c.on_message = self._on_message
-        connected = threading.Event()
-        self._c.on_connect = lambda *a: connected.set()
-        self._c.connect(broker.host, broker.port, keepalive=30)
-        self._c.loop_start()
-        if not connected.wait(10):
+        try:
+            self._c = connect_client(broker, "gateway", GATEWAY_PASSWORD,
+                                     client_id=f"heap-bench-{time.monotonic_ns()}")
+        except (ConnectionError, TimeoutError) as e:  # refused, or no CONNACK
+            raise BenchError(f"the gateway client: {e}") from None
+        try:
+            for t in topics:
+                self._c.subscribe(t, 1)
+        except (ConnectionError, TimeoutError) as e:
             self.close()
-            raise BenchError("the gateway client got no CONNACK within 10 s")
-        for t in topics:
-            self._c.subscribe(t, 1)
+            raise BenchError(f"the gateway client: {e}") from None
 
-    def _on_message(self, client, userdata, msg) -> None:
-        with self._cond:
-            self.received.append((msg.topic, bytes(msg.payload)))
-            self._cond.notify_all()
+    def received(self) -> list[tuple[str, bytes]]:
+        return [(m.topic, bytes(m.payload)) for m in self._c.messages()]
 
     def publish(self, topic: str, msg: dict) -> None:
-        info = self._c.publish(topic, P.encode(msg), qos=1)
-        info.wait_for_publish(WAIT_S)
-        if not info.is_published():
-            raise BenchError(f"publish to {topic} not acknowledged within {WAIT_S} s")
+        try:
+            self._c.publish(topic, W.encode(msg), qos=1, timeout=WAIT_S)
+        except TimeoutError:
+            raise BenchError(f"publish to {topic} not acknowledged within {WAIT_S} s") from None
 
     def wait_for(self, pred: Callable[[list[tuple[str, bytes]]], object], timeout: float, what: str):
-        with self._cond:
-            got = self._cond.wait_for(lambda: pred(self.received), timeout)
-        if not got:
-            raise BenchError(f"gateway: no {what} within {timeout} s")
-        return got
-
-    def count(self, topic: str) -> int:
-        with self._cond:
-            return sum(1 for t, _ in self.received if t == topic)
+        """pred(what was received so far)'s first truthy value, checked as messages arrive."""
+        try:
+            return self._c.wait(lambda: pred(self.received()), timeout, what)
+        except TimeoutError:
+            raise BenchError(f"gateway: no {what} within {timeout} s") from None
 
     def close(self) -> None:
-        self._c.disconnect()
-        self._c.loop_stop()
+        self._c.close()
 
 
 # ---------------------------------------------------------------- boards
@@ -280,8 +270,8 @@ class Result:
 def run_station(broker: Broker, run: int, work: Path, n: int, heapsize: str, firmware: Path, total: int,
                 log: Callable[[str], None]) -> Result:
     sid = station_id(run)
-    status_t = P.station_topic(REGION, sid, "status")
-    cmd_t = P.station_topic(REGION, sid, "cmd")
+    status_t = D.station_topic(REGION, sid, "status")
+    cmd_t = D.station_topic(REGION, sid, "cmd")
     gw = Gateway(broker, [status_t])
     board = None
     try:
@@ -296,7 +286,7 @@ def run_station(broker: Broker, run: int, work: Path, n: int, heapsize: str, fir
             cmd = "reserve" if k % 4 < 2 else "release"
             slot = 1 + k % 2
             mark = board.mark()
-            gw.publish(cmd_t, P.station_cmd(cmd, slot, f"r{k:011x}" if cmd == "reserve" else None,
+            gw.publish(cmd_t, D.station_cmd(cmd, slot, f"r{k:011x}" if cmd == "reserve" else None,
                                             time.time() + 600 if cmd == "reserve" else None))
             line = _expect(board, f"status sent, seq {k + 1} heap", mark)
             free = int(pat.search(line).group(2))
@@ -326,8 +316,8 @@ class FakeGateway:
     def __init__(self, gw: Gateway, car: str):
         self.gw = gw
         self.car = car
-        self.reply_t = P.car_topic(REGION, car, "reply")
-        self.request_t = P.car_topic(REGION, car, "request")
+        self.reply_t = D.car_topic(REGION, car, "reply")
+        self.request_t = D.car_topic(REGION, car, "request")
         self.seen = 0  # requests consumed
         self.n = 0
 
@@ -352,7 +342,7 @@ class FakeGateway:
                     return r
             return None
         r = self.gw.wait_for(find, WAIT_S, f"{op} request from the car")
-        P.parse_car_request(self.car, P.encode(r))  # the car's request passes the gateway's validator
+        D.parse_car_request(self.car, W.encode(r))  # the car's request passes the gateway's validator
         return r
 
     def peek_request(self, op: str) -> None:
@@ -367,7 +357,7 @@ class FakeGateway:
 def run_car(broker: Broker, run: int, work: Path, n: int, heapsize: str, firmware: Path, total: int,
             log: Callable[[str], None]) -> Result:
     car = car_id(run)
-    gw = Gateway(broker, [P.car_topic(REGION, car, "request")])
+    gw = Gateway(broker, [D.car_topic(REGION, car, "request")])
     fake = FakeGateway(gw, car)
     board = None
     try:
@@ -407,17 +397,17 @@ def run_car(broker: Broker, run: int, work: Path, n: int, heapsize: str, firmwar
         for c in range(1, cycles + 1):
             req = fake.next_request("reserve")
             cur = fake.fresh()
-            send(P.ok_reply(req["rid"], "reserve", fake.reservation(cur, "held")), f"({cur} held)")
+            send(D.ok_reply(req["rid"], "reserve", fake.reservation(cur, "held")), f"({cur} held)")
             for _ in range(FAULTS):
                 new = fake.fresh()
-                send(P.car_event("faulted", fake.reservation(cur, "faulted"), offer=fake.reservation(new, "held")),
+                send(D.car_event("faulted", fake.reservation(cur, "faulted"), offer=fake.reservation(new, "held")),
                      f"({new} held)")
                 cur = new
             req = fake.next_request("confirm", cur)
-            send(P.ok_reply(req["rid"], "confirm", fake.reservation(cur, "confirmed")), f"confirmed {cur}")
-            send(P.car_event("expired", fake.reservation(cur, "expired")), f"reservation {cur} expired: asking again")
+            send(D.ok_reply(req["rid"], "confirm", fake.reservation(cur, "confirmed")), f"confirmed {cur}")
+            send(D.car_event("expired", fake.reservation(cur, "expired")), f"reservation {cur} expired: asking again")
             stale = f"r{fake.n + 10**6:011x}"
-            send(P.car_event("expired", fake.reservation(stale, "expired")), "not the current reservation, ignored",
+            send(D.car_event("expired", fake.reservation(stale, "expired")), "not the current reservation, ignored",
                  then_sample=False)
             fake.peek_request("reserve")  # every cycle-end sample in the same state: low, asking again
             used = sample()

@@ -32,12 +32,13 @@ import struct
 import sys
 from pathlib import Path
 
+from boards.virtual.flash import IGNORE, default_flash_files
+
 FIRMWARE_OFFSET = 0x1000  # where esptool writes the MicroPython ESP32 .bin
 PARTITION_TABLE = 0x8000  # flash address of the partition table
 BLOCK_SIZE = 4096  # the ESP32 flash sector: MicroPython's block device block size
 PROG_SIZE = 256  # as in Wokwi's MicroPython example; MicroPython mounts it with its own sizes
 LFS_DISK_VERSION = 0x00020000  # littlefs on-disk v2.0: every littlefs v2 mounts it
-IGNORE = ("__pycache__", "*.pyc", "tests", "*.md")  # what the virtual board leaves out too
 
 _ENTRY = struct.Struct("<2sBBII16sI")  # magic, type, subtype, offset, size, label, flags
 _MAGIC = b"\xaa\x50"
@@ -82,9 +83,7 @@ def _ignored(name: str) -> bool:
 
 def board_files(board_dir: str | Path, config: str | Path | None = None) -> dict[str, bytes]:
     """{path on the board: contents}: the files the virtual board's flash gets for this
-    board directory (boards.virtual.board.default_flash_files), without umqtt."""
-    from boards.virtual.board import default_flash_files
-
+    board directory (boards.virtual.flash.default_flash_files), without umqtt."""
     board_dir = Path(board_dir)
     sources = dict(default_flash_files(board_dir))
     if config is not None:

@@ -1,9 +1,9 @@
 """The demo's cast: a timeline printer, scripted stations and scripted cars.
 
-Stations and cars are ordinary MQTT clients (paho-mqtt 2.x, MQTT 3.1.1, QoS 1), each logged in
-as its own broker user, so the broker's ACL applies to them as to real boards. Every topic and
-message comes from gateway.protocol. Each actor prints what it sends and receives, as it
-happens, on one line of the shared Timeline.
+Stations and cars are ordinary MQTT clients (the harness's paho client: MQTT 3.1.1, QoS 1), each
+logged in as its own broker user, so the broker's ACL applies to them as to real boards. Every
+topic and message comes from recarga.core.protocol. Each actor prints what it sends and
+receives, as it happens, on one line of the shared Timeline.
 """
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from recarga.core import protocol as P
+from harness import ROOT
+from harness.broker import Broker
+from harness.clients import MqttClient
 from recarga.core.model import StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
-ROOT = Path(__file__).resolve().parent.parent
 STATIONS_CSV = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
 EV_MODELS_JSON = ROOT / "data" / "ev_models_open_ev_data.json"
 
@@ -118,7 +120,7 @@ def station_labels(stations: dict[str, StationMeta], path: Path = STATIONS_CSV) 
     """'Allego, Alexanderstr. 4' for each station: brand (register name or operator) and address.
 
     The register's address columns are not part of StationMeta, so they are read here (for the
-    few demo stations only) with the csv module, as gateway.stations reads the file.
+    few demo stations only) with the csv module, as recarga.core.stations reads the file.
     """
     address: dict[str, str] = {}
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -146,83 +148,35 @@ def slots_summary(meta: StationMeta) -> str:
     return " + ".join(f"{n} × {kw:g} kW {'DC' if dc else 'AC'}" for kw, dc, n in groups)
 
 
-# ---------------------------------------------------------------- paho plumbing
+# ---------------------------------------------------------------- the actors' client
 
-class _Client:
-    """A paho-mqtt 2.x client (MQTT 3.1.1) with its network loop in a thread."""
+class Actor:
+    """A scripted device: the harness's paho client (harness.clients.MqttClient) logged in as
+    its own broker user, with its online flag as its Last Will."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, will: tuple[str, bytes]):
-        self.host, self.port, self.user = host, port, user
-        self.paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                client_id=f"demo-{user}-{os.getpid()}", protocol=mqtt.MQTTv311,
-                                clean_session=True)
-        self.paho.username_pw_set(user, password)
-        self.paho.will_set(will[0], will[1], qos=P.QOS, retain=True)
-        self.paho.on_connect = self._on_connect
-        self.paho.on_subscribe = self._on_subscribe
-        self.paho.on_message = lambda c, u, msg: self.on_message(msg.topic, msg.payload)
-        self._cond = threading.Condition()
-        self._connack: Any = None
-        self._subacks: dict[int, list[Any]] = {}
-        self._started = False
+    def __init__(self, broker: Broker, user: str, online_topic: str):
+        self.online_topic = online_topic
+        self.client = MqttClient(broker, user, client_id=f"demo-{user}-{os.getpid()}",
+                                 will=(online_topic, W.online_message(False)),
+                                 on_message=lambda m: self.on_message(m.topic, m.payload))
 
-    def on_message(self, topic: str, payload: bytes) -> None:  # overridden
-        pass
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """Each message it receives, in the client's network thread (overridden)."""
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._cond:
-            self._connack = reason_code
-            self._cond.notify_all()
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        with self._cond:
-            self._subacks[mid] = list(reason_codes)
-            self._cond.notify_all()
-
-    def wait_for(self, pred: Callable[[], Any], timeout: float) -> Any:
-        with self._cond:
-            return self._cond.wait_for(pred, timeout)
-
-    def connect(self, timeout: float = 5.0) -> None:
-        self.paho.connect(self.host, self.port, keepalive=30)
-        self.paho.loop_start()
-        self._started = True
-        if not self.wait_for(lambda: self._connack is not None, timeout):
-            raise DemoError(f"{self.user}: no answer from the broker within {timeout} s")
-        if self._connack.is_failure:
-            raise DemoError(f"{self.user}: the broker refused the connection: {self._connack}")
-
-    def subscribe(self, topic: str, timeout: float = 5.0) -> None:
-        rc, mid = self.paho.subscribe(topic, P.QOS)
-        if rc != mqtt.MQTT_ERR_SUCCESS or not self.wait_for(lambda: mid in self._subacks, timeout):
-            raise DemoError(f"{self.user}: subscribing to {topic} failed")
-        if any(r.is_failure for r in self._subacks[mid]):
-            raise DemoError(f"{self.user}: the broker refused the subscription to {topic}")
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False,
-                timeout: float | None = 5.0) -> mqtt.MQTTMessageInfo:
-        """Publish at QoS 1 and wait for the PUBACK, unless timeout is None (for callers in
-        paho's network thread, which is the thread that would process the PUBACK)."""
-        info = self.paho.publish(topic, payload, qos=P.QOS, retain=retain)
-        if timeout is not None:
-            self.wait_published(info, topic, timeout)
-        return info
-
-    def wait_published(self, info: mqtt.MQTTMessageInfo, topic: str, timeout: float = 5.0) -> None:
-        info.wait_for_publish(timeout)
-        if not info.is_published():
-            raise DemoError(f"{self.user}: publish to {topic} not acknowledged within {timeout} s")
+    def come_online(self, topic: str) -> None:
+        """Connect, subscribe to `topic`, say it is online (retained)."""
+        self.client.connect()
+        if any(rc.is_failure for rc in self.client.subscribe(topic, W.QOS)):
+            raise DemoError(f"{self.client.username}: the broker refused the subscription to {topic}")
+        self.client.publish(self.online_topic, W.online_message(True), W.QOS, retain=True)
 
     def close(self) -> None:
-        if self._started:
-            self._started = False
-            self.paho.disconnect()
-            self.paho.loop_stop()
+        self.client.close()
 
 
 # ---------------------------------------------------------------- stations
 
-class Station(_Client):
+class Station(Actor):
     """A station board: one occupancy input and one reserved flag per slot.
 
     It shows a slot `occupied` or `out_of_service` when that is the physical truth, else
@@ -230,10 +184,9 @@ class Station(_Client):
     retained status whenever what it shows changes (docs/protocol.md, "Stations").
     """
 
-    def __init__(self, tl: Timeline, region: str, meta: StationMeta, label: str, host: str,
-                 port: int, password: str, peer: str = "gateway"):
-        super().__init__(host, port, meta.id, password,
-                         (P.station_topic(region, meta.id, "online"), P.online_message(False)))
+    def __init__(self, tl: Timeline, region: str, meta: StationMeta, label: str, broker: Broker,
+                 peer: str = "gateway"):
+        super().__init__(broker, meta.id, D.station_topic(region, meta.id, "online"))
         self.tl, self.region, self.meta, self.label = tl, region, meta, label
         self.peer = peer  # how the timeline names its gateway
         self.sid = meta.id
@@ -253,11 +206,9 @@ class Station(_Client):
                     for p, r in zip(self.physical, self.reserved)]
 
     def come_online(self) -> None:
-        self.connect()
-        self.subscribe(P.station_topic(self.region, self.sid, "cmd"))
-        self.publish(P.station_topic(self.region, self.sid, "online"), P.online_message(True), retain=True)
-        self.wait_published(self._publish_status(f"online: {self.label}, {slots_summary(self.meta)}"),
-                            self.status_topic)
+        super().come_online(D.station_topic(self.region, self.sid, "cmd"))
+        self.client.wait_published(self._publish_status(f"online: {self.label}, {slots_summary(self.meta)}"),
+                                   self.status_topic)
 
     def _publish_status(self, why: str) -> mqtt.MQTTMessageInfo:
         """Print and publish what the slots show now (retained); does not wait for the PUBACK,
@@ -267,12 +218,12 @@ class Station(_Client):
             slots = self.shown()
             text = " · ".join(f"{i} {s}" for i, s in enumerate(slots, 1))
             self.tl.event(self.who, "->", self.peer, f"status [{text}]  ({why})")
-            return self.publish(self.status_topic, P.encode(P.station_status(slots, self.seq)),
-                                retain=True, timeout=None)
+            return self.client.publish(self.status_topic, W.encode(D.station_status(slots, self.seq)), W.QOS,
+                                       retain=True, timeout=None)
 
     @property
     def status_topic(self) -> str:
-        return P.station_topic(self.region, self.sid, "status")
+        return D.station_topic(self.region, self.sid, "status")
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
@@ -303,7 +254,7 @@ class Station(_Client):
             for k, state in slots.items():
                 self.physical[k - 1] = state
             info = self._publish_status(why)
-        self.wait_published(info, self.status_topic)
+        self.client.wait_published(info, self.status_topic)
 
     def free_slots(self) -> list[int]:
         """Slots nobody is at and no reservation is shown on."""
@@ -316,13 +267,13 @@ class Station(_Client):
 
 # ---------------------------------------------------------------- cars
 
-class Car(_Client):
+class Car(Actor):
     """A car board: asks the gateway where to charge and prints every answer and event."""
 
     def __init__(self, tl: Timeline, region: str, cid: str, model: EvModel, where: str,
-                 lat: float, lon: float, soc: float, labels: dict[str, str], host: str, port: int,
-                 password: str, target_soc: float = 0.8, peer: str = "gateway"):
-        super().__init__(host, port, cid, password, (P.car_topic(region, cid, "online"), P.online_message(False)))
+                 lat: float, lon: float, soc: float, labels: dict[str, str], broker: Broker,
+                 target_soc: float = 0.8, peer: str = "gateway"):
+        super().__init__(broker, cid, D.car_topic(region, cid, "online"))
         self.tl, self.region, self.cid, self.model = tl, region, cid, model
         self.peer = peer  # how the timeline names its gateway
         self.where, self.lat, self.lon, self.soc, self.target_soc = where, lat, lon, soc, target_soc
@@ -336,9 +287,7 @@ class Car(_Client):
         return f"car {self.cid}"
 
     def come_online(self) -> None:
-        self.connect()
-        self.subscribe(P.car_topic(self.region, self.cid, "reply"))
-        self.publish(P.car_topic(self.region, self.cid, "online"), P.online_message(True), retain=True)
+        super().come_online(D.car_topic(self.region, self.cid, "reply"))
         self.tl.event(self.who, "->", "broker", f"online: {self.model.short()} at {self.where}, "
                       f"battery at {self.soc:.0%}")
 
@@ -355,7 +304,7 @@ class Car(_Client):
             "max_ac_kw": self.model.max_ac_kw, "max_dc_kw": self.model.max_dc_kw,
             "target_soc": self.target_soc}
         fields.update(override)
-        return P.encode(P.reserve_request(rid, self.cid, **fields))
+        return W.encode(D.reserve_request(rid, self.cid, **fields))
 
     def say_reserve(self, rid: str, extra: str = "") -> None:
         self.tl.event(self.who, "->", self.peer,
@@ -370,7 +319,7 @@ class Car(_Client):
     def confirm(self, reservation: str) -> dict[str, Any]:
         rid = self.next_rid()
         self.tl.event(self.who, "->", self.peer, f"confirm {reservation} (rid {rid})")
-        reply = self.ask(rid, P.encode(P.reservation_request("confirm", rid, self.cid, reservation)))
+        reply = self.ask(rid, W.encode(D.reservation_request("confirm", rid, self.cid, reservation)))
         if reply.get("ok"):
             self.confirmed.add(reservation)
         return reply
@@ -378,13 +327,12 @@ class Car(_Client):
     def cancel(self, reservation: str) -> dict[str, Any]:
         rid = self.next_rid()
         self.tl.event(self.who, "->", self.peer, f"cancel {reservation} (rid {rid})")
-        return self.ask(rid, P.encode(P.reservation_request("cancel", rid, self.cid, reservation)))
+        return self.ask(rid, W.encode(D.reservation_request("cancel", rid, self.cid, reservation)))
 
     def send(self, payload: bytes) -> int:
         """Publish a request as it is; returns the inbox position its answer will come after."""
-        with self._cond:
-            mark = len(self.inbox)
-        self.publish(P.car_topic(self.region, self.cid, "request"), payload)
+        mark = len(self.inbox)
+        self.client.publish(D.car_topic(self.region, self.cid, "request"), payload, W.QOS)
         return mark
 
     def ask(self, rid: str | None, payload: bytes, timeout: float = 10.0) -> dict[str, Any]:
@@ -394,16 +342,17 @@ class Car(_Client):
         """The first reply to `rid` that arrived after inbox position `mark`."""
         def find() -> dict[str, Any] | None:
             return next((m for m in self.inbox[mark:] if "event" not in m and m.get("rid") == rid), None)
-        got = self.wait_for(find, timeout)
-        if not got:
-            raise DemoError(f"{self.cid}: no answer to request {rid} within {timeout} s")
-        return got
+        try:
+            return self.client.wait(find, timeout, f"an answer to request {rid}")
+        except TimeoutError:
+            raise DemoError(f"{self.cid}: no answer to request {rid} within {timeout} s") from None
 
     def wait_event(self, event: str, timeout: float, since: int = 0) -> dict[str, Any]:
-        got = self.wait_for(lambda: next((m for m in self.inbox[since:] if m.get("event") == event), None), timeout)
-        if not got:
-            raise DemoError(f"{self.cid}: no '{event}' event from the gateway within {timeout:.0f} s")
-        return got
+        try:
+            return self.client.wait(lambda: next((m for m in self.inbox[since:] if m.get("event") == event), None),
+                                    timeout, f"a '{event}' event")
+        except TimeoutError:
+            raise DemoError(f"{self.cid}: no '{event}' event from the gateway within {timeout:.0f} s") from None
 
     # -------------------------------------------------------- printing what arrives
 
@@ -417,9 +366,7 @@ class Car(_Client):
         except (KeyError, TypeError, ValueError):  # not the shape docs/protocol.md promises
             text = f"unexpected message {json.dumps(msg)[:200]}"
         self.tl.event(self.who, "<-", self.peer, text)
-        with self._cond:
-            self.inbox.append(msg)
-            self._cond.notify_all()
+        self.inbox.append(msg)  # under the client's lock: Car.answer's wait sees it
 
     def where_is(self, r: dict[str, Any]) -> str:
         label = self.labels.get(r["station"], "not a demo station")
@@ -455,8 +402,8 @@ class Car(_Client):
             err = msg.get("error") or {}
             field = f" (field {err['field']})" if err.get("field") else ""
             text = f"error {err.get('code')}{field}: {err.get('message')}"
-            if err.get("code") == P.NO_CAPACITY and err.get("earliest_free"):
-                text = (f"error {P.NO_CAPACITY}: every slot within reach is taken; the earliest "
+            if err.get("code") == W.NO_CAPACITY and err.get("earliest_free"):
+                text = (f"error {W.NO_CAPACITY}: every slot within reach is taken; the earliest "
                         f"frees up at {hm(err['earliest_free'])}")
             ovf = msg.get("overflow")
             if ovf:  # why overflow to another region did not help

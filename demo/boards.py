@@ -27,7 +27,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from demo.actors import ROOT, DemoError, EvModel, Timeline, load_ev_model, slots_summary
+from demo.actors import DemoError, EvModel, Timeline, load_ev_model, slots_summary
+from harness import ROOT
+from harness.wait import wait_until
 
 if TYPE_CHECKING:
     from boards.virtual.board import VirtualBoard
@@ -510,12 +512,13 @@ class BoardAct:
     def in_db(self, cid: str, rid: str, state: str, timeout: float = 5.0) -> Any:
         """Wait until the gateway's database has reservation `rid` in `state`; check it."""
         store = self.demo.store()
-        deadline = time.monotonic() + timeout
-        while True:
-            r = next((x for x in store.reservations(cid) if x.id == rid), None)
-            if (r is not None and r.state == state) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+
+        def row() -> Any:
+            return next((x for x in store.reservations(cid) if x.id == rid), None)
+        try:
+            r = wait_until(lambda: (x := row()) is not None and x.state == state and x, timeout, f"{rid} {state}")
+        except TimeoutError:
+            r = row()
         where = f" ({cid} at {r.station} slot {r.slot})" if r is not None else ""
         self.check(r is not None and r.state == state,
                         f"the gateway's database: {rid} {state}{where}"
@@ -648,19 +651,22 @@ class BoardAct:
     def battery_reads_fine(self, cid: str, timeout: float = 5.0) -> None:
         """Ask the car board over its serial console ("soc?") until its battery reads fine."""
         car = self.cars[cid]
-        deadline = time.monotonic() + timeout
-        time.sleep(1.1)  # the board takes the median of its last 9 readings, one per 200 ms
-        while True:
+        settle = 1.1  # the board takes the median of its last 9 readings, one per 200 ms
+        time.sleep(settle)
+        said = [""]
+
+        def reads_fine() -> bool:
             mark = car.vb.mark()
             self.sync()
             self.tl.line(car.who, "⇠", "typed on its serial console: soc?")
             car.vb.write_serial("soc?\r")
-            line = self.expect(car, "soc: ", 3, mark)
-            if line.endswith("low False"):
-                return
-            if time.monotonic() > deadline:
-                raise DemoError(f"{car.who}: the battery still reads low: {line!r}")
-            time.sleep(0.4)
+            said[0] = self.expect(car, "soc: ", 3, mark)
+            return said[0].endswith("low False")
+
+        try:
+            wait_until(reads_fine, timeout - settle, f"{car.who}: battery fine", every=0.4)
+        except TimeoutError:
+            raise DemoError(f"{car.who}: the battery still reads low: {said[0]!r}") from None
 
     def settle(self, b: Board, shows: str) -> None:
         """Until the board's status LED shows `shows` ("on", "off", "blinking 5 Hz", as

@@ -2,7 +2,7 @@
 
 Berlin's register is cut by longitude into three regions, west, mitte and ost; each is a real
 Mosquitto (auth + ACL) bridged to the central broker with Mosquitto's own bridge (generated
-by gateway.broker_config, as tests/test_regions.py does) and a real gateway process with
+by recarga.core.broker_config, as tests/integration/central/test_regions.py does) and a real gateway process with
 `[overflow] enabled = true` over its part of the register. Central is its own Mosquitto and
 `recarga-central run`; west's neighbour is mitte, mitte's are west and ost. Two stations per
 region come online as scripted MQTT clients; west's are taken by walk-in drivers.
@@ -23,25 +23,26 @@ import json
 import math
 import os
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
-
 from demo.actors import Car, DemoError, Station, hms, load_ev_model, station_labels
 from demo.boards import _CAR_DEFAULT, FINE, LOW, Board, Watch, pot_for
 from harness.broker import Broker, BrokerError
 from harness.central import CENTRAL_USER, BridgedBroker, CentralBroker, CentralProcess
-from harness.services import GatewayProcess, wait_for
+from harness.clients import Received, connect_client
+from harness.services import GatewayProcess
+from harness.wait import wait_until
 from recarga.central.store import HOLD_ACTIVE
 from recarga.central.store import Store as CentralStore
 from recarga.core import broker_config
-from recarga.core import protocol as P
 from recarga.core.model import StationMeta
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 from recarga.gateway.store import Store
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class CarSpec:
 TRAVELLER = CarSpec("id3-w", ("Volkswagen", "ID.3", "58 kWh"), "Ernst-Reuter-Platz", 52.5127, 13.3219, 0.15)
 STRANDED = CarSpec("zoe-w", ("Renault", "Zoe", "R135 ZE50"), "Bismarckstraße", 52.5117, 13.3057, 0.14)
 
-# the gateways' [overflow] section (gateway.localnet.GatewayProcess writes the rest)
+# the gateways' [overflow] section (harness.services.GatewayProcess writes the rest)
 OVERFLOW_TOML = f"""\
 [overflow]
 enabled = true                 # the broker is bridged to central
@@ -100,9 +101,9 @@ def _rel(path: Path) -> str:
 
 
 def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    """wait_for, failing as a DemoError: check_db and check_central turn it into a failed check."""
+    """wait_until, failing as a DemoError: check_db and check_central turn it into a failed check."""
     try:
-        return wait_for(pred, timeout, what)
+        return wait_until(pred, timeout, what)
     except TimeoutError as e:
         raise DemoError(str(e)) from None
 
@@ -112,29 +113,21 @@ class Tap:
 
     def __init__(self, act: RegionsAct, broker: Broker, user: str, topics: list[str]):
         self.act, self.tl = act, act.tl
-        self.paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"demo-tap-{broker.region}-{os.getpid()}",
-                                protocol=mqtt.MQTTv311, clean_session=True)
-        self.paho.username_pw_set(user, broker.password(user))
-        self.paho.on_message = self._on_message
-        self._ready = threading.Event()
-        self.paho.on_subscribe = lambda *a: self._ready.set()
-        self.paho.connect(broker.host, broker.port, keepalive=30)
-        self.paho.loop_start()
-        self.paho.subscribe([(t, P.QOS) for t in topics])
-        if not self._ready.wait(5):
-            raise DemoError(f"tap on {broker.region}'s broker: not subscribed within 5 s")
+        self.client = connect_client(broker, user, client_id=f"demo-tap-{broker.region}-{os.getpid()}",
+                                     on_message=self._on_message)
+        for t in topics:
+            self.client.subscribe(t, W.QOS)
 
     def close(self) -> None:
-        self.paho.disconnect()
-        self.paho.loop_stop()
+        self.client.close()
 
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Received) -> None:
         parts = msg.topic.split("/")
-        ref = P.parse_central_topic(msg.topic)
+        ref = PC.parse_central_topic(msg.topic)
         if ref is not None:
             region, leaf = ref.region, ref.leaf
-        elif len(parts) == 5 and parts[3:] == [P.CENTRAL, P.LINK_LEAF]:  # not a central message: the bridge's own
-            region, leaf = parts[2], P.LINK_LEAF
+        elif len(parts) == 5 and parts[3:] == [PC.CENTRAL, PC.LINK_LEAF]:  # not a central message: the bridge's own
+            region, leaf = parts[2], PC.LINK_LEAF
         else:
             return
         try:
@@ -142,9 +135,9 @@ class Tap:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self.tl.note(f"(tap: unexpected message on {msg.topic}: {e})")
 
-    def show(self, r: str, leaf: str, msg: mqtt.MQTTMessage) -> None:
+    def show(self, r: str, leaf: str, msg: Received) -> None:
         gw, now = f"gateway {r}", time.time()
-        if leaf == P.LINK_LEAF:
+        if leaf == PC.LINK_LEAF:
             if not msg.retain:  # a change, not the state as it was when the tap subscribed
                 up = msg.payload.strip() == b"1"
                 self.tl.event(f"bridge {r}", "->", gw, f"link to central {'up' if up else 'down'} "
@@ -256,10 +249,10 @@ class RegionsAct:
                      f"(Mosquitto's bridge as {broker_config.bridge_user(r.name)}: QoS 1, cleansession false, "
                      f"its region's central/ subtree out and in)")
         # taps: what the regions send out, on the central broker; what central sends in, on each region's
-        self.taps.append(Tap(self, cb, CENTRAL_USER, [P.central_filter(leaf) for leaf in
+        self.taps.append(Tap(self, cb, CENTRAL_USER, [PC.central_filter(leaf) for leaf in
                                                       ("overflow/request", "hold/answer", "hold/event", "summary")]))
         for r, b in self.brokers.items():
-            self.taps.append(Tap(self, b, GATEWAY_USER, P.gateway_central_subscriptions(r)))
+            self.taps.append(Tap(self, b, GATEWAY_USER, PC.gateway_central_subscriptions(r)))
 
         self.central = CentralProcess(self.dir / "central", cb, {r: b.port for r, b in self.brokers.items()},
                                       neighbours=NEIGHBOURS).start()
@@ -285,8 +278,7 @@ class RegionsAct:
         for r in REGIONS:
             for s in online[r.name]:
                 b = self.brokers[r.name]
-                st = Station(self.tl, r.name, s, self.labels[s.id], b.host, b.port, b.password(s.id),
-                             peer=f"gateway {r.name}")
+                st = Station(self.tl, r.name, s, self.labels[s.id], b, peer=f"gateway {r.name}")
                 self.stations[s.id] = st
                 st.come_online()
             if r.shows != "free":
@@ -325,7 +317,7 @@ class RegionsAct:
     def _reservations(self, region: str, car: str) -> list[Any]:
         store = Store(self.dir / region / "gateway" / "gateway.db", "NORMAL")
         try:
-            return [r for r in store.reservations(car) if r.state in P.ACTIVE_STATES]
+            return [r for r in store.reservations(car) if r.state in D.ACTIVE_STATES]
         finally:
             store.close()
 
@@ -375,7 +367,7 @@ class RegionsAct:
                         "consumption_kwh_100km": model.consumption_kwh_100km, "max_ac_kw": model.max_ac_kw,
                         "max_dc_kw": model.max_dc_kw, "target_soc": 0.8}
         cfg["route"] = {"speed_kmh": 0, "loop": True, "points": [[spec.lat, spec.lon]]}  # parked
-        # its home region only, as tests/test_regions.py: mitte's broker comes in the overflow
+        # its home region only, as test_regions.py: mitte's broker comes in the overflow
         # answer (the firmware keeps one spare entry for it); three entries do not boot in 96 KB
         r = next(x for x in REGIONS if x.name == HOME)
         cfg["regions"] = [{"name": HOME, "host": home.host, "port": home.port,
@@ -452,7 +444,7 @@ class RegionsAct:
     def _car(self, spec: CarSpec, region: str) -> Car:
         b = self.brokers[region]
         car = Car(self.tl, region, spec.cid, load_ev_model(*spec.model), spec.where, spec.lat, spec.lon, spec.soc,
-                  self.labels, b.host, b.port, self.car_pw[spec.cid], peer=f"gateway {region}")
+                  self.labels, b, peer=f"gateway {region}")
         self.cars.append(car)
         car.come_online()
         return car
@@ -501,8 +493,8 @@ class RegionsAct:
         reply = car.reserve()
         dt = time.monotonic() - t0
         err, ovf = reply.get("error") or {}, reply.get("overflow") or {}
-        self.demo.check(not reply.get("ok") and err.get("code") == P.NO_CAPACITY
-                        and ovf.get("code") == P.OVERFLOW_UNAVAILABLE and dt < 1.5,
+        self.demo.check(not reply.get("ok") and err.get("code") == W.NO_CAPACITY
+                        and ovf.get("code") == PC.OVERFLOW_UNAVAILABLE and dt < 1.5,
                         f"{spec.cid} was told no_capacity with overflow_unavailable after {dt * 1000:.0f} ms, without "
                         f"waiting for central ({ANSWER_WITHIN_S} s)")
 

@@ -1,14 +1,14 @@
 """python -m demo [--fast] [--no-boards] [--dir DIR]: the whole region on this machine, then clean up.
 
-1. a Mosquitto config from gateway.broker_config (auth + ACL on, a free loopback port), started;
+1. a Mosquitto config from recarga.core.broker_config (auth + ACL on, a free loopback port), started;
 2. a gateway config over the whole Berlin register, and the real gateway process
-   (`python -m gateway.cli run --config ...`), logging to a file in the run directory;
+   (`python -m recarga.gateway.cli run --config ...`), logging to a file in the run directory;
 3. the virtual-board act (demo/boards.py; --no-boards skips it): two station boards and three
    car boards running the unmodified firmware on the MicroPython unix port, their serial
    lines and LEDs printed as they happen; switched off (by pid) at its end;
 4. eight stations and ten cars as scripted MQTT clients (demo/actors.py), the scenes of
    demo/scenario.py printed as they happen;
-5. the reservations from the gateway's database (`python -m gateway.cli reservations --json`);
+5. the reservations from the gateway's database (`python -m recarga.gateway.cli reservations --json`);
 6. the regions act (demo/regions.py): the region's broker stopped, then three bridged regions
    and central started, an overflow and central unreachable;
 7. everything it started stopped by pid, also on errors, Ctrl-C and SIGTERM.
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,7 +36,6 @@ from boards.virtual.board import BoardError
 from demo import boards as board_act
 from demo import scenario
 from demo.actors import (
-    ROOT,
     STATIONS_CSV,
     Car,
     DemoError,
@@ -48,8 +45,10 @@ from demo.actors import (
     station_labels,
 )
 from demo.regions import RegionsAct
+from harness import ROOT
 from harness.broker import Broker, BrokerError
-from harness.services import ServiceProcess
+from harness.services import ServiceProcess, gateway_reservations, write_secret
+from harness.wait import wait_until
 from recarga.core.stations import load_stations
 from recarga.gateway import config as gateway_config
 from recarga.gateway.store import Store
@@ -147,13 +146,11 @@ class Demo:
     def wait_gateway_sees(self, pred: Callable[[dict[str, Any]], bool], what: str,
                           timeout: float = 10.0) -> None:
         """Until pred(the gateway's stored live state of the stations) holds."""
-        deadline = time.monotonic() + timeout
-        while not pred(self.store().stations_live()):
-            if self.gateway is not None:
-                self.gateway.alive()
-            if time.monotonic() > deadline:
-                raise DemoError(f"the gateway's database does not show {what} within {timeout:g} s")
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: pred(self.store().stations_live()), timeout, what,
+                       self.gateway.alive if self.gateway is not None else None)
+        except TimeoutError:
+            raise DemoError(f"the gateway's database does not show {what} within {timeout:g} s") from None
 
     def wait_gateway_sees_stations(self, timeout: float = 10.0) -> None:
         """Until the gateway's stored live state shows every scripted station online, as it shows itself."""
@@ -199,8 +196,8 @@ class Demo:
         passwords = {GATEWAY_USER: secrets.token_urlsafe(16)}
         passwords.update({u: secrets.token_urlsafe(16) for u in [*stations, *cars]})
         self.passwords = passwords
-        self._start_broker(stations, cars, passwords)
-        assert self.broker is not None
+        self.broker = Broker.launch(self.dir / "broker", region=REGION, gateway_user=GATEWAY_USER, cars=cars,
+                                    stations=stations, passwords=passwords)
         boards = (f"{len(board_stations)} station boards + {len(scenario.STATIONS)} scripted stations, "
                   f"{len(board_cars)} car boards + {len(car_ids)} scripted cars" if self.with_boards
                   else f"{len(scenario.STATIONS)} stations, {len(car_ids)} cars")
@@ -208,8 +205,7 @@ class Demo:
                  f"auth + ACL for {len(passwords)} users, each with its own password (gateway, {boards}); "
                  f"log {_rel(self.broker.log_path)}")
 
-        (self.dir / "gateway" / "gateway.password").write_text(passwords[GATEWAY_USER] + "\n")
-        os.chmod(self.dir / "gateway" / "gateway.password", 0o600)
+        write_secret(self.dir / "gateway" / "gateway.password", passwords[GATEWAY_USER])
         self.gateway_config.write_text(GATEWAY_TOML.format(
             region=_toml_str(REGION), stations=_toml_str(str(STATIONS_CSV)), port=self.broker.port,
             user=_toml_str(GATEWAY_USER), hold_s=self.pace.hold_s, grace_s=self.pace.grace_s))
@@ -242,29 +238,16 @@ class Demo:
         if self.with_boards:
             tl.plain("\nThe protocol in detail: scripted stations and cars (MQTT clients), every message printed.")
         tl.scene("0 · Stations come online; cars connect")
-        host, port = self.broker.host, self.broker.port
         for sid in scenario.STATIONS:
-            st = Station(tl, REGION, self.metas[sid], self.labels[sid], host, port, self.passwords[sid])
+            st = Station(tl, REGION, self.metas[sid], self.labels[sid], self.broker)
             self.stations[sid] = st
             st.come_online()
         self.wait_gateway_sees_stations()
         for spec in scenario.CARS:
             car = Car(tl, REGION, spec.cid, self.models[spec.model], spec.where, spec.lat, spec.lon, spec.soc,
-                      self.labels, host, port, self.passwords[spec.cid])
+                      self.labels, self.broker)
             self.cars[spec.cid] = car
             car.come_online()
-
-    def _start_broker(self, stations: list[str], cars: list[str], passwords: dict[str, str]) -> None:
-        for attempt in range(3):  # the free port may be taken between choosing and binding it
-            self.broker = Broker.generate(self.dir / "broker", region=REGION, gateway_user=GATEWAY_USER,
-                                          cars=cars, stations=stations, passwords=passwords)
-            try:
-                self.broker.start()
-                return
-            except BrokerError:
-                if attempt < 2 and "Address already in use" in self.broker.log():
-                    continue
-                raise
 
     def _start_gateway(self, timeout: float = 30.0) -> None:
         self.gateway = ServiceProcess("the gateway", "recarga.gateway.cli", self.gateway_config, self.gateway_log).start()
@@ -275,19 +258,11 @@ class Demo:
 
     # ------------------------------------------------------------ the end
 
-    def reservations(self) -> list[dict[str, Any]]:
-        out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config",
-                              str(self.gateway_config), "--json"],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
-        if out.returncode != 0:
-            raise DemoError(f"gateway.cli reservations failed ({out.returncode}): {out.stderr.strip()}")
-        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
     def summary(self) -> None:
         tl = self.tl
-        rows = self.reservations()
+        rows = gateway_reservations(self.gateway_config)
         tl.scene("Summary")
-        tl.plain(f"Reservations in the gateway's database (python -m gateway.cli reservations "
+        tl.plain(f"Reservations in the gateway's database (python -m recarga.gateway.cli reservations "
                  f"--config {_rel(self.gateway_config)} --json):")
         tl.plain(f"  {'reservation':<14} {'car':<9} {'station':<8} {'slot':>4}  {'final state':<11} "
                  f"{'kWh':>5} {'EUR':>6}  request")
@@ -317,7 +292,7 @@ class Demo:
             try:
                 c.close()
             except Exception as e:  # noqa: BLE001 (going away anyway)
-                self.tl.plain(f"  (closing {c.user}: {e})")
+                self.tl.plain(f"  (closing {c.client.username}: {e})")
 
     def stop_gateway(self) -> None:
         if self._store is not None:
@@ -338,7 +313,7 @@ class Demo:
         self.stop_clients()
         if self.gateway is not None:
             self.stop_gateway()
-            stopped.append(f"gateway (pid {self.gateway.pid}, exit {self.gateway.proc.returncode})")
+            stopped.append(f"gateway (pid {self.gateway.pid}, exit {self.gateway.returncode})")
         if self.broker is not None and self.broker.pid is not None:
             self.broker.stop()  # idempotent: it may have stopped before the regions act
             stopped.append(f"mosquitto (pid {self.broker.pid})")

@@ -16,7 +16,9 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from demo.actors import Car, DemoError, Station, hm, hms
-from recarga.core import protocol as P
+from harness.wait import wait_until
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 if TYPE_CHECKING:
     from demo.run import Demo
@@ -94,14 +96,10 @@ def station_of(demo: Demo, r: dict[str, Any]) -> Station:
 
 
 def until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise DemoError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.02)
+    try:
+        return wait_until(pred, timeout, what, every=0.02)
+    except TimeoutError:
+        raise DemoError(f"{what} did not happen within {timeout:g} s") from None
 
 
 def drive_there(demo: Demo, car: Car, r: dict[str, Any]) -> None:
@@ -167,13 +165,13 @@ def bad_requests(demo: Demo) -> None:
     rid = car.next_rid()
     car.say_reserve(rid, " but with soc 1.7 (a broken battery reading)")
     reply = car.ask(rid, car.reserve_payload(rid, soc=1.7))
-    demo.check(not reply["ok"] and reply["error"]["code"] == P.OUT_OF_RANGE
+    demo.check(not reply["ok"] and reply["error"]["code"] == W.OUT_OF_RANGE
                and reply["error"].get("field") == "soc", "soc 1.7 answered with out_of_range (field soc)")
     demo.pause()
     rid = car.next_rid()
     car.say_reserve(rid, f", only at station {NOT_A_STATION}")
     reply = car.ask(rid, car.reserve_payload(rid, station=NOT_A_STATION))
-    demo.check(not reply["ok"] and reply["error"]["code"] == P.UNKNOWN_STATION,
+    demo.check(not reply["ok"] and reply["error"]["code"] == D.UNKNOWN_STATION,
                f"station {NOT_A_STATION} answered with unknown_station")
 
 
@@ -269,10 +267,8 @@ def rush_hour(demo: Demo) -> None:
     marks: dict[str, int] = {}
 
     def fire(car: Car, payload: bytes) -> None:
-        with car._cond:
-            marks[car.cid] = len(car.inbox)
         barrier.wait()
-        car.paho.publish(P.car_topic(demo.region, car.cid, "request"), payload, qos=P.QOS)
+        marks[car.cid] = car.send(payload)
 
     threads = [threading.Thread(target=fire, args=(car, payload)) for car, _, payload in asks]
     for t in threads:
@@ -298,7 +294,7 @@ def rush_hour(demo: Demo) -> None:
             f"{who} {hm(a)}–{hm(b)}" for who, a, b in booked))
     demo.check(not overlap, "no slot carries two overlapping reservations: the later cars queue "
                             "behind the earlier ones (wait > 0)")
-    demo.check(bool(lost) and all(code == P.NO_CAPACITY for code in lost.values()),
+    demo.check(bool(lost) and all(code == W.NO_CAPACITY for code in lost.values()),
                "the cars left over were told no_capacity: " + (", ".join(lost) or "nobody"))
     for cid, r in won.items():
         demo.pause()

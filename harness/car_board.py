@@ -9,12 +9,12 @@
   region ...`; the serial command `status` prints the state, reservation and region.
 - `ScriptedGateway(broker, region, car)`: a paho client logged in as a region broker's
   `gateway` user that plays that region's gateway for one car: every request the car sends
-  is parsed with gateway.protocol's validator (the contract) and kept in `requests`;
+  is parsed with recarga.core.protocol's validator (the contract) and kept in `requests`;
   `respond` (request -> list of messages to send back) answers it; `online()` is the car's
   retained online flag on that broker.
 - `World(tmp)`: regions (a broker and the real gateway process each, stations as paho clients)
   and paho clients, all stopped by pid / closed at the end.
-- `reservations(gw)` (the gateway's CLI, JSON); `wait_until(pred)` is mp's.
+- `reservations(gw)` (the gateway's CLI, JSON).
 
 For the three-region test with central: give the car the origin region in config.json only;
 the overflow answer names the other region's broker, the car connects there directly (the
@@ -24,7 +24,6 @@ cut that connection).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -32,11 +31,13 @@ from itertools import pairwise
 from pathlib import Path
 
 from harness import ROOT
-from harness.clients import Broker, MqttClient, connect_client
-from harness.micropython import wait_until
+from harness.broker import Broker
+from harness.clients import MqttClient, connect_client
 from harness.services import GatewayProcess
-from recarga.core import protocol as P
+from harness.wait import wait_until
 from recarga.core.model import StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 CAR = ROOT / "firmware" / "car"
 LIB = ROOT / "firmware" / "lib"
@@ -109,43 +110,43 @@ class ScriptedGateway:
     """Plays `region`'s gateway for `car` on `broker` (as its `gateway` user)."""
 
     def __init__(self, broker: Broker, region: str, car: str,
-                 respond: Callable[[P.CarRequest], list[dict]] | None = None):
+                 respond: Callable[[D.CarRequest], list[dict]] | None = None):
         self.region = region
         self.car = car
         self.respond = respond
-        self.requests: list[P.CarRequest] = []
+        self.requests: list[D.CarRequest] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self.client: MqttClient = connect_client(broker, "gateway")
-        self.reply_topic = P.car_topic(region, car, "reply")
-        self.request_topic = P.car_topic(region, car, "request")
-        self.online_topic = P.car_topic(region, car, "online")
+        self.reply_topic = D.car_topic(region, car, "reply")
+        self.request_topic = D.car_topic(region, car, "request")
+        self.online_topic = D.car_topic(region, car, "online")
         self.client.paho.message_callback_add(self.request_topic, self._on_request)
         self.client.subscribe(self.request_topic)
         self.client.subscribe(self.online_topic)
 
     def _on_request(self, client, userdata, msg) -> None:
         try:  # the contract: whatever the car sends passes the gateway's validator
-            req = P.parse_car_request(self.car, msg.payload)
-        except P.ProtocolError as e:
+            req = D.parse_car_request(self.car, msg.payload)
+        except W.ProtocolError as e:
             with self._lock:
                 self.errors.append(f"{e}: {msg.payload!r}")
             return
         with self._lock:
             self.requests.append(req)
         for m in (self.respond(req) if self.respond else None) or ():
-            client.publish(self.reply_topic, P.encode(m), qos=1)
+            client.publish(self.reply_topic, W.encode(m), qos=1)
 
     def send(self, msg: dict) -> None:
         """Publish a reply or event to the car."""
-        self.client.publish(self.reply_topic, P.encode(msg), qos=1)
+        self.client.publish(self.reply_topic, W.encode(msg), qos=1)
 
     def ops(self) -> list[tuple[str, str | None]]:
         """(op, reservation) of every request so far."""
         with self._lock:
             return [(r.op, r.fields.get("reservation")) for r in self.requests]
 
-    def wait_request(self, op: str, n: int = 1, timeout: float = 15) -> P.CarRequest:
+    def wait_request(self, op: str, n: int = 1, timeout: float = 15) -> D.CarRequest:
         """The n-th request with this op (waiting for it)."""
         def get():
             with self._lock:
@@ -156,7 +157,7 @@ class ScriptedGateway:
     def online(self) -> bool | None:
         """The car's latest online flag on this broker (None: never seen)."""
         got = self.client.messages(self.online_topic)
-        return P.parse_online(got[-1].payload) if got else None
+        return D.parse_online(got[-1].payload) if got else None
 
     def close(self) -> None:
         self.client.close()
@@ -179,9 +180,9 @@ class World:
         for s in stations:
             c = connect_client(b, s.id)
             self.clients.append(c)
-            c.subscribe(P.station_topic(name, s.id, "cmd"))
-            c.publish(P.station_topic(name, s.id, "online"), P.online_message(True), retain=True)
-            c.publish(P.station_topic(name, s.id, "status"), P.encode(P.station_status(["free"] * len(s.slots))),
+            c.subscribe(D.station_topic(name, s.id, "cmd"))
+            c.publish(D.station_topic(name, s.id, "online"), W.online_message(True), retain=True)
+            c.publish(D.station_topic(name, s.id, "status"), W.encode(D.station_status(["free"] * len(s.slots))),
                       retain=True)
         gw = GatewayProcess(self.tmp / name / "gw", name, b.port, "gateway", "gw-pw", stations, hold_s=60, grace_s=300)
         self.gateways.append(gw)
@@ -208,6 +209,4 @@ class World:
 
 
 def reservations(gw: GatewayProcess) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config", str(gw.config), "--json"],
-                         capture_output=True, text=True, timeout=30, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    return gw.reservations()

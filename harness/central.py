@@ -2,22 +2,21 @@
 brokers bridged to it, each a real Mosquitto on a free loopback port with auth and ACL on,
 and `recarga-central run` as a child process.
 
-Built on gateway.localbroker.Broker and gateway.localnet.ServiceProcess (both started and
-stopped by pid); the brokers' configuration comes from gateway.broker_config
+Built on harness.broker.Broker and harness.services.ServiceProcess (both started and stopped
+by pid); the brokers' configuration comes from recarga.core.broker_config
 (write_central_broker_dir, write_broker_dir with a bridge).
 """
 from __future__ import annotations
 
 import json
-import os
-import pwd
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.broker import Broker, free_port
+from harness.broker import Broker, free_port, run_as_me
 from harness.services import ServiceProcess, write_secret
 from recarga.core import broker_config
-from recarga.core import protocol as P
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 
 CENTRAL_USER = "central"
 MONITOR_USER = "monitor"
@@ -26,11 +25,6 @@ MONITOR_USER = "monitor"
 MONITOR_ACL = {MONITOR_USER: [("read", "recarga/v1/+/central/#")]}
 CAR_NEED = {"lat": 52.52, "lon": 13.40, "soc": 0.3, "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
             "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8}
-
-
-def _me() -> str:
-    # as root the broker would switch to 'mosquitto', which cannot enter private temp dirs
-    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def central_passwords(regions: Sequence[str], central_password: str = "central-secret") -> dict[str, str]:
@@ -50,7 +44,7 @@ class CentralBroker(Broker):
         passwords = dict(passwords or central_passwords(regions))
         port = free_port()
         conf = broker_config.write_central_broker_dir(directory, port, passwords, CENTRAL_USER, list(regions),
-                                                      run_as=_me(), extra_acl=extra_acl)
+                                                      run_as=run_as_me(), extra_acl=extra_acl)
         return cls(conf, "127.0.0.1", port, region="central", passwords=passwords,
                    log_path=conf.parent / broker_config.LOG_NAME)
 
@@ -70,7 +64,7 @@ class BridgedBroker(Broker):
                                               restart_min_s=restart_s, restart_max_s=max(restart_s, 2))
         port = free_port()
         conf = broker_config.write_broker_dir(directory, region, port, passwords, list(cars), list(stations),
-                                              gateway_user, run_as=_me(), bridge=bridge)
+                                              gateway_user, run_as=run_as_me(), bridge=bridge)
         return cls(conf, "127.0.0.1", port, region=region, passwords=passwords,
                    log_path=conf.parent / broker_config.LOG_NAME)
 
@@ -79,12 +73,12 @@ def overflow_request(origin: str, car: str, deadline: float,
                      need: Mapping[str, float] = CAR_NEED) -> tuple[str, bytes]:
     """(xid, payload) of the overflow request `origin`'s gateway forwards for `car`'s first
     reserve request: what a test or benchmark plays as the region's side on the central broker."""
-    xid = P.overflow_id(origin, car, f"{car}-0-1")
-    return xid, P.encode(P.overflow_request(xid, origin, car, deadline, dict(need)))
+    xid = PC.overflow_id(origin, car, f"{car}-0-1")
+    return xid, W.encode(PC.overflow_request(xid, origin, car, deadline, dict(need)))
 
 
 CENTRAL_TOML = """\
-# Written by central.localnet.CentralProcess (tests, benchmarks, the demo). Paths are relative to this file.
+# Written by harness.central.CentralProcess (tests, benchmarks, the demo). Paths are relative to this file.
 instance = {instance}
 database = {database}
 tick_s = 0.2
@@ -103,7 +97,7 @@ reconnect_max_s = 2
 
 
 class CentralProcess(ServiceProcess):
-    """`recarga-central run` (`python -m central.cli run`) on `broker` as CENTRAL_USER, with
+    """`recarga-central run` (`python -m recarga.central.cli run`) on `broker` as CENTRAL_USER, with
     its config, password and log under `root`.
 
     `regions` maps each region to its broker's port on 127.0.0.1 (what central's answers send

@@ -1,9 +1,9 @@
-"""Test helpers: a real Mosquitto broker on a free loopback port, and clients for it.
+"""MQTT clients for a harness.broker.Broker: paho-mqtt, and Mosquitto's own command-line clients.
 
-`Broker` is gateway.localbroker's (auth and ACL on, stopped by pid) with this suite's
-default users. `MqttClient` is a paho-mqtt 2.x client speaking MQTT 3.1.1, as the
-boards do. `CliSubscriber` and `cli_publish` run Mosquitto's own command-line clients as
-clients independent of paho. Fixtures in conftest.py make sure everything is stopped.
+`MqttClient` is the harness's paho client (paho-mqtt 2.x, MQTT 3.1.1, as the boards speak),
+for tests, benchmarks and the demo's scripted actors. `try_connect` reports a CONNACK.
+`CliSubscriber` and `cli_publish` run mosquitto_sub and mosquitto_pub, clients independent of
+paho. Fixtures in tests/conftest.py make sure everything is closed and stopped.
 """
 from __future__ import annotations
 
@@ -11,39 +11,18 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Self, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from harness.broker import Broker as _LocalBroker
-from harness.broker import BrokerError, free_port, require_tool, stop_process  # noqa: F401 (re-exported)
+from harness.broker import Broker, require_tool
+from harness.process import ChildProcess
+from harness.wait import wait_until
 
-REGION = "test"
-GATEWAY_USER = "gateway"
-CARS = ("car-a", "car-b")
-STATIONS = ("st-1", "st-2")
-PASSWORDS = {
-    GATEWAY_USER: "gw-secret-1",
-    "car-a": "car-a-secret",
-    "car-b": "car-b-secret",
-    "st-1": "st-1-secret",
-    "st-2": "st-2-secret",
-}
-
-
-class Broker(_LocalBroker):
-    """The local broker with this suite's defaults (region "test", known users)."""
-
-    @classmethod
-    def generate(cls, directory: Path, *, region: str = REGION, gateway_user: str = GATEWAY_USER,
-                 cars: Sequence[str] = CARS, stations: Sequence[str] = STATIONS,
-                 passwords: Mapping[str, str] | None = None, **kwargs) -> Broker:
-        return super().generate(directory, region=region, gateway_user=gateway_user, cars=cars,
-                                stations=stations, passwords=PASSWORDS if passwords is None else passwords,
-                                **kwargs)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- paho-mqtt clients
@@ -62,15 +41,16 @@ def try_connect(broker: Broker, username: str | None, password: str | None = Non
     result: list[ReasonCode] = []
     client.on_connect = lambda c, u, flags, rc, props: result.append(rc)
     client.connect(broker.host, broker.port, keepalive=10)
-    deadline = time.monotonic() + timeout
+
+    def answered() -> bool:
+        client.loop(0.05)
+        return bool(result)
+
     try:
-        while not result and time.monotonic() < deadline:
-            client.loop(0.05)
+        wait_until(answered, timeout, f"a CONNACK from {broker.host}:{broker.port}", every=0)
     finally:
         client.disconnect()
         client.loop(0.05)
-    if not result:
-        raise AssertionError(f"no CONNACK from {broker.host}:{broker.port} within {timeout} s")
     return result[0]
 
 
@@ -85,20 +65,28 @@ class Received:
 class MqttClient:
     """paho-mqtt 2.x (CallbackAPIVersion.VERSION2, MQTT 3.1.1) with its loop in a thread.
 
-    Records every message it receives; `expect` / `expect_nothing` wait a bounded time.
+    Records every message it receives in `received`; `expect`, `expect_nothing` and `wait`
+    wait a bounded time. `on_message(msg)`, if given, sees each message as it is recorded (in
+    paho's network thread, under the lock `wait` checks its condition under). `will` is a
+    (topic, payload) Last Will, retained at QoS 1 as the boards' online flags are.
     """
 
     def __init__(self, broker: Broker, username: str, password: str | None = None, *,
-                 client_id: str | None = None, clean_session: bool = True):
+                 client_id: str | None = None, clean_session: bool = True,
+                 will: tuple[str, bytes] | None = None,
+                 on_message: Callable[[Received], None] | None = None):
         self.broker = broker
         self.username = username
         self.client_id = client_id or f"{username}-{os.getpid()}-{time.monotonic_ns()}"
         self.received: list[Received] = []
+        self.on_message = on_message
         self._cond = threading.Condition()
         self._connack: ReasonCode | None = None
         self._subacks: dict[int, list[ReasonCode]] = {}
         self._paho = _new_paho(self.client_id, clean_session)
         self._paho.username_pw_set(username, broker.password(username) if password is None else password)
+        if will is not None:
+            self._paho.will_set(will[0], will[1], qos=1, retain=True)
         self._paho.on_connect = self._on_connect
         self._paho.on_subscribe = self._on_subscribe
         self._paho.on_message = self._on_message
@@ -120,41 +108,53 @@ class MqttClient:
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, msg) -> None:
+        got = Received(msg.topic, msg.payload, bool(msg.retain), msg.qos)
         with self._cond:
-            self.received.append(Received(msg.topic, msg.payload, bool(msg.retain), msg.qos))
+            self.received.append(got)
+            if self.on_message is not None:
+                self.on_message(got)
             self._cond.notify_all()
 
-    def _wait(self, pred: Callable[[], object], timeout: float) -> object:
-        with self._cond:
-            return self._cond.wait_for(pred, timeout)
+    def wait(self, pred: Callable[[], T], timeout: float, what: str | Callable[[], str]) -> T:
+        """pred()'s first truthy value, checked whenever a message (or an acknowledgement)
+        arrives; TimeoutError naming `what` after `timeout` s."""
+        return wait_until(pred, timeout, (lambda: f"{self.username}: {what() if callable(what) else what}"),
+                          cond=self._cond)
 
-    def connect(self, timeout: float = 5.0) -> MqttClient:
-        """Connect and wait for a successful CONNACK; AssertionError with the reason if refused."""
+    def connect(self, timeout: float = 5.0) -> Self:
+        """Connect and wait for a successful CONNACK; ConnectionRefusedError with the reason if refused."""
         self._paho.connect(self.broker.host, self.broker.port, keepalive=30)
         self._paho.loop_start()
         self._started = True
-        if not self._wait(lambda: self._connack is not None, timeout):
-            raise AssertionError(f"{self.username}: no CONNACK within {timeout} s")
+        self.wait(lambda: self._connack is not None, timeout, "a CONNACK")
+        assert self._connack is not None
         if self._connack.is_failure:
-            raise AssertionError(f"{self.username}: connection refused: {self._connack}")
+            raise ConnectionRefusedError(f"{self.username}: connection refused: {self._connack}")
         return self
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 5.0) -> list[ReasonCode]:
         """Subscribe and wait for the SUBACK; returns its reason codes (0x80 = refused)."""
         rc, mid = self._paho.subscribe(topic, qos)
-        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe({topic!r}) failed locally: {rc}"
-        if not self._wait(lambda: mid in self._subacks, timeout):
-            raise AssertionError(f"{self.username}: no SUBACK for {topic!r} within {timeout} s")
-        return self._subacks[mid]
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"{self.username}: subscribe({topic!r}) failed locally: {rc}")
+        return self.wait(lambda: self._subacks.get(mid), timeout, f"a SUBACK for {topic!r}")
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
-                timeout: float = 5.0) -> None:
-        """Publish and wait until it is sent (QoS 1: PUBACKed). The broker PUBACKs a publish the
-        ACL denies too (MQTT 3.1.1 has no way to say no), so this proves nothing about delivery."""
+                timeout: float | None = 5.0) -> mqtt.MQTTMessageInfo:
+        """Publish and wait until it is sent (QoS 1: PUBACKed); timeout=None returns at once (for
+        callers in paho's network thread, the thread that would handle the PUBACK). The broker
+        PUBACKs a publish the ACL denies too (MQTT 3.1.1 has no way to say no), so this proves
+        nothing about delivery."""
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        if timeout is not None:
+            self.wait_published(info, topic, timeout)
+        return info
+
+    def wait_published(self, info: mqtt.MQTTMessageInfo, topic: str, timeout: float = 5.0) -> None:
+        """Until a publish returned by publish(..., timeout=None) is sent (QoS 1: PUBACKed)."""
         info.wait_for_publish(timeout)
         if not info.is_published():
-            raise AssertionError(f"{self.username}: publish to {topic!r} not acknowledged in {timeout} s")
+            raise TimeoutError(f"{self.username}: publish to {topic!r} not acknowledged within {timeout:g} s")
 
     def messages(self, topic_filter: str = "#") -> list[Received]:
         with self._cond:
@@ -162,17 +162,17 @@ class MqttClient:
 
     def expect(self, topic_filter: str = "#", timeout: float = 5.0) -> Received:
         """The first message received on a topic matching the filter, waiting up to `timeout`."""
-        if not self._wait(lambda: self.messages(topic_filter), timeout):
-            raise AssertionError(f"{self.username} received nothing on {topic_filter!r} within {timeout} s "
-                                 f"(got {[m.topic for m in self.received]})")
-        return self.messages(topic_filter)[0]
+        return self.wait(lambda: self.messages(topic_filter), timeout,
+                         lambda: f"nothing received on {topic_filter!r} (got {[m.topic for m in self.received]})")[0]
 
     def expect_nothing(self, topic_filter: str = "#", within: float = 0.5) -> None:
         """Fail if a message on a topic matching the filter arrives (or arrived) within `within` s."""
-        if self._wait(lambda: self.messages(topic_filter), within):
-            got = self.messages(topic_filter)
-            raise AssertionError(f"{self.username} must not receive {topic_filter!r}, got "
-                                 f"{[(m.topic, m.payload) for m in got]}")
+        try:
+            got = self.wait(lambda: self.messages(topic_filter), within, topic_filter)
+        except TimeoutError:
+            return
+        raise AssertionError(f"{self.username} must not receive {topic_filter!r}, got "
+                             f"{[(m.topic, m.payload) for m in got]}")
 
     def close(self) -> None:
         if self._started:
@@ -183,6 +183,7 @@ class MqttClient:
         # callbacks make a reference cycle that only a gc run would free: a few hundred
         # clients later paho's select() meets a descriptor above 1023 and its thread dies
         self._paho.on_connect = self._paho.on_subscribe = self._paho.on_message = None
+        self.on_message = None
 
 
 def connect_client(broker: Broker, username: str, password: str | None = None, **kwargs) -> MqttClient:
@@ -212,77 +213,44 @@ def cli_publish(broker: Broker, username: str | None, topic: str, payload: str, 
             "-t", topic, "-m", payload, "-q", str(qos)]
     if retain:
         args.append("-r")
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          check=False)
 
 
-class CliSubscriber:
-    """`mosquitto_sub` as a child process; knows when its SUBACK arrived; stopped by pid."""
+class CliSubscriber(ChildProcess):
+    """`mosquitto_sub` as a child process; start() returns once its SUBACK arrived."""
 
-    _MARK = "MSG\t"
+    MARK = "MSG\t"
 
     def __init__(self, broker: Broker, username: str, topics: Iterable[str], *,
                  password: str | None = None, qos: int = 1):
         self.username = username
-        # stdbuf: mosquitto_sub's stdout is a pipe here, which stdio would buffer fully.
-        self._args = [require_tool("stdbuf"), "-oL", require_tool("mosquitto_sub"),
-                      *_cli_auth(broker, username, password),
-                      "-q", str(qos), "-d", "-F", self._MARK + "%t\t%p"]
         self.topics = list(topics)
+        # stdbuf: mosquitto_sub's stdout is a pipe here, which stdio would buffer fully
+        argv = [require_tool("stdbuf"), "-oL", require_tool("mosquitto_sub"), *_cli_auth(broker, username, password),
+                "-q", str(qos), "-d", "-F", self.MARK + "%t\t%p"]
         for t in self.topics:
-            self._args += ["-t", t]
-        self._lines: list[str] = []
-        self._cond = threading.Condition()
-        self._proc: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
-        self.pid: int | None = None
+            argv += ["-t", t]
+        super().__init__(f"mosquitto_sub as {username}", argv)
 
-    def start(self, timeout: float = 5.0) -> CliSubscriber:
-        self._proc = subprocess.Popen(self._args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
-        self.pid = self._proc.pid
-        self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
-        self._reader.start()
-        if not self._wait(lambda: any(l.startswith("Subscribed (mid:") for l in self._lines), timeout):
-            output = self.output()
+    def start(self, timeout: float = 5.0) -> Self:
+        super().start()
+        try:
+            self.wait_lines(lambda lines: any(l.startswith("Subscribed (mid:") for l in lines), timeout,
+                            "subscribed")
+        except BaseException:
             self.stop()
-            raise AssertionError(f"mosquitto_sub as {self.username} not subscribed within {timeout} s:\n{output}")
+            raise
         return self
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self._cond:
-                self._lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def _wait(self, pred: Callable[[], object], timeout: float) -> object:
-        with self._cond:
-            return self._cond.wait_for(pred, timeout)
-
-    def output(self) -> str:
-        with self._cond:
-            return "\n".join(self._lines)
 
     def messages(self) -> list[tuple[str, str]]:
         """(topic, payload) of every message received so far."""
-        with self._cond:
-            return [tuple(l[len(self._MARK):].split("\t", 1)) for l in self._lines if l.startswith(self._MARK)]
+        return [self._message(l) for l in self.lines() if l.startswith(self.MARK)]
+
+    def _message(self, line: str) -> tuple[str, str]:
+        topic, payload = line[len(self.MARK):].split("\t", 1)
+        return topic, payload
 
     def expect(self, topic: str, payload: str, timeout: float = 5.0) -> None:
-        if not self._wait(lambda: (topic, payload) in self.messages(), timeout):
-            raise AssertionError(f"mosquitto_sub as {self.username} did not get {payload!r} on {topic!r} "
-                                 f"within {timeout} s; output:\n{self.output()}")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        stop_process(proc, timeout)
-        if self._reader is not None:
-            self._reader.join(timeout)
-
-    def __enter__(self) -> CliSubscriber:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        line = self.MARK + f"{topic}\t{payload}"
+        self.wait_lines(lambda lines: line in lines, timeout, f"{payload!r} on {topic!r}")

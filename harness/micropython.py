@@ -4,8 +4,8 @@
 (an ESP32-like heap) and MICROPYPATH = firmware/lib : firmware/station (: firmware/car with
 board="car") : the vendored umqtt.simple, and returns its stdout; a non-zero exit fails the
 test with stdout and stderr. `MicroPython` starts one as a child process that keeps running
-(a board's main loop), collects its output lines in a thread, and stops it by its pid.
-`wait_until(pred)` polls a condition. Car boards against real brokers: `car_board.py`.
+(a board's main loop; harness.process keeps its output lines and stops it by its pid).
+Car boards against real brokers: `car_board.py`.
 """
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ import json
 import os
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from harness import ROOT
-from harness.broker import stop_process
+from harness.process import ChildProcess
 
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 LIB = ROOT / "firmware" / "lib"
@@ -27,17 +26,6 @@ STATION = ROOT / "firmware" / "station"
 CAR = ROOT / "firmware" / "car"
 UMQTT = ROOT / "boards" / "virtual" / "vendor"  # holds umqtt/simple.py (scripts/fetch_umqtt.py)
 HEAP = "96k"
-
-
-def wait_until(pred: Callable[[], object], timeout: float = 15, what: str = "condition") -> object:
-    """pred()'s first truthy value, polled every 50 ms; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def micropython() -> str:
@@ -108,62 +96,23 @@ def run_json(code: str, **kwargs) -> list:
     return [json.loads(line) for line in run(code, **kwargs).splitlines() if line[:1] in "{["]
 
 
-class MicroPython:
+T = TypeVar("T")
+
+
+class MicroPython(ChildProcess):
     """micropython running `script` as a child process; stdout+stderr lines collected."""
 
     def __init__(self, script: Path | str, *, board: str = "station", cwd: Path | str | None = None,
                  heap: str = HEAP, extra_path: Iterable[Path | str] = (), args: Sequence[str] = ()):
-        self._argv = [micropython(), "-X", f"heapsize={heap}", str(script), *args]
-        self._env = _env(board, extra_path)
-        self._cwd = cwd
-        self._lines: list[str] = []
-        self._cond = threading.Condition()
-        self._proc: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
-        self.pid: int | None = None
-
-    def start(self) -> MicroPython:
-        self._proc = subprocess.Popen(self._argv, env=self._env, cwd=self._cwd, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        self.pid = self._proc.pid
-        self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
-        self._reader.start()
-        return self
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self._cond:
-                self._lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def lines(self) -> list[str]:
-        with self._cond:
-            return list(self._lines)
+        super().__init__(f"micropython {Path(script).name}", [micropython(), "-X", f"heapsize={heap}", str(script), *args],
+                         cwd=cwd, env=_env(board, extra_path))
 
     def output(self) -> str:
         return "\n".join(self.lines())
 
-    def wait_for(self, pred: Callable[[list[str]], object], timeout: float = 10.0, what: str = "") -> object:
-        """Wait until pred(lines) is truthy; AssertionError with the output otherwise."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                got = pred(self._lines)
-                if got:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0 or (self._proc is not None and self._proc.poll() is not None
-                                 and not (self._reader and self._reader.is_alive())):
-                    break
-                self._cond.wait(min(left, 0.1))
-        raise AssertionError(f"micropython: no {what or 'match'} within {timeout} s; output:\n{self.output()}")
+    def wait_for(self, pred: Callable[[list[str]], T], timeout: float = 10.0, what: str = "a match") -> T:
+        """Until pred(lines) is truthy; TimeoutError, or ProcessExited with the output if it ended."""
+        return self.wait_lines(pred, timeout, what)
 
     def wait_line(self, text: str, timeout: float = 10.0, start: int = 0) -> int:
         """Index of the first line (from `start`) containing `text`."""
@@ -173,18 +122,3 @@ class MicroPython:
                     return i + 1
             return None
         return self.wait_for(find, timeout, repr(text)) - 1
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM our pid, SIGKILL after `timeout`; idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        stop_process(proc, timeout)
-        if self._reader is not None:
-            self._reader.join(timeout)
-
-    def __enter__(self) -> MicroPython:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -1,49 +1,24 @@
 """Local gateway and central processes for tests, benchmarks and the demo.
 
-`ServiceProcess` runs `python -m <package>.cli run --config <toml>` as a child process in
-its own session (a Ctrl-C in the terminal reaches only the parent, which stops its children
-in order), logging to a file; callers wait for its log lines, and it is stopped by its pid
-(SIGTERM, then SIGKILL), as gateway.localbroker's brokers are. `GatewayProcess` writes a
-gateway's configuration, station file and password into a directory first;
-central.localnet.CentralProcess does the same for central. Production runs both under
-systemd instead (docs/deployment.md, docs/central.md).
+`ServiceProcess` runs `python -m <module> run --config <toml>` from the checkout as a child
+process (harness.process: its own session, output to a log file, stopped by its pid); callers
+wait for its log lines. `GatewayProcess` writes a gateway's configuration, station file and
+password into a directory first; harness.central.CentralProcess does the same for central.
+Production runs both under systemd instead (docs/deployment.md, docs/central.md).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Self, TypeVar
 
-from harness import ROOT  # the checkout: `-m gateway.cli` resolves here
-from harness.broker import stop_process
+from harness import ROOT
+from harness.process import ChildProcess
 from recarga.core.model import StationMeta
 from recarga.core.stations import dump_stations_json
-
-T = TypeVar("T")
-
-
-class ProcessExited(subprocess.SubprocessError):
-    """A service process ended while it was being waited for; the message ends with its log."""
-
-
-def wait_for(pred: Callable[[], T], timeout: float, what: str, alive: Callable[[], None] = lambda: None) -> T:
-    """pred()'s first truthy value, polled every 50 ms; TimeoutError naming `what` after
-    `timeout` s. alive() runs on every poll and raises when waiting longer is pointless."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def write_secret(path: Path, value: str) -> None:
@@ -52,68 +27,33 @@ def write_secret(path: Path, value: str) -> None:
     os.chmod(path, 0o600)
 
 
-class ServiceProcess:
+def gateway_reservations(config: Path, *args: str) -> list[dict]:
+    """The reservations in a gateway's database, as `recarga-gateway reservations --json`
+    lists them (args: more of its options, such as --active)."""
+    out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config", str(config),
+                          "--json", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        raise subprocess.SubprocessError(f"recarga.gateway.cli reservations failed ({out.returncode}): "
+                                         f"{out.stderr.strip()}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+class ServiceProcess(ChildProcess):
     """`python -m <module> run --config <config>` as a child process, output to `log`.
 
     start() again after stop() or kill() is a restart: same config and database, log appended.
     """
 
     def __init__(self, who: str, module: str, config: Path, log: Path):
-        self.who = who  # names it in errors: "gateway a", "central"
         self.module = module
         self.config = Path(config)
-        self.log = Path(log)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._out: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self) -> Self:
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError(f"{self.who} (pid {self.proc.pid}) is already running")
-        self._close_log()
-        self._out = open(self.log, "ab")  # noqa: SIM115 (open while the process runs)
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "run", "--config", str(self.config)],
-                                     cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        return self
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def alive(self) -> None:
-        """Raise ProcessExited, with the end of its log, if the process has ended."""
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = "\n".join(self.log_text().splitlines()[-15:])
-            raise ProcessExited(f"{self.who} exited with status {self.proc.returncode}; its log ends:\n{tail}")
-
-    def wait_log(self, line: str, timeout: float = 20.0, count: int = 1) -> None:
-        """Until `line` stands `count` times in its log; ProcessExited if it ends first."""
-        wait_for(lambda: self.log_text().count(line) >= count, timeout, f"{self.who}: {line!r} in its log",
-                 self.alive)
-
-    def kill(self) -> None:
-        """SIGKILL by pid: no clean shutdown, as in a crash or a power cut."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM by pid, SIGKILL if it has not exited after `timeout` s. Idempotent."""
-        if self.proc is not None:
-            stop_process(self.proc, timeout)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        # from the checkout, unbuffered: its log lines are there as soon as it logs them
+        super().__init__(who, [sys.executable, "-m", module, "run", "--config", str(self.config)], log,
+                         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 GATEWAY_TOML = """\
-# Written by gateway.localnet.GatewayProcess (tests, benchmarks, the demo). Paths are relative to this file.
+# Written by harness.services.GatewayProcess (tests, benchmarks, the demo). Paths are relative to this file.
 region = {region}
 database = "gateway.db"
 stations = "stations.json"
@@ -158,3 +98,7 @@ class GatewayProcess(ServiceProcess):
     def wait_connected(self, timeout: float = 10) -> None:
         """Until it has connected to its broker."""
         self.wait_log("connected to", timeout)
+
+    def reservations(self, *args: str) -> list[dict]:
+        """The reservations in its database (gateway_reservations)."""
+        return gateway_reservations(self.config, *args)

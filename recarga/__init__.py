@@ -1,0 +1,8 @@
+"""Recarga, a smart EV-charging network.
+
+recarga.core (protocol, model, selection, stations, broker configuration, EV models, the
+shipped files) is shared by recarga.gateway, recarga.central, recarga.devices and
+recarga.simulation; recarga.commands joins the gateway's and the simulation's command lines.
+data/, deploy/, firmware/ and boards/ hold the files shipped with the package
+(recarga.core.resources).
+"""

@@ -1,4 +1,4 @@
-"""Shared fixtures and markers. Integration tests start their own Mosquitto (harness/clients.py)
+"""Shared fixtures and markers. Integration tests start their own Mosquitto (harness/broker.py)
 and stop it by pid when the test ends, also when it fails."""
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 from boards.virtual.board import BoardError, find_micropython
-from harness.clients import Broker, MqttClient, connect_client
+from harness.broker import Broker
+from harness.clients import MqttClient, connect_client
 from harness.systemd import SYSTEMD_ANALYZE
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """A running broker for region "test": user "gateway", cars car-a/car-b, stations st-1/st-2,
-    passwords from brokers.PASSWORDS, auth and ACL on, on a free loopback port."""
+    passwords from harness.broker.PASSWORDS, auth and ACL on, on a free loopback port."""
     b = Broker.launch(tmp_path / "broker")
     try:
         yield b
@@ -25,13 +26,15 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def mqtt_client(broker: Broker) -> Iterator[Callable[..., MqttClient]]:
-    """Factory: mqtt_client("car-a") is a paho client connected to `broker` as car-a (known
-    password unless given); every client is disconnected at the end of the test."""
+def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., MqttClient]]:
+    """Factory: mqtt_client("car-a") is a paho client connected as car-a (known password unless
+    given) to the `broker` fixture's broker, or to the one given as broker=...; every client is
+    closed at the end of the test."""
     clients: list[MqttClient] = []
 
-    def make(username: str, password: str | None = None, **kwargs) -> MqttClient:
-        c = connect_client(broker, username, password, **kwargs)
+    def make(username: str, password: str | None = None, *, broker: Broker | None = None,
+             **kwargs) -> MqttClient:
+        c = connect_client(broker or request.getfixturevalue("broker"), username, password, **kwargs)
         clients.append(c)
         return c
 

@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from .board import BoardError, VirtualBoard, cli_flash_files
+from .board import VirtualBoard
 from .diagram import DiagramError
+from .errors import BoardError
+from .flash import cli_flash_files
 
 
 def main(argv: list[str] | None = None) -> int:

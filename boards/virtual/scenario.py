@@ -32,8 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .board import BoardError, VirtualBoard, cli_flash_files
+from .board import VirtualBoard
 from .diagram import DiagramError
+from .errors import BoardError
+from .flash import cli_flash_files
 
 COMMANDS = ("delay", "wait-serial", "write-serial", "set-control", "expect-pin", "wait-pin",
             "take-screenshot")

@@ -13,26 +13,29 @@
 # then follows the position again. An overflow answer (car_reply) puts the reservation in
 # another region: handover() moves the session there before the confirm goes out.
 #
-# Attributes (set by car_boot.boot): car (id), battery, route, wifi, logic, console, session
-# (None until the first step opens it), region (index into _regions: (name, host, port); after
-# the configured regions comes the home region of the common keys, used while the position is
-# in no configured region, then at most one region met through an overflow answer, not in
+# Attributes: car (id), battery, route, wifi, logic, console, session (None until the first
+# step opens it), region (index into _regions: (name, host, port); after the configured
+# regions comes the home region of the common keys, used while the position is in no
+# configured region, then at most one region met through an overflow answer, not in
 # config.json), _bounds (per configured region, None for the home one), _broker (user,
-# password, keepalive), _topics (leaf -> topic), _adc, _led, _level, _t (ticks of the last
-# battery reading, route step, region check, gc); _stay: not None while a reservation keeps
-# the session away from the position's region (the index of that region, or of the
+# password, keepalive), _topics (leaf -> topic), _level (the status LED's), _t (ticks of the
+# last battery reading, route step, region check, gc); _stay: not None while a reservation
+# keeps the session away from the position's region (the index of that region, or of the
 # reservation's own right after an overflow hand-over), so that the region check runs in the
 # very pass the reservation ends, before the logic asks again.
 import gc
 
 from micropython import const
-from time import sleep_ms, ticks_diff, ticks_ms
+from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 import log
 from backoff import Backoff
+from car_logic import CarLogic
+from car_serial import Console
 from route import find_region
 from session import Session
 from topics import topic
+from wifi import Wifi
 
 _LOOP_MS = const(20)
 _BATTERY_MS = const(200)
@@ -42,6 +45,33 @@ _GC_MS = const(1000)
 
 class CarApp:
     _stay = None
+
+    def __init__(self, car, model, battery, route, regions, bounds, region, broker, wifi, wlan, adc, led,
+                 boot_id, telemetry_ms):
+        """car: the car's id; model: its EV model (config.json's "model"); battery, route: its
+        Battery and Route; regions: [(name, host, port)], the configured regions then the home
+        one; bounds: [lat_min, lon_min, lat_max, lon_max] per configured region, then None;
+        region: the index in regions to start in; broker: (user, password, keepalive); wifi:
+        {"ssid", "password"}; wlan: network.WLAN(STA_IF); adc: the battery's machine.ADC; led:
+        the status LED's machine.Pin; boot_id: text that keeps request ids unique across
+        reboots; telemetry_ms: the telemetry period."""
+        self.car = car
+        self.battery = battery
+        self.route = route
+        self._regions = regions
+        self._bounds = bounds
+        self.region = region
+        self._broker = broker
+        self._adc = adc
+        self._led = led
+        self._level = -1
+        self._topics = {}
+        self.session = None
+        self.wifi = Wifi(wlan, wifi["ssid"], wifi["password"], Backoff(500, 30000))
+        self.logic = CarLogic(car, model, self._send, self._say, Backoff(2000, 60000), boot_id, telemetry_ms)
+        self.console = Console(self)
+        now = ticks_ms()
+        self._t = [ticks_add(now, -1000), now, now, now]
 
     def _say(self, line):
         log.info("car:", line)
@@ -60,7 +90,7 @@ class CarApp:
         tp["telemetry"] = topic(name, "car", car, "telemetry")
         user, pw, ka = self._broker
         s = Session(car, host, port, user, pw, ka, topic(name, "car", car, "online"), self._on_message,
-                    Backoff(1000, 30000))
+                      Backoff(1000, 30000))
         s.subscribe(topic(name, "car", car, "reply"))
         s.clean = False  # replies and events sent while the car reconnects wait in the broker
         s.idle = self._idle

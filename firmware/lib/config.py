@@ -115,8 +115,8 @@ def get(cfg, key, kind, default, lo=None, hi=None):
 def need_id(cfg, key):
     """A protocol id (1-32 of A-Z a-z 0-9 _ -) at `key`."""
     v = need(cfg, key, str, 1, 32)
-    for c in v:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
+    for c in v.encode():  # bytes: MicroPython interns every 1-character str for good
+        if not (97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c == 95 or c == 45):  # a-z A-Z 0-9 _ -
             fail("%s must be 1-32 of A-Z a-z 0-9 _ -" % key)
     return v
 

@@ -5,7 +5,7 @@ and keeps calling `idle()`.
     s = Session(cid, host, port, user, password, keepalive, online_topic, on_message, Backoff())
     s.subscribe(cmd_topic)                  # before the first poll; subscribed on every connect
     s.on_connect = republish_state          # called after every (re)connect
-    s.idle = keep_leds_live                 # called every _SLICE_MS while a socket waits
+    s.idle = keep_leds_live                 # called every 20 ms while a socket waits
     s.clean = False                         # persistent session (the car); default True
     while True:
         s.poll(time.ticks_ms())            # connect when due, check_msg(), ping
@@ -16,11 +16,12 @@ and keeps calling `idle()`.
   and queues QoS 1 messages for this client id while it is away), Last Will
   `{"v":1,"online":false}` retained QoS 1 on `will_topic`, then `{"v":1,"online":true}`
   retained QoS 1, then every remembered subscription (QoS 1), then `on_connect()`.
-- The socket under umqtt.simple is non-blocking. What umqtt.simple does as a blocking step
-  (the TCP connect, waiting for CONNACK, PUBACK, SUBACK, the rest of a packet) polls the
-  socket in slices of _SLICE_MS and calls `idle()` (if set) between them, for at most
-  `timeout_s` per step; then OSError(110). So LEDs and inputs stay live while a silent
-  broker is waited for. `idle()` must not use the session.
+- The socket under umqtt.simple is non-blocking (lib mqtt_client.py: umqtt.simple's client
+  on that socket). What umqtt.simple does as a blocking step (the TCP connect, waiting for
+  CONNACK, PUBACK, SUBACK, the rest of a packet) polls the socket in slices of 20 ms and
+  calls `idle()` (if set) between them, for at most `timeout_s` per step; then OSError(110).
+  So LEDs and inputs stay live while a silent broker is waited for. `idle()` must not use
+  the session.
 - A PINGREQ goes out every keepalive/2; when nothing at all has arrived for `keepalive`
   seconds the connection counts as dead.
 - Any error in a socket or protocol operation (OSError, a refused CONNACK, a garbled
@@ -32,21 +33,18 @@ and keeps calling `idle()`.
   is drained or the inbox is full (the rest waits in the broker and TCP: backpressure); only
   what arrives during a PUBACK wait can overflow it, then the oldest message is dropped and
   counted in `dropped` (one warning per dispatch, not one per message).
-- umqtt.simple's packet id counter is wrapped here (it never wraps by itself: after 65535
-  publishes every PUBACK would be missed), and starts again on every connect.
+- The packet id wraps (mqtt_client.py: umqtt.simple's never does) and starts again on
+  every connect.
 - Nothing is queued for sending: publish() while offline returns False and the caller keeps
   its latest state to publish in `on_connect`.
 
 Also: `connected`, `disconnect()` (clean goodbye, then the session stays offline: a region
 hand-over opens a new Session), `drop(why)` (the link is gone, e.g. Wi-Fi: reconnect later),
 `dropped` (messages lost to a full inbox). Plain TCP only (no TLS); the host should be an
-address (a name would be resolved by a blocking getaddrinfo). umqtt.simple is imported on
-the first connect, not when this module is imported; its MQTTClient makes its socket through
-its module global `socket`, which the session points at `_Sock` (whose socket() returns the
-non-blocking wrapper).
+address (a name would be resolved by a blocking getaddrinfo). umqtt.simple (with
+mqtt_client.py) is imported on the first connect, not when this module is imported.
 """
 import gc
-from errno import EINPROGRESS
 from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
@@ -57,86 +55,6 @@ ONLINE = b'{"v":1,"online":true}'
 OFFLINE = b'{"v":1,"online":false}'
 
 _MAX_SUBS = const(4)
-_PID_WRAP = const(65000)  # umqtt.simple never wraps its packet id; past 65535 it breaks QoS 1
-_SLICE_MS = const(20)
-
-
-class _Sock:
-    # Stands in for umqtt.simple's `socket` module (its connect() calls socket.getaddrinfo()
-    # and socket.socket()) and is the socket it gets: non-blocking underneath, its "blocking"
-    # steps wait in slices (_wait). `ses`: the session whose connect() is running.
-    ses = None
-
-    def socket():  # called on the class: _Sock.socket()
-        import socket
-
-        return _Sock(socket.socket())
-
-    def __init__(self, s):
-        s.setblocking(False)
-        self._s = s
-        self._ses = _Sock.ses
-        self._p = None
-        self.blk = True
-
-    def _wait(self, ev):
-        # One blocking step: poll in slices, idle() between, the session's timeout at most.
-        s = self._s
-        p = self._p
-        if p is None:
-            import select
-
-            p = self._p = select.poll()
-            p.register(s, ev)
-        else:
-            p.modify(s, ev)
-        ses = self._ses
-        t = ticks_ms()
-        while not p.poll(_SLICE_MS):
-            if ticks_diff(ticks_ms(), t) >= ses._tmo:
-                raise OSError(110)  # ETIMEDOUT
-            if ses.idle is not None:
-                ses.idle()
-
-    def connect(self, addr):
-        try:
-            self._s.connect(addr)
-        except OSError as e:
-            if e.args[0] != EINPROGRESS:
-                raise
-        self._wait(4)  # POLLOUT: connected (or failed: the next read or write says how)
-
-    def setblocking(self, flag):
-        self.blk = flag
-
-    def read(self, n):
-        s = self._s
-        b = s.read(n)
-        while self.blk and (b is None or 0 < len(b) < n):
-            self._wait(1)  # POLLIN
-            d = s.read(n - len(b) if b else n)
-            if d == b"":
-                return d  # EOF
-            if d:
-                b = b + d if b else d
-        if b:
-            self._ses.rx = ticks_ms()
-        return b
-
-    def write(self, b, n=0):
-        if n:
-            b = memoryview(b)[:n]
-        k = 0
-        while k < len(b):
-            w = self._s.write(b[k:] if k else b)
-            if w:
-                k += w
-            else:
-                self._wait(4)
-        return k
-
-    def close(self):
-        self._s.close()
 
 
 def _why(e):
@@ -152,7 +70,8 @@ class Session:
     def __init__(self, client_id, host, port, user, password, keepalive, will_topic,
                  on_message, backoff, client_cls=None, timeout_s=5, inbox=8):
         """keepalive in seconds; will_topic is the device's .../online topic;
-        on_message(topic, msg) gets bytes; client_cls defaults to umqtt.simple.MQTTClient;
+        on_message(topic, msg) gets bytes; client_cls(session, client_id, host, port, user,
+        password, keepalive) makes the MQTT client, by default mqtt_client.Client;
         timeout_s bounds every wait of a socket step; inbox: how many received messages may
         wait for dispatch (size it for the largest burst the device expects)."""
         self._args = (client_id, host, port, user, password, keepalive)
@@ -160,7 +79,7 @@ class Session:
         self._on_message = on_message
         self._backoff = backoff
         self._cls = client_cls
-        self._tmo = timeout_s * 1000
+        self.timeout_ms = timeout_s * 1000
         self.on_connect = None  # called with no arguments after every (re)connect
         self.idle = None  # called while a socket step waits (must not use the session)
         self.clean = True  # False: a persistent session (QoS 1 messages kept while away)
@@ -189,11 +108,8 @@ class Session:
         False when offline or the connection broke (then a reconnect is scheduled)."""
         if not self.connected:
             return False
-        c = self._c
-        if c.pid >= _PID_WRAP:
-            c.pid = 0
         try:
-            c.publish(topic, payload, retain, 1)
+            self._c.publish(topic, payload, retain, 1)
             return True
         except Exception as e:
             self.drop(e)
@@ -286,17 +202,10 @@ class Session:
         if c is None:
             cls = self._cls
             if cls is None:
-                import socket
-                import umqtt.simple as u
-
-                _Sock.getaddrinfo = socket.getaddrinfo
-                u.socket = _Sock
-                cls = u.MQTTClient
-            c = self._c = cls(a[0], a[1], a[2], a[3], a[4], a[5])
+                from mqtt_client import Client as cls
+            c = self._c = cls(self, a[0], a[1], a[2], a[3], a[4], a[5])
             c.set_callback(self._cb)
             c.set_last_will(self._will, OFFLINE, True, 1)
-        c.pid = 0
-        _Sock.ses = self
         log.info("mqtt: connecting to", a[1], a[2])
         try:
             c.connect(self.clean)

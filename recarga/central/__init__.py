@@ -1,1 +1,1 @@
-"""Recarga central hub (overflow, trips across regions); built in a later issue."""
+"""Recarga central: overflow between regions (docs/central.md)."""

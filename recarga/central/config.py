@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recarga.core import protocol as P
+from recarga.core import config_file
+from recarga.core.config_file import ConfigError, broker_fields, check_port, read_toml
 from recarga.core.model import SelectionParams
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 from recarga.core.selection import POLICIES
-from recarga.gateway import config as gateway_config
-
-ConfigError = gateway_config.ConfigError  # one error type for both services' config files
 
 
 @dataclass(frozen=True)
-class BrokerConfig(gateway_config.BrokerConfig):
+class BrokerConfig(config_file.BrokerConfig):
     username: str = "central"
     # MQTT 5 session expiry: a restarted instance gets its unacknowledged messages again
     # within this; an instance gone for longer leaves the shared subscription
@@ -87,12 +87,6 @@ def _check(section: str, table: Any, where: str | None = None) -> dict[str, Any]
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
-def _port(value: int, where: str) -> int:
-    if not 0 < value < 65536:
-        raise ConfigError(f"{where} must be 1..65535")
-    return value
-
-
 def _regions(raw: Any) -> dict[str, RegionInfo]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("[regions] must list at least one region: [regions.<name>] broker_host = ...")
@@ -100,7 +94,7 @@ def _regions(raw: Any) -> dict[str, RegionInfo]:
     for name, table in raw.items():
         where = f"[regions.{name}]"
         try:
-            P.check_region(name)
+            PC.check_region(name)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
         t = _check("region", table, where)
@@ -109,7 +103,7 @@ def _regions(raw: Any) -> dict[str, RegionInfo]:
         neighbours = t.get("neighbours", [])
         if not all(isinstance(n, str) for n in neighbours):
             raise ConfigError(f"{where} neighbours must be a list of region names")
-        regions[name] = RegionInfo(name, t["broker_host"], _port(t.get("broker_port", 1883), f"{where} broker_port"),
+        regions[name] = RegionInfo(name, t["broker_host"], check_port(t.get("broker_port", 1883), f"{where} broker_port"),
                                    tuple(neighbours))
     for r in regions.values():
         unknown = [n for n in r.neighbours if n not in regions or n == r.name]
@@ -120,22 +114,15 @@ def _regions(raw: Any) -> dict[str, RegionInfo]:
 
 def load(path: str | Path) -> CentralConfig:
     path = Path(path)
-    raw = gateway_config.read_toml(path)
+    raw = read_toml(path)
     top = _check("", raw)
     for key in ("instance", "database"):
         if key not in top:
             raise ConfigError(f"{path}: missing required key {key!r}")
-    if not P.ID_RE.match(top["instance"]):
+    if not W.ID_RE.match(top["instance"]):
         raise ConfigError(f"instance {top['instance']!r} must be 1-32 of A-Z a-z 0-9 _ -")
     base = path.parent
-    broker = dict(_check("broker", raw.get("broker", {})))
-    if "password_file" in broker:
-        pw_path = base / broker.pop("password_file")
-        try:
-            broker["password"] = pw_path.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"[broker] password_file: {e}") from None
-    _port(broker.get("port", 1883), "[broker] port")
+    broker = broker_fields(_check("broker", raw.get("broker", {})), base)
     overflow = _check("overflow", raw.get("overflow", {}))
     if overflow.get("policy", "least_completion") not in POLICIES:
         raise ConfigError(f"[overflow] policy {overflow['policy']!r} unknown; one of {', '.join(POLICIES)}")

@@ -26,8 +26,9 @@ from typing import Any
 from recarga.central.config import OverflowConfig, RegionInfo
 from recarga.central.store import HOLD_ACTIVE, HoldRow, RequestRow
 from recarga.central.view import NetworkView
-from recarga.core import protocol as P
-from recarga.gateway.overflow import car_need
+from recarga.core.model import CarNeed
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 
 log = logging.getLogger("recarga.central")
 
@@ -53,12 +54,12 @@ class Overflow:
 
     # ------------------------------------------------------------ from origin gateways
 
-    def on_request(self, msg: P.OverflowRequest | P.OverflowAbandon, known: RequestRow | None,
+    def on_request(self, msg: PC.OverflowRequest | PC.OverflowAbandon, known: RequestRow | None,
                    hold: HoldRow | None, now: float) -> Decision:
-        if isinstance(msg, P.OverflowAbandon):
+        if isinstance(msg, PC.OverflowAbandon):
             return self._abandon(msg, known, hold, now)
         d = Decision()
-        if P.past_deadline(msg.deadline, now):
+        if PC.past_deadline(msg.deadline, now):
             log.info("overflow %s from %s: %.1f s past its deadline, ignored", msg.xid, msg.origin, now - msg.deadline)
             return d
         if known is not None:  # redelivered, or sent again: the same answer or hold request
@@ -70,7 +71,7 @@ class Overflow:
                          None, None, (), None, now, now)
         return self._ask_next(row, now, d)
 
-    def _abandon(self, msg: P.OverflowAbandon, known: RequestRow | None, hold: HoldRow | None,
+    def _abandon(self, msg: PC.OverflowAbandon, known: RequestRow | None, hold: HoldRow | None,
                  now: float) -> Decision:
         d = Decision()
         if known is None or known.origin != msg.origin:
@@ -85,7 +86,7 @@ class Overflow:
 
     # ------------------------------------------------------------ from target gateways
 
-    def on_hold_answer(self, ans: P.HoldAnswer, known: RequestRow | None, hold: HoldRow | None,
+    def on_hold_answer(self, ans: PC.HoldAnswer, known: RequestRow | None, hold: HoldRow | None,
                        now: float) -> Decision:
         d = Decision()
         r = ans.reservation
@@ -93,7 +94,7 @@ class Overflow:
             if r is not None:  # nobody asked for this hold (here): give it back
                 self._release(d, ans.region, ans.car, ans.xid, r["id"])
             return d
-        in_time = not (P.past_deadline(ans.deadline, now) or P.past_deadline(known.deadline, now))
+        in_time = not (PC.past_deadline(ans.deadline, now) or PC.past_deadline(known.deadline, now))
         recorded = hold is not None and r is not None and (hold.region, hold.reservation) == (ans.region, r["id"])
         awaited = known.state == "holding" and known.target == ans.region
         if recorded or (awaited and in_time):
@@ -110,7 +111,7 @@ class Overflow:
             self._resend(known, d)
         return d
 
-    def _take(self, ans: P.HoldAnswer, known: RequestRow, now: float, d: Decision) -> Decision:
+    def _take(self, ans: PC.HoldAnswer, known: RequestRow, now: float, d: Decision) -> Decision:
         """The awaited answer, in time: record the hold and answer the origin, or ask the next."""
         r = ans.reservation
         if r is None:
@@ -120,7 +121,7 @@ class Overflow:
         info = self.regions.get(ans.region)
         if info is None:  # asked from its summary, but cars cannot be sent there
             self._release(d, ans.region, ans.car, ans.xid, r["id"])
-            return self._answer(known, now, d, code=P.OVERFLOW_UNAVAILABLE,
+            return self._answer(known, now, d, code=PC.OVERFLOW_UNAVAILABLE,
                                 message=f"region {ans.region} has no broker address configured at central")
         d.holds.append(HoldRow(ans.xid, ans.region, ans.car, r["station"], r["slot"], r["id"], "held",
                                float(r["hold_until"]), now, now))
@@ -129,7 +130,7 @@ class Overflow:
         return self._answer(known, now, d, region=ans.region, host=info.broker_host, port=info.broker_port,
                             reservation=r)
 
-    def on_hold_event(self, ev: P.HoldEvent, hold: HoldRow | None, now: float) -> Decision:
+    def on_hold_event(self, ev: PC.HoldEvent, hold: HoldRow | None, now: float) -> Decision:
         d = Decision()
         if hold is None or hold.region != ev.region or hold.reservation != ev.reservation:
             return d
@@ -154,20 +155,20 @@ class Overflow:
     def _ask_next(self, row: RequestRow, now: float, d: Decision) -> Decision:
         """Ask the best region not tried yet, or answer that there is none."""
         hold_deadline = row.deadline - self.cfg.relay_s
-        if len(row.tried) >= self.cfg.max_attempts or P.past_deadline(hold_deadline, now):
-            return self._answer(row, now, d, code=P.NO_CAPACITY,
+        if len(row.tried) >= self.cfg.max_attempts or PC.past_deadline(hold_deadline, now):
+            return self._answer(row, now, d, code=W.NO_CAPACITY,
                                 message=f"no region could hold a slot (asked: {', '.join(row.tried) or 'none'})")
         candidates = self._neighbours(row.origin) - set(row.tried)
         fresh = self.view.fresh_regions(now)
         if not candidates & set(fresh):
             if row.tried:  # those asked refused; the others are silent
-                return self._answer(row, now, d, code=P.NO_CAPACITY,
+                return self._answer(row, now, d, code=W.NO_CAPACITY,
                                     message=f"no region could hold a slot (asked: {', '.join(row.tried)})")
-            return self._answer(row, now, d, code=P.OVERFLOW_UNAVAILABLE,
+            return self._answer(row, now, d, code=PC.OVERFLOW_UNAVAILABLE,
                                 message="no neighbouring region has reported its capacity recently")
-        best = self.view.best(car_need(row.need), now, candidates, row.beat_s)
+        best = self.view.best(CarNeed.from_fields(row.need), now, candidates, row.beat_s)
         if best is None:
-            return self._answer(row, now, d, code=P.NO_CAPACITY,
+            return self._answer(row, now, d, code=W.NO_CAPACITY,
                                 message="nothing better within reach in the neighbouring regions")
         row = replace(row, state="holding", target=best.region, station=best.station,
                       tried=row.tried + (best.region,), updated=now)
@@ -193,20 +194,20 @@ class Overflow:
     def _hold_request(self, row: RequestRow) -> Message:
         assert row.target is not None
         deadline = row.deadline - self.cfg.relay_s
-        msg = P.hold_request(row.xid, row.origin, row.target, row.car, row.station, deadline,
+        msg = PC.hold_request(row.xid, row.origin, row.target, row.car, row.station, deadline,
                              row.deadline + self.cfg.confirm_s, row.need)
-        return Message(P.central_topic(row.target, "hold/request"), msg)
+        return Message(PC.central_topic(row.target, "hold/request"), msg)
 
     def _answer(self, row: RequestRow, now: float, d: Decision, **outcome: Any) -> Decision:
-        answer = P.overflow_answer(row.xid, row.origin, row.deadline, **outcome)
+        answer = PC.overflow_answer(row.xid, row.origin, row.deadline, **outcome)
         d.requests.append(replace(row, state="answered", answer=answer, updated=now))
         d.publish.append(self._to_origin(row, answer))
         return d
 
     def _to_origin(self, row: RequestRow, answer: dict[str, Any] | None) -> Message:
         assert answer is not None
-        return Message(P.central_topic(row.origin, "overflow/answer"), answer)
+        return Message(PC.central_topic(row.origin, "overflow/answer"), answer)
 
     def _release(self, d: Decision, region: str, car: str, xid: str, reservation: str) -> None:
-        d.publish.append(Message(P.central_topic(region, "hold/request"),
-                                 P.hold_release(xid, region, car, reservation)))
+        d.publish.append(Message(PC.central_topic(region, "hold/request"),
+                                 PC.hold_release(xid, region, car, reservation)))

@@ -29,7 +29,8 @@ from recarga.central.config import CentralConfig
 from recarga.central.engine import Decision, Overflow
 from recarga.central.store import Store
 from recarga.central.view import NetworkView
-from recarga.core import protocol as P
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 
 log = logging.getLogger("recarga.central")
 
@@ -54,12 +55,12 @@ class CentralService:
         self.connected = threading.Event()
         self._next_tick = 0.0
         self._pruned = 0.0
-        self.online_topic = P.central_online_topic(cfg.instance)
+        self.online_topic = PC.central_online_topic(cfg.instance)
         b = cfg.broker
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recarga-central-{cfg.instance}",
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         self.client.username_pw_set(b.username, b.password)
-        self.client.will_set(self.online_topic, P.online_message(False), qos=P.QOS, retain=True)
+        self.client.will_set(self.online_topic, W.online_message(False), qos=W.QOS, retain=True)
         self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)
         self.client.max_inflight_messages_set(200)
         self.client.on_connect = self._on_connect
@@ -78,8 +79,8 @@ class CentralService:
         sock = client.socket()
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.subscribe([(t, P.QOS) for t in P.central_subscriptions()])
-        client.publish(self.online_topic, P.online_message(True), qos=P.QOS, retain=True)
+        client.subscribe([(t, W.QOS) for t in PC.central_subscriptions()])
+        client.publish(self.online_topic, W.online_message(True), qos=W.QOS, retain=True)
         self.connected.set()
         log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
 
@@ -99,7 +100,7 @@ class CentralService:
 
     def _handle(self, msg: mqtt.MQTTMessage, now: float) -> Decision | None:
         """Read the rows the message concerns, decide, write the outcome (inside the batch)."""
-        ref = P.parse_central_topic(msg.topic)
+        ref = PC.parse_central_topic(msg.topic)
         if ref is None:
             log.warning("message on unexpected topic %s ignored", msg.topic)
             return None
@@ -108,15 +109,15 @@ class CentralService:
                 self._summary(ref, msg.payload)
                 return None
             parse, handler = {
-                "overflow/request": (P.parse_overflow_request, self._request),
-                "hold/answer": (P.parse_hold_answer, self._hold_answer),
-                "hold/event": (P.parse_hold_event, self._hold_event),
+                "overflow/request": (PC.parse_overflow_request, self._request),
+                "hold/answer": (PC.parse_hold_answer, self._hold_answer),
+                "hold/event": (PC.parse_hold_event, self._hold_event),
             }.get(ref.leaf, (None, None))
             if parse is None:
                 log.warning("message on %s is not for central, ignored", msg.topic)
                 return None
             parsed = parse(ref.region, msg.payload)
-        except P.ProtocolError as e:
+        except W.ProtocolError as e:
             # no reply path for a malformed cross-region message: log it, drop it
             log.warning("bad message on %s (%s): %s", msg.topic, e.code, e)
             return None
@@ -127,17 +128,17 @@ class CentralService:
             self.store.put_hold(hold)
         return decision
 
-    def _request(self, m: P.OverflowRequest | P.OverflowAbandon, now: float) -> Decision:
+    def _request(self, m: PC.OverflowRequest | PC.OverflowAbandon, now: float) -> Decision:
         return self.rules.on_request(m, self.store.request(m.xid), self.store.hold(m.xid), now)
 
-    def _hold_answer(self, m: P.HoldAnswer, now: float) -> Decision:
+    def _hold_answer(self, m: PC.HoldAnswer, now: float) -> Decision:
         return self.rules.on_hold_answer(m, self.store.request(m.xid), self.store.hold(m.xid), now)
 
-    def _hold_event(self, m: P.HoldEvent, now: float) -> Decision:
+    def _hold_event(self, m: PC.HoldEvent, now: float) -> Decision:
         return self.rules.on_hold_event(m, self.store.hold(m.xid), now)
 
-    def _summary(self, ref: P.CentralRef, payload: bytes) -> None:
-        summary = P.parse_summary(ref.region, ref.shard, payload) if payload else None
+    def _summary(self, ref: PC.CentralRef, payload: bytes) -> None:
+        summary = PC.parse_summary(ref.region, ref.shard, payload) if payload else None
         was_fresh = ref.region in self.view.fresh_regions(self.clock())
         self.view.apply(ref.region, ref.shard, summary)
         if not was_fresh and ref.region in self.view.fresh_regions(self.clock()):
@@ -177,7 +178,7 @@ class CentralService:
             os._exit(EXIT_DB_FAILURE)
         for d in decisions:
             for out in d.publish:
-                self.client.publish(out.topic, P.encode(out.payload), qos=P.QOS)
+                self.client.publish(out.topic, W.encode(out.payload), qos=W.QOS)
         for m in batch:
             if m.qos > 0:
                 self.client.ack(m.mid, m.qos)
@@ -215,7 +216,7 @@ class CentralService:
             self.stopping.set()
             worker.join(5)
             if self.connected.is_set():
-                info = self.client.publish(self.online_topic, P.online_message(False), qos=P.QOS, retain=True)
+                info = self.client.publish(self.online_topic, W.online_message(False), qos=W.QOS, retain=True)
                 try:
                     info.wait_for_publish(2)
                 except (RuntimeError, ValueError):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recarga.core import protocol as P
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -183,13 +184,13 @@ class Store:
         else:
             self.db.execute("DELETE FROM summaries WHERE region = ? AND shard = ?", (region, shard))
 
-    def summaries(self) -> list[P.Summary]:
+    def summaries(self) -> list[PC.Summary]:
         """Every stored shard that is still valid (a bad one is skipped: it came validated)."""
         out = []
         for region, shard, _, payload in self.db.execute("SELECT * FROM summaries ORDER BY region, shard"):
             try:
-                out.append(P.parse_summary(region, shard, payload))
-            except P.ProtocolError:
+                out.append(PC.parse_summary(region, shard, payload))
+            except W.ProtocolError:
                 continue
         return out
 

@@ -1,7 +1,7 @@
 """Central's network-wide view of capacity, from the regions' summaries; pure, no I/O.
 
-The best slot for a car across regions is chosen by the gateway's own selection code
-(gateway.selection.Selector, the same charge model and policies) over the summarised
+The best slot for a car across regions is chosen by the gateways' own selection code
+(recarga.core.selection.Selector, the same charge model and policies) over the summarised
 stations: a station's slot group of power P with `usable` slots of which `free` are free
 becomes `usable` slots of power P, the first `free` free now, the others free at the group's
 `next_free`. Station ids are "<region>/<station>" inside the view, so two regions may use
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from recarga.core import protocol as P
 from recarga.core.model import CarNeed, Choice, SelectionParams, SlotMeta, StationMeta
+from recarga.core.protocol import central as PC
 from recarga.core.selection import Selector
 
 
@@ -26,7 +26,7 @@ class Candidate:
 
 @dataclass(slots=True)
 class _Region:
-    shards: dict[int, P.Summary]
+    shards: dict[int, PC.Summary]
     of: int
     at: float  # the newest shard's time
     version: int  # bumped when a station's position, price or slots change
@@ -47,7 +47,7 @@ class NetworkView:
 
     # ------------------------------------------------------------ updates
 
-    def apply(self, region: str, shard: int, summary: P.Summary | None) -> None:
+    def apply(self, region: str, shard: int, summary: PC.Summary | None) -> None:
         """A shard as it arrived (None: its retained message was cleared)."""
         r = self._regions.setdefault(region, _Region({}, 1, 0.0, 0))
         old = r.shards.get(shard)
@@ -74,7 +74,7 @@ class NetworkView:
         if old is None or _static(old) != _static(summary):
             r.version += 1
 
-    def _drop(self, region: str, summary: P.Summary) -> None:
+    def _drop(self, region: str, summary: PC.Summary) -> None:
         for s in summary.stations:
             self._slots.pop(_key(region, s.id), None)
 
@@ -84,7 +84,7 @@ class NetworkView:
         """Regions whose newest summary is recent enough, with its time."""
         return {name: r.at for name, r in self._regions.items() if now - r.at <= self.max_age_s}
 
-    def stations(self, region: str) -> list[P.SummaryStation]:
+    def stations(self, region: str) -> list[PC.SummaryStation]:
         r = self._regions.get(region)
         return [] if r is None else [s for k in sorted(r.shards) for s in r.shards[k].stations]
 
@@ -142,11 +142,11 @@ def _key(region: str, station: str) -> str:
     return f"{region}/{station}"
 
 
-def _meta(region: str, s: P.SummaryStation) -> StationMeta:
+def _meta(region: str, s: PC.SummaryStation) -> StationMeta:
     slots = tuple(SlotMeta(g.power_kw, g.dc) for g in s.groups for _ in range(g.usable))
     return StationMeta(_key(region, s.id), s.lat, s.lon, slots, price_per_kwh=s.price_per_kwh)
 
 
-def _static(summary: P.Summary) -> list[tuple]:
+def _static(summary: PC.Summary) -> list[tuple]:
     return [(s.id, s.lat, s.lon, s.price_per_kwh, tuple((g.power_kw, g.dc, g.usable) for g in s.groups))
             for s in summary.stations]

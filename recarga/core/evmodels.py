@@ -7,11 +7,12 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "ev_models_open_ev_data.json"
+from recarga.core import resources
 
-# The protocol's accepted ranges (gateway/protocol.py): a model outside them cannot ask.
+DEFAULT_PATH = resources.EV_MODELS  # shipped with the package
+
+# The protocol's accepted ranges (recarga/core/protocol/wire.py): a model outside them cannot ask.
 _CONSUMPTION_RANGE = (5.0, 80.0)
 
 

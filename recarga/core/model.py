@@ -1,6 +1,7 @@
-"""Plain value types shared by the engine, selection and store (no I/O, no behaviour)."""
+"""Plain value types shared by the engine, selection and store (no I/O; conversions only)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +40,19 @@ class CarNeed:
     max_ac_kw: float  # 0 = cannot charge on AC
     max_dc_kw: float  # 0 = cannot charge on DC
     target_soc: float  # 0..1, > soc
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, float]) -> CarNeed:
+        """From the protocol's need fields: a reserve request's, or the need object of
+        overflow and hold requests (docs/protocol.md)."""
+        return cls(f["lat"], f["lon"], f["soc"], f["battery_kwh"], f["consumption_kwh_100km"],
+                   f["max_ac_kw"], f["max_dc_kw"], f["target_soc"])
+
+    def to_fields(self) -> dict[str, float]:
+        """As the protocol's need object (from_fields reads it back)."""
+        return {"lat": self.lat, "lon": self.lon, "soc": self.soc, "battery_kwh": self.battery_kwh,
+                "consumption_kwh_100km": self.consumption_kwh_per_100km, "max_ac_kw": self.max_ac_kw,
+                "max_dc_kw": self.max_dc_kw, "target_soc": self.target_soc}
 
 
 @dataclass(frozen=True, slots=True)

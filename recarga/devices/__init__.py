@@ -1,10 +1,10 @@
 """Devices: provisioning car and station boards and flashing the firmware onto them.
 
-- `devices.provision`: a new device's broker user (Mosquitto password file), its ACL block
-  (from gateway.protocol) and its config.json.
-- `devices.flash`: copy firmware/lib, the board's firmware and its config.json to a board with
+- `recarga.devices.provision`: a new device's broker user (Mosquitto password file), its ACL block
+  (from recarga.core.protocol.access) and its config.json.
+- `recarga.devices.flash`: copy firmware/lib, the board's firmware and its config.json to a board with
   mpremote (optionally compiled with mpy-cross), verify what is on the board, reset it.
-- `devices.cli`: the `recarga-device` command (`python -m devices` from a checkout).
+- `recarga.devices.cli`: the `recarga-device` command (`python -m recarga.devices` from a checkout).
 
 docs/flashing.md is the manual; docs/firmware.md describes the board's filesystem and config.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("car", "station")
 
 

@@ -5,7 +5,7 @@
         --wifi-ssid recarga --wifi-password-file wifi.txt --out devices/
     recarga-device flash --kind car --config devices/car-0001/config.json --port /dev/ttyUSB0
 
-From a checkout without the console script: `python -m devices ...`. docs/flashing.md is the
+From a checkout without the console script: `python -m recarga.devices ...`. docs/flashing.md is the
 manual.
 """
 from __future__ import annotations
@@ -41,14 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         "provision", help="create a device: broker user, ACL block and config.json",
         description="Create (or replace) a device: a random broker password in the broker "
                     "directory's password file (mosquitto_passwd), its ACL block (from "
-                    "gateway/protocol.py) and OUT/ID/config.json (mode 0600). Provisioning an "
+                    "recarga/core/protocol/access.py) and OUT/ID/config.json (mode 0600). Provisioning an "
                     "id again replaces it with a new password. The password is printed nowhere.")
     pr.add_argument("--kind", required=True, help=f"one of {', '.join(KINDS)}")
     pr.add_argument("--id", required=True, dest="device_id",
                     help="device id = broker user name (1-32 of A-Z a-z 0-9 _ -)")
     pr.add_argument("--region", required=True, help="region id of the broker, e.g. berlin")
     pr.add_argument("--broker-dir", required=True, type=Path,
-                    help="the region broker's directory (python -m gateway.broker_config "
+                    help="the region broker's directory (python -m recarga.core.broker_config "
                          "--dir): its password file and ACL are updated")
     pr.add_argument("--host", required=True, help="broker address the board connects to")
     pr.add_argument("--port", type=_port, default=1883, help="broker port (default 1883)")
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("--no-reset", action="store_true", help="leave the board at its REPL")
     fl.add_argument("--skip-config-check", action="store_true",
                     help="flash a config.json the firmware's validation refuses")
-    fl.add_argument("--firmware", type=Path, help="firmware directory (default: the checkout's)")
+    fl.add_argument("--firmware", type=Path, help="firmware directory (default: the one shipped with the package)")
     fl.add_argument("--timeout", type=float, default=MPREMOTE_TIMEOUT,
                     help=f"seconds one mpremote run may take (default {MPREMOTE_TIMEOUT:.0f})")
     return p

@@ -39,10 +39,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recarga.devices import KINDS, ROOT, read_json_object
+from recarga.core import resources
+from recarga.devices import KINDS, read_json_object
 
-FIRMWARE_DIR = ROOT / "firmware"
-VENDOR_UMQTT = ROOT / "boards" / "virtual" / "vendor" / "umqtt" / "simple.py"
+FIRMWARE_DIR = resources.FIRMWARE
+VENDOR_UMQTT = resources.BOARDS / "virtual" / "vendor" / "umqtt" / "simple.py"
 MPREMOTE_TIMEOUT = 300.0  # seconds for one mpremote run (a full copy at 115200 baud: ~15 s)
 # never removed by --clean: the board's own boot.py, and umqtt (frozen into the ESP32
 # firmware, a file on the virtual board or where someone installed it with mip)
@@ -102,8 +103,7 @@ def plan(kind: str, config: str | Path, *, with_umqtt: bool = False,
     lib, app = fw / "lib", fw / kind
     for d in (lib, app):
         if not d.is_dir():
-            raise FlashError(f"{d} not found: run from a checkout of the repository "
-                             "(or pass --firmware)")
+            raise FlashError(f"{d} not found: pass the firmware's folder with --firmware")
     items = [Item(p, f"lib/{p.name}") for p in sorted(lib.glob("*.py"))]
     if with_umqtt:
         if not VENDOR_UMQTT.is_file():

@@ -4,14 +4,14 @@
         --broker-dir /etc/mosquitto/recarga --host 192.168.1.10 --port 1883 \\
         --wifi-ssid recarga --wifi-password-file wifi.txt --out devices/
 
-For device ID in a region's broker directory (as gateway.broker_config writes it):
+For device ID in a region's broker directory (as recarga.core.broker_config writes it):
 
 - a new random password (`secrets`), hashed into the broker's password file by Mosquitto's
   own `mosquitto_passwd` (run on a copy of the file, which then replaces it; the password
   goes to the tool on stdin, never on a command line). Only that user's line changes; the
   file is created if missing.
-- its `user ID` block in the broker's ACL file, rendered by gateway.broker_config from
-  gateway.protocol.acl_car / acl_station: added, or replaced in place if the user has one.
+- its `user ID` block in the broker's ACL file, rendered by recarga.core.broker_config from
+  recarga.core.protocol.access.acl_car / acl_station: added, or replaced in place if the user has one.
   Everything else in the file stays as it was; the new file replaces the old atomically.
 - OUT/ID/config.json from the board's default config (boards/<kind>/config.json, or a
   built-in one following docs/firmware.md) with kind, id, region, broker and Wi-Fi filled
@@ -31,21 +31,24 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.broker import BrokerError, require_tool
-from recarga.core import broker_config, protocol
-from recarga.devices import KINDS, ROOT, read_json_object
+from recarga.core import broker_config, resources
+from recarga.core.protocol import access as ACL
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
+from recarga.devices import KINDS, read_json_object
 
-BOARDS_DIR = ROOT / "boards"
-FIRMWARE_CONFIG = ROOT / "firmware" / "lib" / "config.py"
+BOARDS_DIR = resources.BOARDS
+FIRMWARE_CONFIG = resources.FIRMWARE / "lib" / "config.py"
 PASSWORD_BYTES = 24  # secrets.token_urlsafe: 32 characters of A-Z a-z 0-9 - _
 PLACEHOLDER = "change-me"
-NEW_FILE_MODE = 0o640  # as gateway.broker_config writes the password file and the ACL
+NEW_FILE_MODE = 0o640  # as recarga.core.broker_config writes the password file and the ACL
 RELOAD_HINT = ("a running Mosquitto reads the password file and the ACL again on SIGHUP: "
                "`systemctl reload mosquitto` (Debian's service) or `kill -HUP <mosquitto pid>`")
 
@@ -99,8 +102,8 @@ def check_kind(kind: str) -> str:
 
 
 def check_id(what: str, value: str) -> str:
-    """A protocol id (gateway.protocol.ID_RE: 1-32 of A-Z a-z 0-9 _ -)."""
-    if not isinstance(value, str) or not protocol.ID_RE.match(value):
+    """A protocol id (recarga.core.protocol.wire.ID_RE: 1-32 of A-Z a-z 0-9 _ -)."""
+    if not isinstance(value, str) or not W.ID_RE.match(value):
         raise ProvisionError(f"bad {what} id {value!r}: 1-32 of A-Z a-z 0-9 _ - "
                              "(the protocol's id rule; the id is also the broker user name)")
     return value
@@ -246,11 +249,11 @@ class BrokerFiles:
 
 def broker_files(directory: str | Path) -> BrokerFiles:
     """The password file and ACL of a broker directory: those its recarga-gateway.conf names
-    (password_file, acl_file), else DIR/passwd and DIR/acl (gateway.broker_config's names)."""
+    (password_file, acl_file), else DIR/passwd and DIR/acl (recarga.core.broker_config's names)."""
     d = Path(directory)
     if not d.is_dir():
         raise ProvisionError(f"broker directory {d} does not exist (or is not a directory): "
-                             "create it with `python -m gateway.broker_config --dir ...` "
+                             "create it with `python -m recarga.core.broker_config --dir ...` "
                              "(docs/deployment.md)")
     d = d.resolve()
     conf = d / broker_config.CONF_NAME
@@ -320,24 +323,24 @@ def parse_acl(lines: Sequence[str]) -> list[AclBlock]:
 
 def acl_regions(lines: Sequence[str]) -> set[str]:
     """The regions whose topics (recarga/v1/<region>/...) an ACL grants."""
-    root = protocol.ROOT.split("/")
+    root = W.ROOT.split("/")
     regions = set()
     for ln in lines:
         d, arg = _directive(ln)
         if d != "topic":
             continue
         parts = arg.split()[-1].split("/")
-        if parts[:len(root)] == root and len(parts) > len(root) and protocol.ID_RE.match(parts[len(root)]):
+        if parts[:len(root)] == root and len(parts) > len(root) and W.ID_RE.match(parts[len(root)]):
             regions.add(parts[len(root)])
     return regions
 
 
 def device_kind_of(block: AclBlock, region: str) -> str | None:
     """"car" / "station" if the block is a device's (its generated comment, or exactly the
-    rules gateway.protocol gives a car or a station), else None."""
+    rules recarga.core.protocol.access gives a car or a station), else None."""
     if block.comment:
         return block.comment.split()[1]
-    for kind, rules in (("car", protocol.acl_car), ("station", protocol.acl_station)):
+    for kind, rules in (("car", ACL.acl_car), ("station", ACL.acl_station)):
         if list(block.rules) == rules(region, block.user):
             return kind
     return None
@@ -347,7 +350,7 @@ def upsert_acl(text: str, kind: str, device_id: str, region: str) -> tuple[str, 
     """The ACL text with device_id's block added, or replaced where it was (a second block of
     the same user is removed). Returns (new text, kinds of the blocks replaced). Refuses to
     touch a block that is not a device's (the gateway's, an extra user's)."""
-    rules = protocol.acl_car(region, device_id) if kind == "car" else protocol.acl_station(region, device_id)
+    rules = ACL.acl_car(region, device_id) if kind == "car" else ACL.acl_station(region, device_id)
     new = broker_config._user_block(f"{kind} {device_id}", device_id, rules)[:-1]
     lines = text.split("\n") if text else []
     mine = [b for b in parse_acl(lines) if b.user == device_id]
@@ -362,7 +365,7 @@ def upsert_acl(text: str, kind: str, device_id: str, region: str) -> tuple[str, 
     if not mine:
         if not lines:
             lines = [f"# Mosquitto ACL of the Recarga gateway broker for region {region!r}.",
-                     "# Started by recarga-device provision; blocks from gateway/protocol.py.",
+                     "# Started by recarga-device provision; blocks from recarga/core/protocol/access.py.",
                      "# A topic no line grants is denied.", ""]
         elif lines[-1] != "":
             lines.append("")  # the last line had no line end
@@ -399,10 +402,12 @@ def set_password(path: Path, user: str, password: str, *, like: os.stat_result |
     """Add `user` to the Mosquitto password file at `path` or replace its password; every
     other line stays. `mosquitto_passwd FILE USER` runs on a copy (the password on its stdin),
     which then replaces the file. Creates the file if missing. True if the user existed."""
-    try:
-        tool = require_tool("mosquitto_passwd")
-    except BrokerError as e:
-        raise ProvisionError(str(e)) from None
+    # Debian puts it in /usr/bin; some systems keep Mosquitto's tools in sbin, off a user's PATH
+    tool = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd",
+                                                           path="/usr/sbin:/usr/local/sbin")
+    if tool is None:
+        raise ProvisionError("'mosquitto_passwd' not found: install Debian's mosquitto package "
+                             "(scripts/setup does)")
     path = Path(path)
     old = _stat(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
@@ -493,7 +498,7 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
         new_text, result.acl_replaced = upsert_acl(text, kind, device_id, region)
         if files.conf is None and acl_old is None:
             warn(f"{files.directory} has no {broker_config.CONF_NAME} and no ACL yet: is it a "
-                 "broker directory? (`python -m gateway.broker_config` writes one)")
+                 "broker directory? (`python -m recarga.core.broker_config` writes one)")
         passwd_old = _stat(files.passwd)
         result.user_existed = set_password(files.passwd, device_id, password,
                                            like=acl_old, warn=warn)
@@ -518,7 +523,7 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
     was = ""
     if result.acl_replaced and result.acl_replaced[0] != kind:
         was = f" (it was a {result.acl_replaced[0]}'s)"
-    prefix = (protocol.car_topic if kind == "car" else protocol.station_topic)(region, device_id, "online")
+    prefix = (D.car_topic if kind == "car" else D.station_topic)(region, device_id, "online")
     log(f"  ACL: {'replaced the' if result.acl_replaced else 'added a'} block for user {device_id}"
         f"{was} in {files.acl}: {len(_rules(kind, region, device_id))} topics under "
         f"{prefix.rsplit('/', 1)[0]}/")
@@ -533,4 +538,4 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
 
 
 def _rules(kind: str, region: str, device_id: str) -> list[tuple[str, str]]:
-    return (protocol.acl_car if kind == "car" else protocol.acl_station)(region, device_id)
+    return (ACL.acl_car if kind == "car" else ACL.acl_station)(region, device_id)

@@ -1,4 +1,5 @@
-"""recarga-gateway: run the region's gateway, inspect its state, check its configuration."""
+"""recarga-gateway: run the region's gateway, inspect its state, check its configuration;
+print the shipped example configuration and systemd unit to start a deployment from."""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,32 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
+from recarga.core import resources
 from recarga.gateway import config as C
+from recarga.gateway.logbatch import LOG_FORMAT
+
+EXAMPLE_CONFIG = resources.DEPLOY / "gateway.example.toml"
+SYSTEMD_UNIT = resources.DEPLOY / "recarga-gateway.service"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand defined outside the gateway's package (recarga.commands adds them)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def _run(args: argparse.Namespace) -> int:
     from recarga.gateway.service import GatewayService
 
     cfg = C.load(args.config)
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging._srcfile = None  # no caller lookup per record (the logging docs' optimisation; unused by our format)
+    logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT)
     service = GatewayService(cfg)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
@@ -54,13 +70,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from recarga.simulation.cli import run
+def _print_file(args: argparse.Namespace) -> int:
+    sys.stdout.write(args.file.read_text())
+    return 0
 
-    return run(args)
 
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> int:
     ap = argparse.ArgumentParser(prog="recarga-gateway", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="serve the region until SIGTERM")
@@ -75,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="load the configuration and the stations, then exit")
     p.add_argument("--config", required=True)
     p.set_defaults(func=_check)
-    p = sub.add_parser("simulate", help="city simulation: the policies on a simulated day in Berlin (docs/simulation.md)")
-    from recarga.simulation.cli import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=_simulate)
+    p = sub.add_parser("example-config", help="print the example configuration, to start a gateway.toml from")
+    p.set_defaults(func=_print_file, file=EXAMPLE_CONFIG)
+    p = sub.add_parser("systemd-unit", help="print the systemd unit recarga-gateway.service (docs/deployment.md)")
+    p.set_defaults(func=_print_file, file=SYSTEMD_UNIT)
+    for c in extra:
+        p = sub.add_parser(c.name, help=c.help)
+        c.add_arguments(p)
+        p.set_defaults(func=c.run)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -1,32 +1,17 @@
 """Gateway configuration file (TOML): loading, defaults and clear errors."""
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recarga.core import protocol as P
+from recarga.core import resources
+from recarga.core.config_file import BrokerConfig, ConfigError, broker_fields, read_toml
 from recarga.core.model import SelectionParams
+from recarga.core.protocol import device as D
 from recarga.core.selection import POLICIES
 from recarga.gateway.engine import EngineConfig
 from recarga.gateway.overflow import OverflowSettings
-
-
-class ConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str = "gateway"
-    password: str = field(default="", repr=False)
-    keepalive: int = 30
-    client_id: str = ""  # default: recarga-gateway-<region>
-    reconnect_min_s: int = 1
-    reconnect_max_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -76,37 +61,20 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A config file's TOML, or a ConfigError naming the file (shared with central's config)."""
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
-
 
 def load(path: str | Path) -> GatewayConfig:
     path = Path(path)
     raw = read_toml(path)
     top = _check("", raw)
-    for key in ("region", "database", "stations"):
+    for key in ("region", "database"):
         if key not in top:
             raise ConfigError(f"{path}: missing required key {key!r}")
     try:
-        P.region_root(top["region"])
+        D.region_root(top["region"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     base = path.parent
-    broker = dict(_check("broker", raw.get("broker", {})))
-    if "password_file" in broker:
-        pw_path = base / broker.pop("password_file")
-        try:
-            broker["password"] = pw_path.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"[broker] password_file: {e}") from None
-    if not 0 < broker.get("port", 1883) < 65536:
-        raise ConfigError("[broker] port must be 1..65535")
+    broker = broker_fields(_check("broker", raw.get("broker", {})), base)
     sel = _check("selection", raw.get("selection", {}))
     policy = sel.pop("policy", "least_completion")
     if policy not in POLICIES:
@@ -121,7 +89,8 @@ def load(path: str | Path) -> GatewayConfig:
         engine=engine,
         broker=BrokerConfig(**broker),
         database=base / top["database"],
-        stations=base / top["stations"],
+        # without a station file of its own: the Berlin register shipped with the package
+        stations=base / top["stations"] if "stations" in top else resources.BERLIN_STATIONS,
         synchronous=synchronous,
         sync_thread=top.get("sync_thread", False),
         tick_s=float(top.get("tick_s", 1.0)),

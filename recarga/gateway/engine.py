@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from operator import attrgetter
 from typing import Any
 
-from recarga.core import protocol as P
 from recarga.core.model import (
     AC_MAX_KW,
     CarNeed,
@@ -24,6 +23,8 @@ from recarga.core.model import (
     SlotMeta,
     StationMeta,
 )
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 from recarga.core.selection import DEFAULT_POLICY, Selector
 
 log = logging.getLogger("recarga.engine")
@@ -74,11 +75,22 @@ class StationLive:
 
 @dataclass(slots=True)
 class Result:
+    """What one event did: messages to publish, rows to persist, and for a car's request the
+    answer and what it decided, as values (the reply is among `messages` as well)."""
+
     messages: list[Outbound] = field(default_factory=list)
     changed: list[Reservation] = field(default_factory=list)  # to persist, in order
     request: RequestRecord | None = None  # to persist with them (idempotency)
     # persisted too: after a restart, queued requests arrive before the retained statuses
     station: tuple[str, StationLive] | None = None
+    reply: dict[str, Any] | None = None  # the answer to the car's request; None: no request answered
+    reservation: Reservation | None = None  # the one a reserve (or central's hold) chose, exact times
+    need: CarNeed | None = None  # what a reserve (or central's hold) asked for, also when refused
+
+    def withhold_reply(self) -> None:
+        """Take the car's reply out of `messages` (it is answered later); `reply` keeps it."""
+        reply = self.reply
+        self.messages = [m for m in self.messages if m.payload is not reply]
 
 
 @dataclass(slots=True)
@@ -227,11 +239,11 @@ class Engine:
     def car_message(self, car: str, payload: bytes, now: float) -> Result:
         res = Result()
         try:
-            req = P.parse_car_request(car, payload)
-        except P.ProtocolError as e:
+            req = D.parse_car_request(car, payload)
+        except W.ProtocolError as e:
             log.warning("car %s: rejected request (%s): %s", car, e.code, e)
             self.counts["invalid"] += 1
-            self._reply(res, car, P.error_reply(P.request_rid(payload), e.code, str(e), e.field))
+            self._reply(res, car, D.error_reply(D.request_rid(payload), e.code, str(e), e.field))
             return res
         known = self.requests.get((car, req.rid))
         if known is not None:
@@ -259,8 +271,8 @@ class Engine:
             log.warning("status from unknown station %s ignored", sid)
             return res
         try:
-            slots = P.parse_station_status(payload)
-        except P.ProtocolError as e:
+            slots = D.parse_station_status(payload)
+        except W.ProtocolError as e:
             log.warning("station %s: bad status (%s): %s", sid, e.code, e)
             return res
         if len(slots) != len(meta.slots):
@@ -295,8 +307,8 @@ class Engine:
     def station_online(self, sid: str, payload: bytes, now: float) -> Result:
         res = Result()
         try:
-            online = P.parse_online(payload)
-        except P.ProtocolError as e:
+            online = D.parse_online(payload)
+        except W.ProtocolError as e:
             log.warning("station %s: bad online message: %s", sid, e)
             return res
         if sid not in self.stations:
@@ -319,8 +331,8 @@ class Engine:
     def station_meta(self, sid: str, payload: bytes, now: float) -> Result:
         res = Result()
         try:
-            m = P.parse_station_meta(payload)
-        except P.ProtocolError as e:
+            m = D.parse_station_meta(payload)
+        except W.ProtocolError as e:
             log.warning("station %s: bad meta (%s): %s", sid, e.code, e)
             return res
         slots = tuple(SlotMeta(float(s["power_kw"]), bool(s.get("dc", float(s["power_kw"]) > AC_MAX_KW)))
@@ -349,7 +361,7 @@ class Engine:
             lapsed = (r.state == "held" and now >= r.hold_until) or (r.state == "confirmed" and now >= r.deadline)
             if lapsed:
                 ended = self._end(r, "expired", res)
-                self._event(res, r.car, P.car_event("expired", reservation_view(ended)))
+                self._event(res, r.car, D.car_event("expired", reservation_view(ended)))
         # oldest first, so a tick costs what it forgets, not a copy of a day's requests
         horizon, old, requests = now - self.cfg.request_memory_s, self._remembered, self.requests
         while old and old[0][0] < horizon:
@@ -406,11 +418,11 @@ class Engine:
         known = self.requests.get((car, xid))
         if known is not None:
             return _outcome(known.reply, [])
-        res = Result()
+        res = Result(need=need)
         self._now = now
         previous = self.reservations.get(self.by_car.get(car, ""))
         if previous is not None and previous.state == "checked_in":
-            reply = P.error_reply(xid, P.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
+            reply = D.error_reply(xid, D.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
         else:
             if previous is not None:
                 self._unindex(previous)  # its own hold must not stand in the way (as in reserve)
@@ -427,8 +439,9 @@ class Engine:
                 r = _changed(self._new_reservation(reservation_id(car, xid), car, xid, need, choice, now),
                              hold_until=hold_until)
                 self._add(r, res)
+                res.reservation = r
                 log.info("overflow %s: car %s held at %s slot %d until %.0f", xid, car, r.station, r.slot, hold_until)
-                reply = P.ok_reply(xid, "reserve", reservation_view(r))
+                reply = D.ok_reply(xid, "reserve", reservation_view(r))
         res.request = RequestRecord(car, xid, now, reply)
         self._remember(res.request)
         return _outcome(reply, [res])
@@ -438,7 +451,7 @@ class Engine:
         another request's or checked in: no change (a release may repeat or come late)."""
         res = Result()
         r = self.reservations.get(reservation)
-        if r is None or r.car != car or r.rid.removesuffix(":any") != xid or r.state == "checked_in":
+        if r is None or r.car != car or r.rid != xid or r.state == "checked_in":
             return res
         self._now = now
         self._end(r, "cancelled", res)
@@ -467,16 +480,14 @@ class Engine:
 
     # ------------------------------------------------------------ car operations
 
-    def _reserve(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
-        f = req.fields
-        need = CarNeed(f["lat"], f["lon"], f["soc"], f["battery_kwh"], f["consumption_kwh_100km"],
-                       f["max_ac_kw"], f["max_dc_kw"], f["target_soc"])
-        only = f.get("station")
+    def _reserve(self, req: D.CarRequest, now: float, res: Result) -> dict[str, Any]:
+        need = res.need = CarNeed.from_fields(req.fields)
+        only = req.fields.get("station")
         if only is not None and only not in self.stations:
-            return P.error_reply(req.rid, P.UNKNOWN_STATION, f"station {only!r} is not in region {self.cfg.region}", "station")
+            return D.error_reply(req.rid, D.UNKNOWN_STATION, f"station {only!r} is not in region {self.cfg.region}", "station")
         previous = self.reservations.get(self.by_car.get(req.car, ""))
         if previous is not None and previous.state == "checked_in":
-            return P.error_reply(req.rid, P.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
+            return D.error_reply(req.rid, D.BAD_STATE, f"car is checked in at {previous.station} slot {previous.slot}")
         # the car's own current hold must not stand in the way of its new answer
         if previous is not None:
             self._unindex(previous)
@@ -490,34 +501,35 @@ class Engine:
             self._end(previous, "cancelled", res, logging.DEBUG)
         r = self._new_reservation(reservation_id(req.car, req.rid), req.car, req.rid, need, choice, now)
         self._add(r, res)
+        res.reservation = r
         log.debug("car %s rid %s -> %s slot %d (drive %.0fs wait %.0fs charge %.0fs)", req.car, req.rid,
                  r.station, r.slot, choice.drive_s, choice.wait_s, choice.charge_s)
-        return P.ok_reply(req.rid, "reserve", reservation_view(r))
+        return D.ok_reply(req.rid, "reserve", reservation_view(r))
 
-    def _confirm(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+    def _confirm(self, req: D.CarRequest, now: float, res: Result) -> dict[str, Any]:
         r = self._own(req)
         if isinstance(r, dict):
             return r
         if r.state != "held":
-            return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is {r.state}, only a held one can be confirmed")
+            return D.error_reply(req.rid, D.BAD_STATE, f"reservation {r.id} is {r.state}, only a held one can be confirmed")
         r = _changed(r, state="confirmed")
         self.reservations[r.id] = r
         res.changed.append(r)
         log.debug("reservation %s (car %s, %s slot %d) confirmed", r.id, r.car, r.station, r.slot)
-        return P.ok_reply(req.rid, "confirm", reservation_view(r))
+        return D.ok_reply(req.rid, "confirm", reservation_view(r))
 
-    def _cancel(self, req: P.CarRequest, now: float, res: Result) -> dict[str, Any]:
+    def _cancel(self, req: D.CarRequest, now: float, res: Result) -> dict[str, Any]:
         r = self._own(req)
         if isinstance(r, dict):
             return r
         if r.state == "checked_in":
-            return P.error_reply(req.rid, P.BAD_STATE, f"reservation {r.id} is checked in; unplug to end it")
-        return P.ok_reply(req.rid, "cancel", reservation_view(self._end(r, "cancelled", res, logging.DEBUG)))
+            return D.error_reply(req.rid, D.BAD_STATE, f"reservation {r.id} is checked in; unplug to end it")
+        return D.ok_reply(req.rid, "cancel", reservation_view(self._end(r, "cancelled", res, logging.DEBUG)))
 
-    def _own(self, req: P.CarRequest) -> Reservation | dict[str, Any]:
+    def _own(self, req: D.CarRequest) -> Reservation | dict[str, Any]:
         r = self.reservations.get(req.fields["reservation"])
         if r is None or r.car != req.car:
-            return P.error_reply(req.rid, P.UNKNOWN_RESERVATION,
+            return D.error_reply(req.rid, D.UNKNOWN_RESERVATION,
                                  f"no active reservation {req.fields['reservation']!r} for car {req.car}", "reservation")
         return r
 
@@ -532,14 +544,14 @@ class Engine:
         self._forget(*key)
         res.changed.append(r)
         log.info("reservation %s (car %s, %s slot %d) checked in", r.id, r.car, r.station, r.slot)
-        self._event(res, r.car, P.car_event("checked_in", reservation_view(r)))
+        self._event(res, r.car, D.car_event("checked_in", reservation_view(r)))
 
     def _complete(self, key: tuple[str, int], now: float, res: Result) -> None:
         for rid in list(self.by_slot.get(key, ())):
             r = self.reservations[rid]
             if r.state == "checked_in":
                 ended = self._end(r, "completed", res)
-                self._event(res, r.car, P.car_event("completed", reservation_view(ended)))
+                self._event(res, r.car, D.car_event("completed", reservation_view(ended)))
 
     def _fault_slot(self, key: tuple[str, int], now: float, res: Result) -> None:
         for rid in list(self.by_slot.get(key, ())):
@@ -552,7 +564,7 @@ class Engine:
                 self._add(new, res)
                 log.info("car %s offered %s slot %d as %s after the fault", r.car, new.station, new.slot, new.id)
                 offer = reservation_view(new)
-            self._event(res, r.car, P.car_event("faulted", reservation_view(faulted), offer))
+            self._event(res, r.car, D.car_event("faulted", reservation_view(faulted), offer))
 
     # ------------------------------------------------------------ helpers
 
@@ -583,7 +595,7 @@ class Engine:
         else:
             at = datetime.fromtimestamp(earliest, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
             msg = f"every slot {where} is busy beyond {self.cfg.max_wait_s / 60:.0f} min; the earliest frees up at {at}"
-        return P.error_reply(rid, P.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
+        return D.error_reply(rid, W.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
 
     def _new_reservation(self, rid_: str, car: str, rid: str, need: CarNeed, c: Choice, now: float) -> Reservation:
         eta = now + c.drive_s
@@ -668,10 +680,10 @@ class Engine:
         # sent even while the slot is occupied: the station keeps the flag and shows it once free
         self.led[key] = want
         if nxt is not None:
-            cmd = P.station_cmd("reserve", key[1], nxt.id, nxt.hold_until if nxt.state == "held" else nxt.deadline)
+            cmd = D.station_cmd("reserve", key[1], nxt.id, nxt.hold_until if nxt.state == "held" else nxt.deadline)
         else:
-            cmd = P.station_cmd("release", key[1])
-        res.messages.append(Outbound(P.station_topic(self.cfg.region, key[0], "cmd"), cmd))
+            cmd = D.station_cmd("release", key[1])
+        res.messages.append(Outbound(D.station_topic(self.cfg.region, key[0], "cmd"), cmd))
 
     def _first_waiting(self, key: tuple[str, int]) -> Reservation | None:
         """The first reservation queued on the slot that is not checked in (the next car)."""
@@ -682,14 +694,16 @@ class Engine:
                 return r
         return None
 
-    def _reply(self, res: Result, car: str, payload: dict[str, Any]) -> None:
-        res.messages.append(Outbound(P.car_topic(self.cfg.region, car, "reply"), payload))
+    def _reply(self, res: Result, car: str, reply: dict[str, Any]) -> None:
+        res.reply = reply
+        res.messages.append(Outbound(D.car_topic(self.cfg.region, car, "reply"), reply))
 
-    _event = _reply
+    def _event(self, res: Result, car: str, payload: dict[str, Any]) -> None:
+        res.messages.append(Outbound(D.car_topic(self.cfg.region, car, "reply"), payload))
 
 
 def _outcome(reply: dict[str, Any], results: list[Result]) -> HoldOutcome:
     if reply.get("ok"):
         return HoldOutcome(reply["reservation"], results=results)
     err = reply.get("error", {})
-    return HoldOutcome(None, err.get("code", P.NO_CAPACITY), err.get("message", ""), results)
+    return HoldOutcome(None, err.get("code", W.NO_CAPACITY), err.get("message", ""), results)

@@ -13,6 +13,9 @@ import time
 from typing import Any
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the gateway's log lines (cli.py)
+
+
 class Buffered:
     """A stream that keeps what a StreamHandler writes until drain()."""
 
@@ -57,8 +60,10 @@ class LogBatch:
     write and a flush per line (stderr is unbuffered under systemd, and journald wakes for
     every write). Wraps the root logger's stream handlers while the service runs. Under
     journald, which stamps every line itself, the lines lose their asctime (elsewhere it is
-    formatted once a second, see SecondFormatter). Records skip the thread and process
-    lookups (a getpid() call each): our format names neither."""
+    formatted once a second, see SecondFormatter). A handler with a plain logging.Formatter
+    gets the gateway's LOG_FORMAT this way (the gateway's command sets its handler up with it).
+    Records skip the thread and process lookups (a getpid() call each): the format names
+    neither."""
 
     _FLAGS = ("logThreads", "logProcesses", "logMultiprocessing")
 
@@ -78,11 +83,10 @@ class LogBatch:
                 h.setStream(buffered)  # type: ignore[arg-type]
                 if formatter is None or type(formatter) is not logging.Formatter:
                     continue
-                fmt = formatter._fmt or ""
                 if journal and is_journal(buffered.stream, journal):
-                    h.setFormatter(logging.Formatter(fmt.replace("%(asctime)s ", "")))
+                    h.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(asctime)s ", "")))
                 elif formatter.datefmt is None:
-                    h.setFormatter(SecondFormatter(fmt))
+                    h.setFormatter(SecondFormatter(LOG_FORMAT))
 
     def drain(self) -> None:
         for _, buffered, _ in self.wrapped:

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from recarga.core import protocol as P
 from recarga.core.model import CarNeed, Reservation, StationMeta
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 from recarga.gateway.engine import Engine, HoldOutcome, Result
 
 log = logging.getLogger("recarga.overflow")
@@ -27,7 +28,7 @@ log = logging.getLogger("recarga.overflow")
 
 @dataclass(frozen=True, slots=True)
 class OverflowSettings:
-    """[overflow] in the gateway's config (phase 2)."""
+    """[overflow] in the gateway's config."""
 
     enabled: bool = True
     wait_limit_s: float = 900.0  # forward when the best local offer waits longer than this
@@ -63,7 +64,7 @@ class Step:
 
 
 def _publish(topic: str, msg: dict[str, Any], retain: bool = False) -> Publish:
-    return Publish(topic, P.encode(msg), retain)
+    return Publish(topic, W.encode(msg), retain)
 
 
 # ---------------------------------------------------------------- origin: when to forward
@@ -77,14 +78,13 @@ class LocalOutcome:
     reservation: str | None  # the local hold, cancelled if the car goes elsewhere
 
 
-def local_outcome(reply: dict[str, Any], now: float) -> LocalOutcome | None:
-    """From the engine's reply to a reserve request; None when overflow cannot help (a
-    refusal for bad input or state, not for capacity)."""
-    if reply.get("ok") and reply.get("op") == "reserve":
-        r = reply["reservation"]
-        wait = r["wait_min"] * 60.0
-        return LocalOutcome(wait, max(0.0, r["eta"] - now) + wait + r["charge_min"] * 60.0, r["id"])
-    if not reply.get("ok") and reply.get("error", {}).get("code") == P.NO_CAPACITY:
+def local_outcome(reply: Mapping[str, Any], chosen: Reservation | None, now: float) -> LocalOutcome | None:
+    """From the engine's answer to a car's request: its reply and the reservation a reserve
+    chose (Result.reply, Result.reservation), in exact seconds. None when overflow cannot
+    help: not a reserve, or a refusal for bad input or state rather than capacity."""
+    if chosen is not None:
+        return LocalOutcome(chosen.wait_s, chosen.eta - now + chosen.wait_s + chosen.charge_s, chosen.id)
+    if not reply.get("ok") and reply.get("error", {}).get("code") == W.NO_CAPACITY:
         return LocalOutcome(None, None, None)
     return None
 
@@ -113,7 +113,7 @@ class OverflowTracker:
     answer for an xid it no longer knows is abandoned, which releases the hold."""
 
     def __init__(self, region: str, settings: OverflowSettings):
-        self.region = P.check_region(region)
+        self.region = PC.check_region(region)
         self.settings = settings
         self.pending: dict[str, Pending] = {}
         self.link_up = False  # from the bridge's retained notification; unknown = down
@@ -124,16 +124,16 @@ class OverflowTracker:
         once with overflow_unavailable. A request already pending (redelivered) sends nothing."""
         step = Step()
         if not self.link_up:
-            step.replies.append(CarReply(car, rid, P.with_overflow_note(
-                local_reply, P.OVERFLOW_UNAVAILABLE, "the link to central is down; local answer only")))
+            step.replies.append(CarReply(car, rid, PC.with_overflow_note(
+                local_reply, PC.OVERFLOW_UNAVAILABLE, "the link to central is down; local answer only")))
             return step
-        xid = P.overflow_id(self.region, car, rid)
+        xid = PC.overflow_id(self.region, car, rid)
         if xid in self.pending:
             return step
         deadline = now + self.settings.answer_within_s
         self.pending[xid] = Pending(car, rid, deadline, local_reply, local.reservation)
-        msg = P.overflow_request(xid, self.region, car, deadline, need_fields(need), local.completion_s)
-        step.publish.append(_publish(P.central_topic(self.region, "overflow/request"), msg))
+        msg = PC.overflow_request(xid, self.region, car, deadline, need.to_fields(), local.completion_s)
+        step.publish.append(_publish(PC.central_topic(self.region, "overflow/request"), msg))
         log.info("car %s rid %s forwarded to central as %s (deadline in %.1f s)", car, rid, xid,
                  self.settings.answer_within_s)
         return step
@@ -142,27 +142,27 @@ class OverflowTracker:
         """Central's answer on recarga/v1/<region>/central/overflow/answer."""
         step = Step()
         try:
-            a = P.parse_overflow_answer(self.region, payload)
-        except P.ProtocolError as e:
+            a = PC.parse_overflow_answer(self.region, payload)
+        except W.ProtocolError as e:
             log.warning("bad overflow answer (%s): %s", e.code, e)
             return step
         p = self.pending.get(a.xid)
-        if p is None or P.past_deadline(a.deadline, now) or P.past_deadline(p.deadline, now):
+        if p is None or PC.past_deadline(a.deadline, now) or PC.past_deadline(p.deadline, now):
             log.info("overflow answer %s %s: ignored", a.xid, "late" if p is not None else "for no pending request")
             if a.ok:  # a hold nobody will use: let central release it now, not at its expiry
-                step.publish.append(_publish(P.central_topic(self.region, "overflow/request"),
-                                             P.overflow_abandon(a.xid, self.region)))
+                step.publish.append(_publish(PC.central_topic(self.region, "overflow/request"),
+                                             PC.overflow_abandon(a.xid, self.region)))
             return step
         del self.pending[a.xid]
         if a.ok:
-            step.replies.append(CarReply(p.car, p.rid, P.overflow_reply(p.rid, a.reservation, a.region, a.broker)))
+            step.replies.append(CarReply(p.car, p.rid, PC.overflow_reply(p.rid, a.reservation, a.region, a.broker)))
             if p.local_reservation is not None:
                 step.cancel_local.append((p.car, p.local_reservation))
             log.info("car %s rid %s: overflow to region %s station %s", p.car, p.rid, a.region,
                      a.reservation["station"])
         else:
-            step.replies.append(CarReply(p.car, p.rid, P.with_overflow_note(
-                p.local_reply, a.error["code"] if a.error["code"] in P.CENTRAL_ERROR_CODES else P.OVERFLOW_UNAVAILABLE,
+            step.replies.append(CarReply(p.car, p.rid, PC.with_overflow_note(
+                p.local_reply, a.error["code"] if a.error["code"] in PC.CENTRAL_ERROR_CODES else PC.OVERFLOW_UNAVAILABLE,
                 a.error["message"])))
         return step
 
@@ -170,44 +170,32 @@ class OverflowTracker:
         """Requests whose deadline passed: the car gets its local reply, said so."""
         step = Step()
         for xid, p in list(self.pending.items()):
-            if P.past_deadline(p.deadline, now):
+            if PC.past_deadline(p.deadline, now):
                 del self.pending[xid]
-                step.replies.append(CarReply(p.car, p.rid, P.with_overflow_note(
-                    p.local_reply, P.DEADLINE_PASSED, "central did not answer in time; local answer only")))
+                step.replies.append(CarReply(p.car, p.rid, PC.with_overflow_note(
+                    p.local_reply, PC.DEADLINE_PASSED, "central did not answer in time; local answer only")))
         return step
 
     def on_link(self, payload: bytes, now: float) -> Step:
         """The bridge's notification: down answers every pending request locally at once."""
         step = Step()
         try:
-            self.link_up = P.parse_link(payload)
-        except P.ProtocolError as e:
+            self.link_up = PC.parse_link(payload)
+        except W.ProtocolError as e:
             log.warning("bad bridge notification: %s", e)
             return step
         if not self.link_up:
             for p in self.pending.values():
-                step.replies.append(CarReply(p.car, p.rid, P.with_overflow_note(
-                    p.local_reply, P.OVERFLOW_UNAVAILABLE, "the link to central went down; local answer only")))
+                step.replies.append(CarReply(p.car, p.rid, PC.with_overflow_note(
+                    p.local_reply, PC.OVERFLOW_UNAVAILABLE, "the link to central went down; local answer only")))
             self.pending.clear()
         return step
-
-
-def need_fields(need: CarNeed) -> dict[str, float]:
-    """A CarNeed as the protocol's need object."""
-    return {"lat": need.lat, "lon": need.lon, "soc": need.soc, "battery_kwh": need.battery_kwh,
-            "consumption_kwh_100km": need.consumption_kwh_per_100km, "max_ac_kw": need.max_ac_kw,
-            "max_dc_kw": need.max_dc_kw, "target_soc": need.target_soc}
-
-
-def car_need(fields: Mapping[str, float]) -> CarNeed:
-    return CarNeed(fields["lat"], fields["lon"], fields["soc"], fields["battery_kwh"],
-                   fields["consumption_kwh_100km"], fields["max_ac_kw"], fields["max_dc_kw"], fields["target_soc"])
 
 
 # ---------------------------------------------------------------- capacity summary
 
 def summary_stations(metas: Sequence[StationMeta], busy_until: Mapping[str, Sequence[float | None]],
-                     now: float) -> list[P.SummaryStation]:
+                     now: float) -> list[PC.SummaryStation]:
     """Per station its usable slots grouped by power: how many, how many free now, when the
     first busy one frees. busy_until[sid][k-1] is the engine's busy_until for slot k (None:
     not usable; <= now: free). Stations without a usable slot are left out."""
@@ -222,8 +210,8 @@ def summary_stations(metas: Sequence[StationMeta], busy_until: Mapping[str, Sequ
                 groups.setdefault((slot.power_kw, slot.dc), []).append(t)
         if not groups:
             continue
-        out.append(P.SummaryStation(m.id, m.lat, m.lon, m.price_per_kwh, tuple(
-            P.SlotGroup(kw, dc, len(ts), sum(t <= now for t in ts),
+        out.append(PC.SummaryStation(m.id, m.lat, m.lon, m.price_per_kwh, tuple(
+            PC.SlotGroup(kw, dc, len(ts), sum(t <= now for t in ts),
                         min((t for t in ts if t > now), default=None))
             for (kw, dc), ts in sorted(groups.items()))))
     return out
@@ -235,27 +223,27 @@ class SummaryPublisher:
     is alive). When the region needs fewer shards, the surplus retained ones are cleared."""
 
     def __init__(self, region: str, min_interval_s: float = 5.0, refresh_s: float = 60.0):
-        self.region = P.check_region(region)
+        self.region = PC.check_region(region)
         self.min_interval_s = min_interval_s
         self.refresh_s = refresh_s
         self._sent: dict[int, tuple[bytes, float]] = {}  # shard -> (stations JSON, when)
         self._of = 0
         self._refreshed = float("-inf")
 
-    def due(self, stations: list[P.SummaryStation], now: float, force: bool = False) -> list[Publish]:
+    def due(self, stations: list[PC.SummaryStation], now: float, force: bool = False) -> list[Publish]:
         """force: every shard now (the link to central came back)."""
-        msgs = P.summary_messages(self.region, stations, now)
+        msgs = PC.summary_messages(self.region, stations, now)
         # a new shard count goes out whole at once: central drops the shards beyond it
         refresh = force or now - self._refreshed >= self.refresh_s or len(msgs) != self._of
-        out = [Publish(P.summary_topic(self.region, k), b"", retain=True) for k in range(len(msgs), self._of)]
+        out = [Publish(PC.summary_topic(self.region, k), b"", retain=True) for k in range(len(msgs), self._of)]
         for k in range(len(msgs), self._of):
             self._sent.pop(k, None)
         for m in msgs:
-            body = P.encode(m["stations"])
+            body = W.encode(m["stations"])
             last = self._sent.get(m["shard"])
             changed = last is None or last[0] != body
             if refresh or (changed and (last is None or now - last[1] >= self.min_interval_s)):
-                out.append(_publish(P.summary_topic(self.region, m["shard"]), m, retain=True))
+                out.append(_publish(PC.summary_topic(self.region, m["shard"]), m, retain=True))
                 self._sent[m["shard"]] = (body, now)
         self._of = len(msgs)
         if refresh:
@@ -280,38 +268,35 @@ def answer_hold(region: str, payload: bytes, now: float, port: HoldPort) -> tupl
     is ignored and holds nothing; otherwise the port holds a slot for the car (central's
     station first, else the region's best) and the answer goes back to central."""
     try:
-        req = P.parse_hold_request(region, payload)
-    except P.ProtocolError as e:
+        req = PC.parse_hold_request(region, payload)
+    except W.ProtocolError as e:
         log.warning("bad hold request (%s): %s", e.code, e)
         return None, []
-    if isinstance(req, P.HoldRelease):
+    if isinstance(req, PC.HoldRelease):
         log.info("overflow %s: central releases %s of car %s", req.xid, req.reservation, req.car)
         return None, [port.release(req.car, req.xid, req.reservation, now)]
-    if P.past_deadline(req.deadline, now):
+    if PC.past_deadline(req.deadline, now):
         log.info("overflow %s: hold request arrived %.1f s past its deadline, ignored", req.xid, now - req.deadline)
         return None, []
-    out = port.hold(req.car, req.xid, car_need(req.need), req.station, req.confirm_by, now)
+    out = port.hold(req.car, req.xid, CarNeed.from_fields(req.need), req.station, req.confirm_by, now)
     if out.reservation is not None:
-        answer = P.hold_answer(req.xid, region, req.car, req.deadline, reservation=out.reservation)
+        answer = PC.hold_answer(req.xid, region, req.car, req.deadline, reservation=out.reservation)
     else:
-        answer = P.hold_answer(req.xid, region, req.car, req.deadline, code=out.code or P.NO_CAPACITY,
+        answer = PC.hold_answer(req.xid, region, req.car, req.deadline, code=out.code or W.NO_CAPACITY,
                                message=out.message)
-    return _publish(P.central_topic(region, "hold/answer"), answer), out.results
+    return _publish(PC.central_topic(region, "hold/answer"), answer), out.results
 
 
 def hold_events(region: str, changed: Sequence[Reservation]) -> list[Publish]:
     """Hold events for central from the engine's changed reservations: those made for an
-    overflow (request id = xid; xid + ANY_SUFFIX from phase 1 holds) that left `held`.
+    overflow (request id = xid) that left `held`.
     Repeats are harmless."""
     out = []
     for r in changed:
-        xid = r.rid.removesuffix(ANY_SUFFIX)
-        if P.XID_RE.match(xid) and r.state in P.HOLD_EVENTS:
-            out.append(_publish(P.central_topic(region, "hold/event"), P.hold_event(xid, region, r.state, r.id)))
+        xid = r.rid
+        if PC.XID_RE.match(xid) and r.state in PC.HOLD_EVENTS:
+            out.append(_publish(PC.central_topic(region, "hold/event"), PC.hold_event(xid, region, r.state, r.id)))
     return out
-
-
-ANY_SUFFIX = ":any"  # phase 1 held "anywhere" under xid + this; still recognised
 
 
 class EngineHoldPort:

@@ -1,5 +1,5 @@
 """The gateway service's overflow adapter: wires gateway/overflow.py's pure rules to the
-engine and to the service's batch (docs/architecture.md, "Phase 2: the hooks").
+engine and to the service's batch (docs/architecture.md, "Overflow between regions").
 
 The service calls it at four points and otherwise knows nothing of overflow:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from recarga.core import protocol as P
+from recarga.core.protocol import central as PC
 from recarga.gateway.engine import Engine, Result
 from recarga.gateway.overflow import (
     EngineHoldPort,
@@ -30,7 +30,6 @@ from recarga.gateway.overflow import (
     Step,
     SummaryPublisher,
     answer_hold,
-    car_need,
     hold_events,
     local_outcome,
     should_forward,
@@ -58,15 +57,15 @@ class OverflowLink:
         self._summary_at = 0.0  # when the summary may be built next
         self._refresh_at = 0.0  # when every shard is due again anyway
         self._routes: dict[str, tuple[Handler, str]] = {
-            P.central_topic(self.region, P.LINK_LEAF): (self._on_link, ""),
-            P.central_topic(self.region, "overflow/answer"): (self._on_answer, ""),
-            P.central_topic(self.region, "hold/request"): (self._on_hold, ""),
+            PC.central_topic(self.region, PC.LINK_LEAF): (self._on_link, ""),
+            PC.central_topic(self.region, "overflow/answer"): (self._on_answer, ""),
+            PC.central_topic(self.region, "hold/request"): (self._on_hold, ""),
         }
 
     # ------------------------------------------------------------ hooks
 
     def subscriptions(self) -> list[str]:
-        return P.gateway_central_subscriptions(self.region)
+        return PC.gateway_central_subscriptions(self.region)
 
     def route(self, topic: str) -> tuple[Handler, str] | None:
         return self._routes.get(topic)
@@ -74,7 +73,7 @@ class OverflowLink:
     def car_message(self, car: str, payload: bytes, now: float) -> Result:
         res = self.engine.car_message(car, payload, now)
         try:
-            self._after_car(car, payload, res, now)
+            self._after_car(car, res, now)
         except Exception:
             # overflow must never cost the car its local answer
             log.exception("overflow for car %s failed; the local answer stands", car)
@@ -97,7 +96,7 @@ class OverflowLink:
         Results changed; the service publishes them once the batch is written."""
         out, self._outbox = self._outbox, []
         for r in results:
-            if r.changed and any(c.rid.startswith(P.XID_PREFIX) for c in r.changed):
+            if r.changed and any(c.rid.startswith(PC.XID_PREFIX) for c in r.changed):
                 out += hold_events(self.region, r.changed)
         return out
 
@@ -112,23 +111,21 @@ class OverflowLink:
 
     # ------------------------------------------------------------ inside
 
-    def _after_car(self, car: str, payload: bytes, res: Result, now: float) -> None:
-        if not res.messages:
+    def _after_car(self, car: str, res: Result, now: float) -> None:
+        reply = res.reply
+        if reply is None:
             return
-        reply = res.messages[-1].payload  # the engine answers the car last
         if res.request is None:
             # a redelivered or repeated request still waiting for central: its one reply comes later
             rid = reply.get("rid")
-            if self.tracker.pending and isinstance(rid, str) and P.overflow_id(self.region, car, rid) in self.tracker.pending:
-                res.messages.pop()
+            if self.tracker.pending and isinstance(rid, str) and PC.overflow_id(self.region, car, rid) in self.tracker.pending:
+                res.withhold_reply()
             return
-        local = local_outcome(res.request.reply, now)
-        if not should_forward(self.settings, local):
+        local = local_outcome(reply, res.reservation, now)
+        if res.need is None or local is None or not should_forward(self.settings, local):
             return
-        assert local is not None
-        req = P.parse_car_request(car, payload)
-        res.messages.pop()  # the car waits for central's answer (or the deadline)
-        self._apply(self.tracker.forward(car, req.rid, car_need(req.fields), res.request.reply, local, now), now)
+        res.withhold_reply()  # the car waits for central's answer (or the deadline)
+        self._apply(self.tracker.forward(car, res.request.rid, res.need, reply, local, now), now)
 
     def _apply(self, step: Step, now: float) -> None:
         self._outbox += step.publish

@@ -1,15 +1,16 @@
 """The gateway's imperative shell: paho-mqtt in, engine, SQLite, paho-mqtt out, in one thread.
 
 One thread drives paho's external-loop API (loop_read / loop_write / loop_misc) through a
-selector on the client's socket. The messages read in one pass over the socket (at most
-`MAX_BATCH`) are one batch: each runs through the engine, and the batch's results are
-committed in one SQLite transaction. Only once that is on disk are their replies and
-station commands published and their inbound messages acknowledged. So an acknowledged
-request is always on disk, and one that was not acknowledged is redelivered by the broker
-and recognised by its request id. Messages that arrive during a commit wait in the socket and
-make the next batch: the batches grow with the load, and so one fsync covers more (group
-commit). paho, the engine, the SQL and the loop share one thread: no inbox queue and no GIL
-hand-over per message or row.
+selector on the client's socket (gateway/mqtt_client.py configures the client). The
+messages read in one pass over the socket (at most `MAX_BATCH`) are one batch: each runs
+through the engine, and the batch's results are committed in one SQLite transaction. Only
+once that is on disk are their replies and station commands published and their inbound
+messages acknowledged (paho's manual_ack). So an acknowledged request is always on disk,
+and one that was not acknowledged is redelivered by the broker and recognised by its request
+id. Messages that arrive during a commit wait in the socket and make the next batch: the
+batches grow with the load, and so one fsync covers more (group commit). paho, the engine,
+the SQL and the loop share one thread: no inbox queue and no GIL hand-over per message or
+row.
 
 By default the commit fsyncs (SQLite's synchronous FULL), on the loop's thread. With
 `sync_thread` a commit does not wait for the disk: the syncer thread (gateway/syncer.py)
@@ -25,24 +26,26 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import select
 import selectors
 import socket
 import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from recarga.core import protocol as P
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 from recarga.core.stations import load_stations
 from recarga.gateway.config import GatewayConfig
 from recarga.gateway.engine import Engine, Result
 from recarga.gateway.logbatch import LogBatch
-from recarga.gateway.mqtt_client import GatewayClient, InboundMessage
+from recarga.gateway.mqtt_client import ClientFactory, gateway_client
 from recarga.gateway.overflow_link import OverflowLink
 from recarga.gateway.store import Store, encode_json
 from recarga.gateway.syncer import Job, Syncer
@@ -58,15 +61,16 @@ READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
 
 Handler = Callable[[str, bytes, float], Result]
-Inbound = InboundMessage | mqtt.MQTTMessage  # paho's own reader makes the latter
 
 
-def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
-    """After a full collection, what it kept is alive: freeze it (gc.freeze() moves it to the
-    permanent generation, which collections skip). The next full collection then scans only
-    what came since, not again every request record of the last day, which stopped the loop
-    for tens of ms. Freed objects still go by reference counting; the steady state makes no
-    reference cycles (see mqtt_client.GatewayClient), so nothing that becomes garbage is kept for want of one."""
+def freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """A gc callback: after a full collection, what it kept is alive, so freeze it (gc.freeze()
+    moves it to the permanent generation, which collections skip). The next full collection
+    then scans only what came since, not again every request record of the last day, which
+    stopped the loop for tens of ms. Frozen objects are still freed by reference counting.
+    The only reference cycles the loop makes are short-lived ones in paho (its topic matcher
+    builds one per inbound message), which the young collections take; one alive at the
+    moment of a freeze stays, a few hundred bytes once per full collection at most."""
     if phase == "stop" and info["generation"] == 2:
         gc.freeze()
 
@@ -88,10 +92,22 @@ class _Uncommitted:
 
 
 class GatewayService:
-    def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time):
+    """One region's gateway: run() connects and serves until stop().
+
+    The loop's parts are public for a maintainer's replay and for tests, which drive a service
+    whose loop is not running: process() decides a batch, commit() stores it, release()
+    publishes and acknowledges what is durable; handle() is the three for one batch, step()
+    one pass of the loop. `client_factory` makes the paho client (the service sets its
+    callbacks); `exit_process` ends the process after a database failure.
+    """
+
+    def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time,
+                 client_factory: ClientFactory = gateway_client,
+                 exit_process: Callable[[int], Any] = os._exit):
         self.cfg = cfg
         self.clock = clock
         self.region = cfg.engine.region
+        self._exit_process = exit_process
         stations = load_stations(cfg.stations)
         self.store = Store(cfg.database, cfg.synchronous, deferred_sync=cfg.sync_thread)
         self.engine = Engine(cfg.engine, stations)
@@ -102,7 +118,7 @@ class GatewayService:
         self._connected = False
         self._next_tick = 0.0
         self._pruned = 0.0
-        self._batch: list[Inbound] = []
+        self._batch: list[mqtt.MQTTMessage] = []
         self._topics: dict[str, tuple[Handler, str] | None] = {}
         self._logs = LogBatch()
         # the selector: the broker socket while there is one, and a wake-up pair for stop()
@@ -113,6 +129,7 @@ class GatewayService:
         self._sel.register(self._wake_r, READ)
         self._wake_sel = selectors.DefaultSelector()  # the wake-up pair alone, while the backlog is full
         self._wake_sel.register(self._wake_r, READ)
+        self._peek = select.poll()  # the broker socket alone: is there more to read, without waiting
         self._syncer = Syncer(self.store, self._wake, self._db_failed)
         self._uncommitted = _Uncommitted()
         self._sock: Any = None
@@ -123,19 +140,7 @@ class GatewayService:
                  len(stations), len(self.engine.reservations))
         log.info("database %s: synchronous %s%s", cfg.database, cfg.synchronous,
                  ", fsync on the sync thread" if self.store.deferred_sync else "")
-        b = cfg.broker
-        self.client = GatewayClient(
-            CallbackAPIVersion.VERSION2,
-            client_id=b.client_id or f"recarga-gateway-{self.region}",
-            protocol=mqtt.MQTTv311,
-            clean_session=False,  # the broker keeps our QoS 1 backlog while we are away
-            manual_ack=True,
-        )
-        self.client.username_pw_set(b.username, b.password)
-        self.client.will_set(P.gateway_online_topic(self.region), P.online_message(False), qos=P.QOS, retain=True)
-        # No client-side in-flight limit: paho rescans every queued message on each PUBACK
-        # while one is set. What we publish is bounded by what we read (one batch at a time).
-        self.client.max_inflight_messages_set(0)
+        self.client = client_factory(cfg.broker, self.region)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda client, userdata, msg: self._batch.append(msg)
@@ -154,16 +159,29 @@ class GatewayService:
             ("station", "meta"): self.engine.station_meta,
         }
 
+    @property
+    def backlog(self) -> int:
+        """Inbound messages decided and not yet durable (uncommitted, or waiting for an fsync)."""
+        return self._syncer.backlog + self._uncommitted.messages
+
+    @property
+    def next_tick(self) -> float:
+        """When (clock s) the loop next runs the engine without a message: its tick, or sooner
+        an overflow request's deadline."""
+        return self._next_tick
+
     # ------------------------------------------------------------ paho callbacks
 
     def _on_socket_open(self, client: mqtt.Client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small replies: no Nagle delay
         self._sock, self._writing = sock, False
         self._sel.register(sock, READ)
+        self._peek.register(sock, select.POLLIN)
 
     def _on_socket_close(self, client: mqtt.Client, userdata, sock) -> None:
         if self._sock is sock:
             self._sel.unregister(sock)
+            self._peek.unregister(sock)
             self._sock, self._writing = None, False
             self._schedule_reconnect()
 
@@ -173,9 +191,9 @@ class GatewayService:
             return
         self._delay = None
         # renewed on every connect: a broker that lost its session state still delivers
-        topics = P.gateway_subscriptions(self.region) + (self.overflow.subscriptions() if self.overflow else [])
-        client.subscribe([(t, P.QOS) for t in topics])
-        client.publish(P.gateway_online_topic(self.region), P.online_message(True), qos=P.QOS, retain=True)
+        topics = D.gateway_subscriptions(self.region) + (self.overflow.subscriptions() if self.overflow else [])
+        client.subscribe([(t, W.QOS) for t in topics])
+        client.publish(D.gateway_online_topic(self.region), W.online_message(True), qos=W.QOS, retain=True)
         self._connected = True
         log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
 
@@ -195,7 +213,7 @@ class GatewayService:
     def _route(self, topic: str) -> tuple[Handler, str] | None:
         route = self._topics.get(topic, False)
         if route is False:
-            ref = P.parse_topic(self.region, topic)
+            ref = D.parse_topic(self.region, topic)
             handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
             route = None if handler is None else (handler, ref.id)
             if route is None and self.overflow is not None:
@@ -205,24 +223,29 @@ class GatewayService:
             self._topics[topic] = route
         return route
 
-    def _handle(self, msg: Inbound, now: float) -> Result | None:
-        route = self._route(msg.topic)
+    def _decide(self, msg: mqtt.MQTTMessage, now: float) -> Result | None:
+        try:
+            topic = msg.topic  # paho decodes it here
+        except UnicodeDecodeError:
+            log.warning("message on a topic that is not UTF-8 ignored")
+            return None
+        route = self._route(topic)
         if route is None:
-            log.warning("message on unexpected topic %s ignored", msg.topic)
+            log.warning("message on unexpected topic %s ignored", topic)
             return None
         handler, ident = route
         try:
             return handler(ident, msg.payload, now)
         except Exception:
             # a bug must not take the region down: this message is logged and dropped
-            log.exception("failed to handle message on %s", msg.topic)
+            log.exception("failed to handle message on %s", topic)
             return None
 
-    def _process(self, batch: list[Inbound]) -> None:
-        """Run a batch through the engine; _commit() writes its results, and _release()
-        publishes and acknowledges them once the syncer has made them durable."""
+    def process(self, batch: list[mqtt.MQTTMessage]) -> None:
+        """Run a batch through the engine (with the tick when it is due); commit() writes
+        what it decided, and release() publishes and acknowledges it once durable."""
         now = self.clock()
-        results = [r for r in (self._handle(m, now) for m in batch) if r is not None]
+        results = [r for r in (self._decide(m, now) for m in batch) if r is not None]
         prune = None
         if now >= self._next_tick:
             self._next_tick = now + self.cfg.tick_s
@@ -247,7 +270,7 @@ class GatewayService:
         u.messages += len(batch)
         u.prune = prune if prune is not None else u.prune
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         """Commit what was decided and hand it to the syncer (which gives it straight back
         unless sync_thread is on), unless the syncer's fsync is running: what is decided
         meanwhile would wait for the next one anyway, so it waits here and goes into one
@@ -263,29 +286,37 @@ class GatewayService:
         except sqlite3.Error:
             log.critical("database write failed; exiting for a clean restart", exc_info=True)
             self._db_failed()
+            return
         self._syncer.submit(Job((u.out, u.acks), u.messages))
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Publish and acknowledge the batches the syncer has made durable, in order."""
         publish, ack = self.client.publish, self.client.ack
         for job in self._syncer.done():
             out, acks = job.release
             for topic, payload, retain in out:
-                publish(topic, payload, qos=P.QOS, retain=retain)
+                publish(topic, payload, qos=W.QOS, retain=retain)
             for mid in acks:
-                ack(mid, P.QOS)
+                ack(mid, W.QOS)
 
-    def _settle(self, timeout: float = 10.0) -> bool:
-        """Commit what was decided, wait until it is durable, and release it."""
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Commit what was decided, wait until it is durable, and release it; False if that
+        took longer than `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
-            self._commit()
-            self._release()
+            self.commit()
+            self.release()
             if self._syncer.idle() and self._uncommitted.empty:
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
+
+    def handle(self, batch: list[mqtt.MQTTMessage], timeout: float = 10.0) -> bool:
+        """One batch all the way: decided, committed, and once durable published and
+        acknowledged; False if it was not durable within `timeout` s."""
+        self.process(batch)
+        return self.settle(timeout)
 
     def _wake(self) -> None:
         try:
@@ -299,26 +330,28 @@ class GatewayService:
         # batches it was to cover) was acknowledged: nothing is lost.
         self._logs.uninstall()
         logging.shutdown()
-        os._exit(EXIT_DB_FAILURE)
+        self._exit_process(EXIT_DB_FAILURE)
 
     # ------------------------------------------------------------ the loop
 
     def _read(self) -> None:
-        """Read what the socket holds (paho's loop_read stops after as many packets as it
-        has messages in flight, at least 1) up to MAX_BATCH inbound messages, and no further
-        than MAX_BACKLOG messages not yet durable."""
-        client = self.client
-        room = min(MAX_BATCH, MAX_BACKLOG - self._syncer.backlog - self._uncommitted.messages)
-        client.drained = False
-        while self._sock is not None:
-            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(self._batch) >= room:
+        """Read what the socket holds up to MAX_BATCH inbound messages, and no further than
+        MAX_BACKLOG messages not yet durable. paho's loop_read reads as many packets as it
+        has messages in flight (at least 1) and returns early when the socket is empty;
+        after a call that brought no message, a poll without waiting says whether more is
+        there. paho reads exactly the bytes of each packet, so what it has not read is still
+        in the socket, where the selector sees it."""
+        client, batch = self.client, self._batch
+        room = min(MAX_BATCH, MAX_BACKLOG - self.backlog)
+        while self._sock is not None and len(batch) < room:
+            before = len(batch)
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
                 return
-            if client.drained and not client.pending():
+            if len(batch) == before and self._sock is not None and not self._peek.poll(0):
                 return
 
     def _flush(self) -> None:
-        """Write everything paho queued (GatewayClient sends it with one send()); watch for
-        writability only while some is left."""
+        """Write everything paho queued; watch for writability only while some is left."""
         client, sock = self.client, self._sock
         if sock is None or not client.want_write():
             return
@@ -330,14 +363,14 @@ class GatewayService:
             self._sel.modify(sock, READ | WRITE if want else READ)
             self._writing = want
 
-    def _step(self, timeout: float, process: bool = True) -> None:
-        """Wait up to `timeout` s for the socket or the syncer, then release what is durable,
-        read, process one batch, write. Without `process` what was read is dropped
-        unacknowledged (the broker redelivers it). With MAX_BACKLOG messages not yet
-        durable it waits for the syncer alone."""
-        full = process and self._syncer.backlog + self._uncommitted.messages >= MAX_BACKLOG
-        readable = not full and self.client.pending() > 0  # read, not parsed yet
-        for key, mask in (self._wake_sel if full else self._sel).select(0.0 if readable else timeout):
+    def step(self, timeout: float, decide: bool = True) -> None:
+        """One pass of the loop: wait up to `timeout` s for the socket or the syncer, then
+        release what is durable, read, process one batch, commit, write. Without `decide`
+        what was read is dropped unacknowledged (the broker redelivers it). With MAX_BACKLOG
+        messages not yet durable it waits for the syncer alone, and reads nothing."""
+        full = decide and self.backlog >= MAX_BACKLOG
+        readable = False
+        for key, mask in (self._wake_sel if full else self._sel).select(timeout):
             if key.fileobj is self._wake_r:
                 try:
                     self._wake_r.recv(4096)
@@ -347,16 +380,16 @@ class GatewayService:
             if mask & WRITE:
                 self._flush()
             readable = readable or bool(mask & READ)
-        self._release()
+        self.release()
         if readable and self._sock is not None:
             self._read()
-        if not process:
+        if not decide:
             self._batch.clear()
         elif not full and (self._batch or self.clock() >= self._next_tick):
             batch, self._batch = self._batch, []
-            self._process(batch)
-        self._commit()
-        self._release()  # without a sync thread the commit made it durable: out in this pass
+            self.process(batch)
+        self.commit()
+        self.release()  # without a sync thread the commit made it durable: out in this pass
         self._flush()
         self._logs.drain()
 
@@ -377,7 +410,7 @@ class GatewayService:
                 misc_at = mono + MISC_S
             wait = self._next_tick - self.clock()
             wait = min(wait, MISC_S) if self._sock is not None else min(wait, self._reconnect_at - mono)
-            self._step(max(0.0, wait))
+            self.step(max(0.0, wait))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -395,41 +428,47 @@ class GatewayService:
             # every reply's path, so the syncer gets its turn sooner.
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._syncer.start()
-        gc.callbacks.append(_freeze_survivors)
+        gc.callbacks.append(freeze_survivors)
         gc.collect()
         gc.freeze()  # what start-up built (modules, stations, restored state) stays
         try:
             self._serve()
         finally:
-            gc.callbacks.remove(_freeze_survivors)
+            gc.callbacks.remove(freeze_survivors)
             try:
-                self._close()
+                self._shutdown()
             finally:
                 self._logs.uninstall()
 
-    def _close(self) -> None:
+    def _shutdown(self) -> None:
         try:
             if self._connected and self._sock is not None:
                 # what was decided is written, published and acknowledged before we go
                 deadline = time.monotonic() + 5.0
-                while not self._settle(0) and self._sock is not None and time.monotonic() < deadline:
-                    self._step(0.05, process=False)
-                info = self.client.publish(P.gateway_online_topic(self.region), P.online_message(False),
-                                           qos=P.QOS, retain=True)
+                while not self.settle(0) and self._sock is not None and time.monotonic() < deadline:
+                    self.step(0.05, decide=False)
+                info = self.client.publish(D.gateway_online_topic(self.region), W.online_message(False),
+                                           qos=W.QOS, retain=True)
                 deadline = time.monotonic() + 2.0
                 while not info.is_published() and self._sock is not None and time.monotonic() < deadline:
-                    self._step(0.05, process=False)  # if this fails, the Last Will says it
+                    self.step(0.05, decide=False)  # if this fails, the Last Will says it
             self.stopping.set()
             self.client.disconnect()
             self._flush()  # sends DISCONNECT; paho then closes the socket
         finally:
-            self._syncer.stop()  # syncs what is left; unacknowledged, the broker redelivers it
-            self._sel.close()
-            self._wake_sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
-            self.store.close()
+            self.close()
             log.info("stopped")
+
+    def close(self) -> None:
+        """Stop the syncer (it syncs what is left; unacknowledged, the broker redelivers it)
+        and close the selectors, the wake-up pair and the database. run() ends with it; a
+        service whose loop never ran is closed with it alone."""
+        self._syncer.stop()
+        self._sel.close()
+        self._wake_sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.store.close()
 
     def stop(self) -> None:
         """From a signal handler or another thread: the loop ends after the current batch."""

@@ -11,14 +11,14 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import asdict, fields
+from dataclasses import fields
 from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from recarga.core import protocol as P
 from recarga.core.model import CarNeed, Reservation
+from recarga.core.protocol import device as D
 from recarga.gateway.engine import RequestRecord, Result, StationLive
 
 _SCHEMA = """
@@ -72,7 +72,7 @@ _COLUMN_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
 _INSERT = (f"INSERT INTO reservations ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
            "ON CONFLICT(id) DO UPDATE SET " + ", ".join(f'"{c}" = excluded."{c}"' for c in _COLUMNS[1:]))
 _SELECT = f"SELECT {_COLUMN_LIST} FROM reservations"
-_ACTIVE = "('" + "', '".join(sorted(P.ACTIVE_STATES)) + "')"
+_ACTIVE = "('" + "', '".join(sorted(D.ACTIVE_STATES)) + "')"
 
 
 class Store:
@@ -116,6 +116,17 @@ class Store:
     @property
     def deferred_sync(self) -> bool:
         return self._wal_fd is not None
+
+    @property
+    def wal_fd(self) -> int | None:
+        """The WAL file's descriptor that sync() fdatasyncs (deferred_sync), else None."""
+        return self._wal_fd
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        """The background checkpointer (checkpoint_in_background) while it works; None when
+        the commits checkpoint."""
+        return self._checkpointer
 
     def sync(self) -> None:
         """Make every commit that has returned durable (deferred_sync; otherwise each commit
@@ -263,7 +274,16 @@ encode_json: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).enco
 @lru_cache(maxsize=4096)
 def _need_json(need: CarNeed) -> str:
     # a reservation is written several times in its life with the same (frozen) need
-    return json.dumps(asdict(need))
+    return json.dumps(need.to_fields())
+
+
+def _need(text: str) -> CarNeed:
+    """The need column: the protocol's need object (CarNeed.to_fields)."""
+    f = json.loads(text)
+    # a need stored under CarNeed's attribute names reads the same
+    if "consumption_kwh_per_100km" in f:
+        f["consumption_kwh_100km"] = f.pop("consumption_kwh_per_100km")
+    return CarNeed.from_fields(f)
 
 
 def _row(r: Reservation) -> tuple:
@@ -273,5 +293,5 @@ def _row(r: Reservation) -> tuple:
 
 def _reservation(row: tuple) -> Reservation:
     values = dict(zip(_COLUMNS, row))
-    values["need"] = CarNeed(**json.loads(values["need"]))
+    values["need"] = _need(values["need"])
     return Reservation(**values)

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from recarga.core import evmodels
+from recarga.core import evmodels, resources
 from recarga.core.model import StationMeta
 from recarga.core.selection import POLICIES, haversine_km
 from recarga.core.stations import load_stations
 from recarga.simulation import demand, loop, metrics, report
 
-DEFAULT_STATIONS = Path(__file__).resolve().parents[2] / "data" / "berlin_charging_stations_bnetza.csv"
+DEFAULT_STATIONS = resources.BERLIN_STATIONS  # shipped with the package
 DEFAULT_OUT = Path("run") / "simulation"
 
 # Load levels in cars asking per charging slot per day. The full run covers the whole city;

@@ -1,6 +1,6 @@
 """The discrete-event loop: simulated clock, an event heap, no sleeping.
 
-It drives the real `gateway.engine.Engine` with the protocol's JSON messages, exactly as the
+It drives the real `recarga.gateway.engine.Engine` with the protocol's JSON messages, exactly as the
 MQTT adapter would: car requests through `car_message`, station boards through
 `station_online`/`station_status`, the clock through `tick`. The engine's replies, car
 events and station commands are routed back to the simulated cars and stations.
@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from recarga.core import protocol as P
 from recarga.core.evmodels import charge_seconds
 from recarga.core.model import StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 from recarga.core.selection import haversine_km
 from recarga.gateway.engine import Engine, EngineConfig, Result
 from recarga.simulation.demand import CarPlan
@@ -180,7 +181,6 @@ class Simulation:
         self.decisions = 0
         self.decision_s = 0.0
         self.anomalies: list[str] = []
-        self._replies: dict[str, dict] = {}  # car -> reply to its last request
         self._progress = progress
         self._rid = 0
 
@@ -191,32 +191,31 @@ class Simulation:
         heapq.heappush(self.heap, (t, self.seq, kind, a, b))
 
     def _apply(self, res: Result) -> None:
-        """Route the engine's outbound messages: replies and events to cars, commands to
-        station boards."""
+        """Route the engine's outbound messages: events to cars, commands to station boards
+        (a request's reply is Result.reply, taken by _request)."""
         for out in res.messages:
-            ref = P.parse_topic(self.region, out.topic)
+            ref = D.parse_topic(self.region, out.topic)
             if ref is None:
                 self.anomalies.append(f"unroutable topic {out.topic}")
             elif ref.kind == "station":
                 self.sites[ref.id].command(out.payload)
             elif "event" in out.payload:
                 self._car_event(self.index[ref.id], out.payload)
-            else:
-                self._replies[ref.id] = out.payload
         if self.reserving:
             for r in res.changed:  # a queue may have moved: its next car may be waiting on site
                 self._push(self.now, _CHECK, r.station, r.slot - 1)
 
     def _request(self, i: int, msg: dict, decision: bool = False) -> dict:
         car = self.cars[i].plan.car
-        payload = P.encode(msg)
+        payload = W.encode(msg)
         t0 = time.perf_counter()
         res = self.engine.car_message(car, payload, self.now)
         if decision:
             self.decision_s += time.perf_counter() - t0
             self.decisions += 1
         self._apply(res)
-        return self._replies.pop(car)
+        assert res.reply is not None  # the engine answers every car request
+        return res.reply
 
     def _status(self, site: Site) -> None:
         self._apply(self.engine.station_status(site.meta.id, site.status(), self.now))
@@ -230,7 +229,7 @@ class Simulation:
     def run(self) -> SimResult:
         wall = time.perf_counter()
         for sid, site in self.sites.items():  # every board comes online and reports
-            self._apply(self.engine.station_online(sid, P.online_message(True), 0.0))
+            self._apply(self.engine.station_online(sid, W.online_message(True), 0.0))
             self._status(site)
         for i, c in enumerate(self.cars):
             self._push(c.plan.appear_s, _APPEAR, i)
@@ -287,13 +286,13 @@ class Simulation:
         m = c.plan.model
         c.state = ASKING
         c.requests += 1
-        reply = self._request(i, P.reserve_request(
+        reply = self._request(i, D.reserve_request(
             self._next_rid(), c.plan.car, lat=c.lat, lon=c.lon, soc=c.soc,
             battery_kwh=m.battery_kwh, consumption_kwh_100km=m.consumption_kwh_100km,
             max_ac_kw=m.max_ac_kw, max_dc_kw=m.max_dc_kw, target_soc=c.plan.target_soc), decision=True)
         if not reply["ok"]:
             err = reply["error"]
-            if err["code"] != P.NO_CAPACITY:
+            if err["code"] != W.NO_CAPACITY:
                 self.anomalies.append(f"{c.plan.car}: {err}")
                 c.state = STRANDED
             elif err.get("earliest_free") is None:
@@ -311,7 +310,7 @@ class Simulation:
         rid = r["id"]
         c.est_charge_s = r["charge_min"] * 60.0
         if self.reserving:
-            conf = self._request(i, P.reservation_request("confirm", self._next_rid(), c.plan.car, rid))
+            conf = self._request(i, D.reservation_request("confirm", self._next_rid(), c.plan.car, rid))
             if not conf["ok"]:
                 self.anomalies.append(f"{c.plan.car}: confirm refused {conf['error']}")
             # the engine expires a confirmed reservation at its deadline unless checked in
@@ -319,7 +318,7 @@ class Simulation:
             c.reservation = rid
         else:
             # advisory app: the answer is advice only, nothing is held for the car
-            canc = self._request(i, P.reservation_request("cancel", self._next_rid(), c.plan.car, rid))
+            canc = self._request(i, D.reservation_request("cancel", self._next_rid(), c.plan.car, rid))
             if not canc["ok"]:
                 self.anomalies.append(f"{c.plan.car}: cancel refused {canc['error']}")
         if c.plan.no_show:

@@ -2,8 +2,9 @@
 station board reports. The gateway only ever learns this through status messages."""
 from __future__ import annotations
 
-from recarga.core import protocol as P
 from recarga.core.model import StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 
 class Site:
@@ -23,7 +24,7 @@ class Site:
         """The retained status the station board publishes after every change."""
         slots = ["occupied" if o is not None else "reserved" if r else "free"
                  for o, r in zip(self.occupant, self.reserved)]
-        return P.encode(P.station_status(slots))
+        return W.encode(D.station_status(slots))
 
     def command(self, cmd: dict) -> None:
         """A reserve/release command from the gateway (the board obeys it; it only moves the

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from recarga.central.store import HoldRow, RequestRow, Store
-from recarga.core import protocol as P
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import wire as W
 
 NOW = 1_795_000_000.0
 NEED = {"lat": 52.5, "lon": 13.4, "soc": 0.2, "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
         "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8}
-XID = P.overflow_id("a", "car-1", "r1")
+XID = PC.overflow_id("a", "car-1", "r1")
 ROW = RequestRow(XID, "a", "car-1", NEED, 1200.0, NOW + 5, "holding", "b", "b1", ("b",), None, NOW, NOW)
 HOLD = HoldRow(XID, "b", "car-1", "b1", 1, "rb1", "held", NOW + 185, NOW + 1, NOW + 1)
 
@@ -57,7 +58,7 @@ def test_no_second_hold_for_a_request_or_a_reservation(two):
     with b.batch():  # a different reservation under the same xid is not taken
         b.put_hold(replace(HOLD, reservation="rb2", slot=2))
     assert [h.reservation for h in a.holds()] == ["rb1"]
-    other = P.overflow_id("a", "car-2", "r1")
+    other = PC.overflow_id("a", "car-2", "r1")
     with pytest.raises(sqlite3.IntegrityError):  # the same reservation for another request
         with a.batch():
             a.put_request(replace(ROW, xid=other))
@@ -65,7 +66,7 @@ def test_no_second_hold_for_a_request_or_a_reservation(two):
     assert a.request(other) is None  # rolled back whole
     with pytest.raises(sqlite3.IntegrityError):  # a hold needs its request
         with a.batch():
-            a.put_hold(replace(HOLD, xid=P.overflow_id("x", "y", "z"), reservation="rb9"))
+            a.put_hold(replace(HOLD, xid=PC.overflow_id("x", "y", "z"), reservation="rb9"))
 
 
 def test_batches_of_two_instances_are_serialised(two):
@@ -103,10 +104,10 @@ def test_expiry_queries_prune_and_summaries(two):
     assert a.hold(XID) is not None  # changed after the cut-off
     a.prune(NOW + 300)
     assert a.hold(XID) is None and a.request(XID) is None
-    msg = P.summary_messages("b", [P.SummaryStation("s1", 52.5, 13.4, 0.5, (P.SlotGroup(22.0, False, 1, 1, None),))],
+    msg = PC.summary_messages("b", [PC.SummaryStation("s1", 52.5, 13.4, 0.5, (PC.SlotGroup(22.0, False, 1, 1, None),))],
                              NOW)[0]
     with a.batch():
-        a.put_summary("b", 0, NOW, P.encode(msg))
+        a.put_summary("b", 0, NOW, W.encode(msg))
         a.put_summary("b", 1, NOW, b"not json")  # stored raw; skipped when read
     assert [s.stations[0].id for s in a.summaries()] == ["s1"]
     with a.batch():

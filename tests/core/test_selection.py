@@ -38,8 +38,8 @@ def station(sid: str, north_km: float, east_km: float, *slots: SlotMeta,
 
 def car(north_km: float = 0.0, east_km: float = 0.0, **kw) -> CarNeed:
     lat, lon = at(north_km, east_km)
-    fields = dict(lat=lat, lon=lon, soc=0.2, battery_kwh=60.0, consumption_kwh_per_100km=18.0,
-                  max_ac_kw=11.0, max_dc_kw=150.0, target_soc=0.8)
+    fields = {"lat": lat, "lon": lon, "soc": 0.2, "battery_kwh": 60.0, "consumption_kwh_per_100km": 18.0,
+              "max_ac_kw": 11.0, "max_dc_kw": 150.0, "target_soc": 0.8}
     fields.update(kw)
     return CarNeed(**fields)
 
@@ -67,8 +67,8 @@ class FakeView:
 
 
 def choose(stations, policy="least_completion", c=None, busy=None, queue=None, exclude=(),
-           params=SelectionParams()):
-    sel = Selector(stations, params)
+           params: SelectionParams | None = None):
+    sel = Selector(stations, params or SelectionParams())
     view = FakeView(busy, queue, stations=stations)
     return sel.choose(policy, c or car(), NOW, view, exclude)
 
@@ -536,7 +536,8 @@ def test_clock_going_back_drops_learnt_floors():
 def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each, n_cars):
     """Random requests, cancels and station events through the real engine (which forgets
     what it must): every least_completion answer equals a fresh non-learning selector's."""
-    from recarga.core import protocol as P
+    from recarga.core.protocol import device as D
+    from recarga.core.protocol import wire as W
     from recarga.gateway.engine import Engine, EngineConfig
 
     rng = np.random.default_rng(7)
@@ -547,8 +548,8 @@ def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each
     e = Engine(EngineConfig(region="t", hold_s=900, grace_s=300, max_wait_s=86400), sts)
     t = NOW
     for s in sts:  # most slots taken: queues and waits from the start
-        e.station_online(s.id, P.online_message(True), t)
-        e.station_status(s.id, P.encode(P.station_status(
+        e.station_online(s.id, W.online_message(True), t)
+        e.station_status(s.id, W.encode(D.station_status(
             ["occupied" if rng.random() < 0.97 else "free" for _ in s.slots])), t)
     checked = []
     real = Selector.choose
@@ -570,7 +571,7 @@ def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each
         car_id = f"c{int(rng.integers(0, n_cars))}"
         if r < 0.7:
             lat, lon = at(*rng.uniform(-3, 3, 2))
-            res = e.car_message(car_id, P.encode(P.reserve_request(
+            res = e.car_message(car_id, W.encode(D.reserve_request(
                 f"q{step}", car_id, lat=lat, lon=lon, soc=0.2, battery_kwh=60, consumption_kwh_100km=18,
                 max_ac_kw=11, max_dc_kw=float(rng.choice([0, 50, 150])), target_soc=0.8)), t)
             reply = next(m.payload for m in res.messages if m.topic.endswith(f"/{car_id}/reply"))
@@ -578,12 +579,12 @@ def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each
                 held[car_id] = reply["reservation"]["id"]
         elif r < 0.85 and held:
             car_id = list(held)[int(rng.integers(0, len(held)))]
-            e.car_message(car_id, P.encode(P.reservation_request("cancel", f"q{step}", car_id, held.pop(car_id))), t)
+            e.car_message(car_id, W.encode(D.reservation_request("cancel", f"q{step}", car_id, held.pop(car_id))), t)
         elif r < 0.97:  # a station reports: plugs in and out, faults, repairs
             s = sts[int(rng.integers(0, len(sts)))]
             states = [str(rng.choice(["free", "occupied", "occupied", "occupied", "out_of_service"]))
                       for _ in s.slots]
-            e.station_status(s.id, P.encode(P.station_status(states)), t)
+            e.station_status(s.id, W.encode(D.station_status(states)), t)
         else:
             t += 120
             e.tick(t)  # the oldest holds lapse: their slots free up

@@ -1,6 +1,6 @@
 """Contract: every request and telemetry message the car logic emits on the real MicroPython
-passes the gateway's own validators (gateway.protocol, docs/protocol.md) on CPython; the
-replies it reads across regions are the ones gateway.protocol builds (overflow_reply,
+passes the gateway's own validators (recarga.core.protocol, docs/protocol.md) on CPython; the
+replies it reads across regions are the ones recarga.core.protocol.central builds (overflow_reply,
 with_overflow_note)."""
 from __future__ import annotations
 
@@ -9,23 +9,25 @@ import json
 import pytest
 from test_car_logic import MODEL, run_car
 
-from recarga.core import protocol as P
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 
 def _template(msg: dict) -> str:
-    """A gateway.protocol reply as a JSON text whose rid the scenario fills in on MicroPython."""
+    """A recarga.core.protocol reply as a JSON text whose rid the scenario fills in on MicroPython."""
     return json.dumps(json.dumps(msg))
 
 
-# gateway.protocol's replies across regions: a slot held in region south (an overflow answer),
+# recarga.core.protocol.central's replies across regions: a slot held in region south (an overflow answer),
 # and a local refusal saying why overflow did not help
 RES = {"id": "r4", "station": "st-s", "slot": 2, "state": "held", "distance_km": 3.5, "eta": 1795000000,
        "wait_min": 0.0, "charge_min": 25.0, "energy_kwh": 30.0, "power_kw": 50.0, "price_eur": 12.0,
        "hold_until": 1795000180}
-OVERFLOW = _template(P.overflow_reply("RID", RES, "south", {"host": "127.0.0.1", "port": 1884}))
-NOTE = _template(P.with_overflow_note(P.error_reply("RID", P.NO_CAPACITY, "nothing reachable",
+OVERFLOW = _template(PC.overflow_reply("RID", RES, "south", {"host": "127.0.0.1", "port": 1884}))
+NOTE = _template(PC.with_overflow_note(D.error_reply("RID", W.NO_CAPACITY, "nothing reachable",
                                                     earliest_free=None),
-                                      P.OVERFLOW_UNAVAILABLE, "no link to central"))
+                                      PC.OVERFLOW_UNAVAILABLE, "no link to central"))
 
 # One long drive through everything the car can say: ask, confirm, re-ask after expiry,
 # adopt a fault offer, plug in, charge, finish, unplug, a no_capacity refusal with an overflow
@@ -75,12 +77,12 @@ def check_all(out: list[dict], car: str) -> tuple[list, list]:
         if o["k"] != "send":
             continue
         raw = o["payload"].encode()
-        assert len(raw) <= P.MAX_PAYLOAD, raw
+        assert len(raw) <= D.MAX_PAYLOAD, raw
         if o["leaf"] == "request":
-            reqs.append(P.parse_car_request(car, raw))
+            reqs.append(D.parse_car_request(car, raw))
         else:
             assert o["leaf"] == "telemetry"
-            teles.append(P.parse_car_telemetry(raw))
+            teles.append(D.parse_car_telemetry(raw))
     return reqs, teles
 
 
@@ -109,7 +111,7 @@ def test_every_message_of_a_long_drive_passes_the_gateway_validators(tmp_path):
     assert "overflow: slot held in region south, handing over to its broker 127.0.0.1:1884" in says
     [kept] = [o["res"] for o in out if o["k"] == "res"]
     assert kept["id"] == "r4" and kept["region"] == ["south", "127.0.0.1", 1884]
-    assert {t["state"] for t in teles} == set(P.CAR_STATES)
+    assert {t["state"] for t in teles} == set(D.CAR_STATES)
     assert any(t["soc"] == 0 for t in teles)
 
 
@@ -131,4 +133,4 @@ run(2000, 0.0)
     assert [r.op for r in reqs] == ["reserve", "confirm"]
     assert reqs[0].fields["max_ac_kw"] == 0 and reqs[0].fields["lat"] == pytest.approx(lat)
     assert teles[-1]["reservation"] == "r" + "x" * 60
-    assert max(len(o["payload"]) for o in out if o["k"] == "send") < P.MAX_PAYLOAD
+    assert max(len(o["payload"]) for o in out if o["k"] == "send") < D.MAX_PAYLOAD

@@ -3,12 +3,14 @@ topics, wifi (hardware-free parts; the MQTT session has its own file with a real
 from __future__ import annotations
 
 import json
+import re
+import string
 import time
 
 import pytest
 
 from harness.micropython import MicroPython, run, run_json
-from recarga.core import protocol as P
+from recarga.core.protocol import device as D
 
 GOOD = {
     "kind": "station", "id": "st-1", "region": "test",
@@ -117,6 +119,32 @@ except config.ConfigError as e:
 ])
 def test_check_common_errors(tmp_path, changes, message):
     assert config_error(with_(**changes), tmp_path=tmp_path) == message
+
+
+def test_an_id_is_exactly_a_z_A_Z_0_9_underscore_and_dash_and_checking_it_interns_nothing():
+    """Every printable ASCII character and a non-ASCII one: only the id characters pass. The
+    check adds no interned string (MicroPython interns each 1-character str it makes, for
+    good: at boot a new qstr pool in a fragmented heap)."""
+    out = run("""
+import micropython
+import config
+codes = list(range(32, 127)) + [233]  # 233: e acute, two bytes in UTF-8
+ids = [{"id": bytes([105, 100, c, c]).decode() if c < 128 else "id\\u00e9"} for c in codes]  # no 1-char str
+micropython.qstr_info()
+ok = []
+for cfg, c in zip(ids, codes):
+    try:
+        config.need_id(cfg, "id")
+        ok.append(c)
+    except config.ConfigError:
+        pass
+micropython.qstr_info()
+print(ok)
+""")
+    lines = out.splitlines()
+    counts = [re.search(r"n_qstr=(\d+)", line).group(1) for line in lines if line.startswith("qstr pool")]
+    assert len(counts) == 2 and counts[0] == counts[1], out
+    assert json.loads(lines[-1]) == sorted(map(ord, string.ascii_letters + string.digits + "_-")), out
 
 
 def test_need_kinds_ranges_and_list_paths():
@@ -229,7 +257,7 @@ import json
 from topics import topic
 print(json.dumps([topic(*c) for c in {cases!r}]))
 """)[0]
-    want = [P.station_topic(r, i, leaf) if k == "station" else P.car_topic(r, i, leaf) for r, k, i, leaf in cases]
+    want = [D.station_topic(r, i, leaf) if k == "station" else D.car_topic(r, i, leaf) for r, k, i, leaf in cases]
     assert got == want
 
 

@@ -1,6 +1,6 @@
 """The station's hardware-free modules on MicroPython (96 KB heap): debouncing, the slot
 state machine, out-of-service persistence, LEDs; and the contract test: the status payload
-the firmware builds passes gateway.protocol.parse_station_status on the CPython side."""
+the firmware builds passes recarga.core.protocol.device.parse_station_status on the CPython side."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ import json
 import pytest
 
 from harness.micropython import run, run_json
-from recarga.core import protocol as P
+from recarga.core.protocol import device as D
 
 NAMES = ["free", "reserved", "occupied", "out_of_service"]
 
@@ -170,7 +170,7 @@ for combo in {combos!r}:
 """)
     assert len(got) == 64
     for combo, payload in got:
-        assert P.parse_station_status(payload.encode()) == [NAMES[c] for c in combo]
+        assert D.parse_station_status(payload.encode()) == [NAMES[c] for c in combo]
         assert json.loads(payload) == {"v": 1, "slots": [NAMES[c] for c in combo], "seq": sum(combo) * 1000003}
         assert " " not in payload  # compact
 
@@ -184,8 +184,8 @@ for i in range(MAX_SLOTS):
 s.seq = 0x3FFFFFFF
 print(bytes(s.status_payload()).decode())
 """).splitlines()
-    assert len(payload) <= P.MAX_PAYLOAD
-    assert P.parse_station_status(payload.encode()) == ["out_of_service"] * 16
+    assert len(payload) <= D.MAX_PAYLOAD
+    assert D.parse_station_status(payload.encode()) == ["out_of_service"] * 16
 
 
 def test_status_payload_allocates_almost_nothing():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT
+from recarga.core import resources
 from recarga.gateway import config as C
 
 BASE = 'region = "berlin"\ndatabase = "gw.db"\nstations = "st.json"\n'
@@ -25,6 +26,13 @@ def test_minimal_config_gets_defaults(tmp_path):
     assert cfg.engine.hold_s == 120 and cfg.engine.grace_s == 600 and cfg.engine.max_wait_s == 1800
     assert cfg.database == tmp_path / "gw.db" and cfg.synchronous == "FULL"
     assert cfg.broker.port == 1883
+    assert cfg.stations == tmp_path / "st.json"  # relative to the config file
+
+
+def test_without_a_station_file_the_shipped_berlin_register_is_loaded(tmp_path):
+    cfg = C.load(write(tmp_path, 'region = "berlin"\ndatabase = "gw.db"\n'))
+    assert cfg.stations == resources.BERLIN_STATIONS
+    assert cfg.stations.read_bytes() == (ROOT / "data" / "berlin_charging_stations_bnetza.csv").read_bytes()
 
 
 def test_overflow_section_off_by_default_with_the_documented_defaults(tmp_path):

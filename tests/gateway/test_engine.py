@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from recarga.core import protocol as P
-from recarga.core.model import SlotMeta, StationMeta
-from recarga.gateway.engine import Engine, EngineConfig, Result
+from recarga.core.model import CarNeed, SlotMeta, StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
+from recarga.gateway.engine import Engine, EngineConfig, Result, reservation_view
 
 REGION = "test"
 T0 = 1_800_000_000.0
@@ -26,8 +27,8 @@ def make(**kw) -> Engine:
     cfg = EngineConfig(region=REGION, hold_s=60, grace_s=300, **kw)
     e = Engine(cfg, stations())
     for s in e.stations.values():
-        e.station_online(s.id, P.online_message(True), T0)
-        e.station_status(s.id, P.encode(P.station_status(["free"] * len(s.slots))), T0)
+        e.station_online(s.id, W.online_message(True), T0)
+        e.station_status(s.id, W.encode(D.station_status(["free"] * len(s.slots))), T0)
     return e
 
 
@@ -35,19 +36,19 @@ def reserve(e: Engine, car: str, rid: str, now: float = T0, **over) -> Result:
     fields = dict(lat=52.5201, lon=13.4051, soc=0.2, battery_kwh=50, consumption_kwh_100km=17,
                   max_ac_kw=11, max_dc_kw=0, target_soc=0.8)
     fields.update(over)
-    return e.car_message(car, P.encode(P.reserve_request(rid, car, **fields)), now)
+    return e.car_message(car, W.encode(D.reserve_request(rid, car, **fields)), now)
 
 
 def replies(res: Result, car: str) -> list[dict]:
-    return [m.payload for m in res.messages if m.topic == P.car_topic(REGION, car, "reply")]
+    return [m.payload for m in res.messages if m.topic == D.car_topic(REGION, car, "reply")]
 
 
 def cmds(res: Result, sid: str) -> list[dict]:
-    return [m.payload for m in res.messages if m.topic == P.station_topic(REGION, sid, "cmd")]
+    return [m.payload for m in res.messages if m.topic == D.station_topic(REGION, sid, "cmd")]
 
 
 def status(e: Engine, sid: str, slots: list[str], now: float) -> Result:
-    return e.station_status(sid, P.encode(P.station_status(slots)), now)
+    return e.station_status(sid, W.encode(D.station_status(slots)), now)
 
 
 def test_reserve_answers_with_full_offer_and_tells_station():
@@ -64,6 +65,44 @@ def test_reserve_answers_with_full_offer_and_tells_station():
     [cmd] = cmds(res, "near")
     assert (cmd["cmd"], cmd["slot"], cmd["reservation"]) == ("reserve", 1, r["id"])
     assert len(res.changed) == 1 and res.request is not None
+
+
+def test_result_carries_the_reply_and_the_chosen_reservation_with_exact_times():
+    e = make(max_wait_s=86400)
+    status(e, "near", ["occupied", "occupied"], T0 - 1234.567)  # an odd wait: not whole seconds
+    status(e, "far", ["out_of_service"], T0)
+    res = reserve(e, "c1", "q1")
+    [reply] = replies(res, "c1")
+    assert res.reply is reply and res.request.reply is reply
+    r = res.reservation
+    assert r is e.reservations[r.id] and r in res.changed and reply["reservation"] == reservation_view(r)
+    assert r.start == pytest.approx(T0 - 1234.567 + 3600)  # when the occupant is expected to leave
+    assert r.start == r.eta + r.wait_s and r.end == r.start + r.charge_s
+    assert reply["reservation"]["wait_min"] == round(r.wait_s / 60, 1) != r.wait_s / 60
+    assert res.need == r.need == CarNeed(52.5201, 13.4051, 0.2, 50, 17, 11, 0, 0.8)
+    # a confirm answers but chooses nothing; a repeat answers the same and chooses nothing now
+    conf = e.car_message("c1", W.encode(D.reservation_request("confirm", "q2", "c1", r.id)), T0 + 1)
+    assert conf.reply["ok"] and conf.reply["reservation"]["state"] == "confirmed"
+    assert conf.reservation is None and conf.need is None
+    again = reserve(e, "c1", "q1", now=T0 + 2)
+    assert again.reply is reply and again.reservation is None and again.request is None
+    # refused for capacity: the reply and what the car asked for, nothing chosen
+    full = reserve(e, "c2", "q1", soc=0.05, target_soc=0.5)
+    assert full.reply["error"]["code"] == W.NO_CAPACITY and full.reservation is None
+    assert full.need is not None and full.need.soc == 0.05
+    # a station's event is no answer to a request
+    checked_in = status(e, "near", ["occupied", "occupied"], T0 + 3)
+    assert checked_in.reply is None and checked_in.reservation is None
+
+
+def test_withholding_the_reply_keeps_the_rest_of_the_result():
+    e = make()
+    res = reserve(e, "c1", "q1")
+    [reply] = replies(res, "c1")
+    [cmd] = cmds(res, "near")
+    res.withhold_reply()
+    assert replies(res, "c1") == [] and cmds(res, "near") == [cmd]
+    assert res.reply is reply and res.request.reply is reply and res.changed
 
 
 def test_second_car_gets_other_slot_and_third_queues_or_goes_elsewhere():
@@ -97,13 +136,13 @@ def test_new_request_replaces_cars_reservation():
 
 
 @pytest.mark.parametrize("payload,code", [
-    (b"{not json", P.BAD_JSON),
-    (b"[1,2]", P.BAD_JSON),
-    (b'{"v":2,"op":"reserve","rid":"x","car":"c1"}', P.BAD_VERSION),
-    (b'{"v":1,"rid":"x","car":"c1"}', P.MISSING_FIELD),
-    (b'{"v":1,"op":"fly","rid":"x","car":"c1"}', P.UNKNOWN_OP),
-    (b'{"v":1,"op":"cancel","rid":"x","car":"c2","reservation":"r1"}', P.CAR_MISMATCH),
-    (b"{" + b" " * 600 + b"}", P.TOO_LARGE),
+    (b"{not json", W.BAD_JSON),
+    (b"[1,2]", W.BAD_JSON),
+    (b'{"v":2,"op":"reserve","rid":"x","car":"c1"}', W.BAD_VERSION),
+    (b'{"v":1,"rid":"x","car":"c1"}', W.MISSING_FIELD),
+    (b'{"v":1,"op":"fly","rid":"x","car":"c1"}', W.UNKNOWN_OP),
+    (b'{"v":1,"op":"cancel","rid":"x","car":"c2","reservation":"r1"}', D.CAR_MISMATCH),
+    (b"{" + b" " * 600 + b"}", W.TOO_LARGE),
 ])
 def test_bad_input_gets_specific_error_and_stores_nothing(payload, code):
     e = make()
@@ -114,13 +153,13 @@ def test_bad_input_gets_specific_error_and_stores_nothing(payload, code):
 
 
 @pytest.mark.parametrize("over,code,field", [
-    (dict(soc=1.7), P.OUT_OF_RANGE, "soc"),
-    (dict(lat=200), P.OUT_OF_RANGE, "lat"),
-    (dict(soc="low"), P.BAD_TYPE, "soc"),
-    (dict(battery_kwh=True), P.BAD_TYPE, "battery_kwh"),
-    (dict(target_soc=0.1), P.OUT_OF_RANGE, "target_soc"),
-    (dict(max_ac_kw=0, max_dc_kw=0), P.OUT_OF_RANGE, "max_ac_kw"),
-    (dict(station="nowhere"), P.UNKNOWN_STATION, "station"),
+    (dict(soc=1.7), W.OUT_OF_RANGE, "soc"),
+    (dict(lat=200), W.OUT_OF_RANGE, "lat"),
+    (dict(soc="low"), W.BAD_TYPE, "soc"),
+    (dict(battery_kwh=True), W.BAD_TYPE, "battery_kwh"),
+    (dict(target_soc=0.1), W.OUT_OF_RANGE, "target_soc"),
+    (dict(max_ac_kw=0, max_dc_kw=0), W.OUT_OF_RANGE, "max_ac_kw"),
+    (dict(station="nowhere"), D.UNKNOWN_STATION, "station"),
 ])
 def test_out_of_range_and_unknown_station(over, code, field):
     e = make()
@@ -132,21 +171,21 @@ def test_out_of_range_and_unknown_station(over, code, field):
 
 def test_unknown_field_rejected():
     e = make()
-    msg = P.reserve_request("q1", "c1", lat=52.5, lon=13.4, soc=0.2, battery_kwh=50, consumption_kwh_100km=17,
+    msg = D.reserve_request("q1", "c1", lat=52.5, lon=13.4, soc=0.2, battery_kwh=50, consumption_kwh_100km=17,
                             max_ac_kw=11, max_dc_kw=0, target_soc=0.8)
     msg["colour"] = "red"
-    [reply] = replies(e.car_message("c1", P.encode(msg), T0), "c1")
-    assert reply["error"] == {"code": P.UNKNOWN_FIELD, "message": "unknown field 'colour' for op 'reserve'",
+    [reply] = replies(e.car_message("c1", W.encode(msg), T0), "c1")
+    assert reply["error"] == {"code": W.UNKNOWN_FIELD, "message": "unknown field 'colour' for op 'reserve'",
                               "field": "colour"}
 
 
 def test_offline_and_out_of_service_never_assigned():
     e = make()
-    e.station_online("near", P.online_message(False), T0)
+    e.station_online("near", W.online_message(False), T0)
     status(e, "far", ["out_of_service"], T0)
     res = reserve(e, "c1", "q1")
     [reply] = replies(res, "c1")
-    assert reply["error"]["code"] == P.NO_CAPACITY and reply["error"]["earliest_free"] is None
+    assert reply["error"]["code"] == W.NO_CAPACITY and reply["error"]["earliest_free"] is None
     assert e.reservations == {}
 
 
@@ -156,7 +195,7 @@ def test_full_region_no_capacity_names_earliest_free():
     status(e, "far", ["occupied"], T0)
     # every slot busy for longer than max_wait_s (sessions are assumed to last an hour)
     reply = replies(reserve(e, "c1", "q1"), "c1")[0]
-    assert reply["error"]["code"] == P.NO_CAPACITY
+    assert reply["error"]["code"] == W.NO_CAPACITY
     assert reply["error"]["earliest_free"] == round(T0 + 3600)
     assert e.reservations == {}
 
@@ -180,13 +219,13 @@ def test_busy_slot_within_max_wait_is_booked_with_its_wait():
 def test_unreachable_gets_no_capacity_without_earliest():
     e = make()
     reply = replies(reserve(e, "c2", "q1", soc=0.05, target_soc=0.5), "c2")[0]
-    assert reply["error"]["code"] == P.NO_CAPACITY and reply["error"]["earliest_free"] is None
+    assert reply["error"]["code"] == W.NO_CAPACITY and reply["error"]["earliest_free"] is None
 
 
 def test_confirm_checkin_complete_lifecycle():
     e = make()
     r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
-    conf = replies(e.car_message("c1", P.encode(P.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 10), "c1")[0]
+    conf = replies(e.car_message("c1", W.encode(D.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 10), "c1")[0]
     assert conf["ok"] and conf["reservation"]["state"] == "confirmed"
     # the hold no longer lapses; the no-show deadline governs
     assert e.tick(T0 + 61).changed == []
@@ -207,13 +246,13 @@ def test_held_expires_and_station_released():
     res = e.tick(T0 + 60)
     assert [x.state for x in res.changed] == ["expired"]
     assert replies(res, "c1")[0]["event"] == "expired"
-    assert cmds(res, r["station"]) == [P.station_cmd("release", r["slot"])]
+    assert cmds(res, r["station"]) == [D.station_cmd("release", r["slot"])]
 
 
 def test_confirmed_no_show_expires_after_grace():
     e = make()
     r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
-    e.car_message("c1", P.encode(P.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 1)
+    e.car_message("c1", W.encode(D.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 1)
     deadline = e.reservations[r["id"]].deadline
     assert e.tick(deadline - 1).changed == []
     res = e.tick(deadline)
@@ -223,14 +262,14 @@ def test_confirmed_no_show_expires_after_grace():
 def test_cancel_and_bad_state():
     e = make()
     r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
-    res = e.car_message("c1", P.encode(P.reservation_request("cancel", "q2", "c1", r["id"])), T0)
+    res = e.car_message("c1", W.encode(D.reservation_request("cancel", "q2", "c1", r["id"])), T0)
     assert replies(res, "c1")[0]["reservation"]["state"] == "cancelled"
-    res = e.car_message("c1", P.encode(P.reservation_request("confirm", "q3", "c1", r["id"])), T0)
-    assert replies(res, "c1")[0]["error"]["code"] == P.UNKNOWN_RESERVATION
+    res = e.car_message("c1", W.encode(D.reservation_request("confirm", "q3", "c1", r["id"])), T0)
+    assert replies(res, "c1")[0]["error"]["code"] == D.UNKNOWN_RESERVATION
     # another car cannot touch c1's reservation
     r2 = replies(reserve(e, "c1", "q4"), "c1")[0]["reservation"]
-    res = e.car_message("c2", P.encode(P.reservation_request("cancel", "q1", "c2", r2["id"])), T0)
-    assert replies(res, "c2")[0]["error"]["code"] == P.UNKNOWN_RESERVATION
+    res = e.car_message("c2", W.encode(D.reservation_request("cancel", "q1", "c2", r2["id"])), T0)
+    assert replies(res, "c2")[0]["error"]["code"] == D.UNKNOWN_RESERVATION
     assert r2["id"] in e.reservations
 
 
@@ -250,12 +289,12 @@ def test_fault_tells_car_and_offers_next_best():
 def test_station_back_online_gets_reserved_flags_again():
     e = make()
     r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
-    e.station_online(r["station"], P.online_message(False), T0 + 1)
-    res = e.station_online(r["station"], P.online_message(True), T0 + 2)
+    e.station_online(r["station"], W.online_message(False), T0 + 1)
+    res = e.station_online(r["station"], W.online_message(True), T0 + 2)
     assert cmds(res, r["station"])[0]["cmd"] == "reserve"
     # a status claiming a slot reserved that has no reservation is corrected
     res = status(e, "far", ["reserved"], T0 + 3)
-    assert cmds(res, "far") == [P.station_cmd("release", 1)]
+    assert cmds(res, "far") == [D.station_cmd("release", 1)]
 
 
 def test_restore_from_records_keeps_answers():
@@ -307,10 +346,10 @@ def test_request_for_a_named_station():
     assert (r["station"], r["slot"]) == ("far", 1)
     # its only slot is now held for c1 for longer than max_wait_s: nothing for c2 there
     r2 = replies(reserve(e, "c2", "q1", station="far"), "c2")[0]
-    assert r2["error"]["code"] == P.NO_CAPACITY
+    assert r2["error"]["code"] == W.NO_CAPACITY
     status(e, "near", ["out_of_service", "out_of_service"], T0)
     r3 = replies(reserve(e, "c3", "q1", station="near"), "c3")[0]
-    assert r3["error"]["code"] == P.NO_CAPACITY and "at station near" in r3["error"]["message"]
+    assert r3["error"]["code"] == W.NO_CAPACITY and "at station near" in r3["error"]["message"]
 
 
 def test_reserve_command_names_the_waiting_reservation_not_the_occupant():
@@ -331,7 +370,7 @@ def test_queue_moves_forward_when_a_reservation_ahead_ends():
     b = replies(reserve(e, "c2", "q1", station="far"), "c2")[0]["reservation"]
     assert b["wait_min"] > 0
     promised = e.reservations[b["id"]].deadline
-    res = e.car_message("c1", P.encode(P.reservation_request("cancel", "q2", "c1", a["id"])), T0 + 10)
+    res = e.car_message("c1", W.encode(D.reservation_request("cancel", "q2", "c1", a["id"])), T0 + 10)
     moved = e.reservations[b["id"]]
     assert moved.wait_s == 0 and moved.start == moved.eta
     assert moved in res.changed  # persisted
@@ -352,10 +391,10 @@ def test_car_requests_log_at_debug_and_a_summary_a_minute_at_info(caplog):
     e.tick(T0)  # the first tick starts the first summary window
     r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
     reserve(e, "c1", "q1")  # repeated
-    e.car_message("c1", P.encode(P.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 1)
+    e.car_message("c1", W.encode(D.reservation_request("confirm", "q2", "c1", r["id"])), T0 + 1)
     r2 = replies(reserve(e, "c2", "q1"), "c2")[0]["reservation"]
-    e.car_message("c2", P.encode(P.reservation_request("cancel", "q2", "c2", r2["id"])), T0 + 2)
-    e.car_message("c2", P.encode(P.reservation_request("cancel", "q3", "c2", r2["id"])), T0 + 3)  # refused
+    e.car_message("c2", W.encode(D.reservation_request("cancel", "q2", "c2", r2["id"])), T0 + 2)
+    e.car_message("c2", W.encode(D.reservation_request("cancel", "q3", "c2", r2["id"])), T0 + 3)  # refused
     e.car_message("c3", b"{not json", T0 + 4)  # invalid
     debug = lines(logging.DEBUG)
     assert any(f"car c1 rid q1 -> {r['station']} slot {r['slot']}" in m for m in debug), debug

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import REGION, T0, make
 
-from recarga.core import protocol as P
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 FIELDS = ["v", "op", "rid", "car", "lat", "lon", "soc", "battery_kwh", "consumption_kwh_100km",
           "max_ac_kw", "max_dc_kw", "target_soc", "station", "reservation", "extra"]
@@ -19,7 +20,7 @@ json_values = st.recursive(
 
 
 def valid_reserve() -> dict:
-    return P.reserve_request("q1", "c1", lat=52.52, lon=13.405, soc=0.2, battery_kwh=50,
+    return D.reserve_request("q1", "c1", lat=52.52, lon=13.405, soc=0.2, battery_kwh=50,
                              consumption_kwh_100km=17, max_ac_kw=11, max_dc_kw=50, target_soc=0.8)
 
 
@@ -40,9 +41,9 @@ payloads = st.one_of(
 @given(payloads)
 def test_validation_accepts_or_raises_protocol_error(payload):
     try:
-        req = P.parse_car_request("c1", payload)
-    except P.ProtocolError as e:
-        assert e.code in P.ERROR_CODES and str(e)
+        req = D.parse_car_request("c1", payload)
+    except W.ProtocolError as e:
+        assert e.code in D.ERROR_CODES and str(e)
         return
     assert req.car == "c1" and req.op in ("reserve", "confirm", "cancel")
 
@@ -54,13 +55,13 @@ def test_engine_answers_every_message_once_and_keeps_invariants(batch):
     for i, payload in enumerate(batch):
         before = dict(e.reservations)
         res = e.car_message("c1", payload, T0 + i)
-        replies = [m for m in res.messages if m.topic == P.car_topic(REGION, "c1", "reply")]
+        replies = [m for m in res.messages if m.topic == D.car_topic(REGION, "c1", "reply")]
         assert len(replies) == 1
         reply = replies[0].payload
         assert reply["v"] == 1 and isinstance(reply["ok"], bool)
         json.dumps(reply)  # always serialisable
         if not reply["ok"]:
-            assert reply["error"]["code"] in P.ERROR_CODES
+            assert reply["error"]["code"] in D.ERROR_CODES
             # a refused request changes no reservation
             assert e.reservations == before and res.changed == []
         # invariants: one active reservation per car, no overlap on a slot

@@ -1,6 +1,8 @@
 """SQLite store: round trips, atomic commits, WAL on disk."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sqlite3
 
@@ -25,6 +27,19 @@ def test_round_trip_of_engine_results(tmp_path):
     again = Store(tmp_path / "gw.db")
     assert again.active() == [r]
     assert again.reservations("c1") == [r] and again.reservations("c2") == []
+
+
+def test_the_need_is_stored_as_the_protocols_need_object(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    res = reserve(make(), "c1", "q1")
+    store.commit(res.changed, res.request)
+    [(text,)] = store.db.execute("SELECT need FROM reservations").fetchall()
+    assert json.loads(text) == res.reservation.need.to_fields()
+    # a need under CarNeed's own attribute names reads the same
+    attributes = json.dumps(dataclasses.asdict(res.reservation.need))
+    store.db.execute("UPDATE reservations SET need = ?", (attributes,))
+    assert [r.need for r in store.reservations()] == [res.reservation.need]
+    store.close()
 
 
 def test_terminal_state_replaces_active_row(tmp_path):
@@ -85,12 +100,12 @@ def test_station_live_state_survives_restart(tmp_path):
 
 
 def test_encode_json_is_protocol_encode():
-    from recarga.core import protocol as P
+    from recarga.core.protocol import wire as W
     from recarga.gateway.store import encode_json
     e = make()
     res = reserve(e, "c1", "q1")
     for m in res.messages:
-        assert encode_json(m.payload).encode() == P.encode(m.payload)
+        assert encode_json(m.payload).encode() == W.encode(m.payload)
 
 
 def test_reply_text_from_the_caller_is_stored_as_given(tmp_path):
@@ -133,9 +148,9 @@ def test_background_checkpoints_keep_the_wal_small_and_commits_free_of_them(tmp_
         biggest = max(biggest, wal.stat().st_size)
     # without checkpoints the WAL would hold every page written: 40 MB by now
     assert biggest < (Checkpointer.MAX_FRAMES + 1000) * 4120
-    thread = store._checkpointer.thread
+    thread = store.checkpointer.thread
     store.close()
-    assert not thread.is_alive()
+    assert not thread.is_alive() and store.checkpointer is None
     again = Store(tmp_path / "gw.db")
     assert len(again.requests(0)) == 3000
     assert sorted(r.id for r in again.active()) == sorted(e.reservations)
@@ -144,11 +159,13 @@ def test_background_checkpoints_keep_the_wal_small_and_commits_free_of_them(tmp_
 def test_a_failed_checkpointer_hands_checkpoints_back_to_the_commits(tmp_path):
     store = Store(tmp_path / "gw.db")
     store.checkpoint_in_background()
-    store._checkpointer.failed = True
+    checkpointer = store.checkpointer
+    checkpointer.failed = True  # as its thread sets it on an SQLite error
     e = make()
     res = reserve(e, "c1", "q1")
     store.commit(res.changed, res.request)
-    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,) and store.checkpointer is None
+    checkpointer.stop()  # a real failure ends its thread; this one was only marked
     store.close()
 
 
@@ -169,7 +186,7 @@ def test_a_long_reader_does_not_hold_commits_behind_a_restart_checkpoint(tmp_pat
         store.commit(res.changed, res.request)
         slowest = max(slowest, time.monotonic() - t)
     assert slowest < 0.5
-    assert not store._checkpointer.failed
+    assert not store.checkpointer.failed
     reader.execute("COMMIT")
     reader.close()
     store.close()
@@ -183,16 +200,16 @@ def test_deferred_sync_commits_without_fsync_and_syncs_the_wal_itself(tmp_path, 
         assert store.deferred_sync and store.db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
         assert store.db.execute("PRAGMA mmap_size").fetchone() == (MMAP_BYTES,)
         wal = tmp_path / "g.db-wal"
-        assert os.fstat(store._wal_fd).st_ino == wal.stat().st_ino
+        assert os.fstat(store.wal_fd).st_ino == wal.stat().st_ino
         synced: list[int] = []
         real = os.fdatasync
         monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
         store.commit_all([reserve(make(), "c1", "r1")])
         assert synced == []  # the commit did not sync
         size = wal.stat().st_size
-        assert size > 0 and os.fstat(store._wal_fd).st_ino == wal.stat().st_ino  # same file, written
+        assert size > 0 and os.fstat(store.wal_fd).st_ino == wal.stat().st_ino  # same file, written
         store.sync()
-        assert synced == [store._wal_fd]
+        assert synced == [store.wal_fd]
     finally:
         store.close()
     reopened = Store(tmp_path / "g.db")
@@ -204,7 +221,7 @@ def test_deferred_sync_commits_without_fsync_and_syncs_the_wal_itself(tmp_path, 
 def test_without_deferred_sync_each_commit_is_as_configured(tmp_path, synchronous):
     store = Store(tmp_path / "g.db", synchronous)
     try:
-        assert not store.deferred_sync
+        assert not store.deferred_sync and store.wal_fd is None
         store.sync()  # nothing to do: each commit synced (FULL) or is not meant to be (NORMAL)
         assert store.db.execute("PRAGMA synchronous").fetchone() == ({"FULL": 2, "NORMAL": 1}[synchronous],)
     finally:

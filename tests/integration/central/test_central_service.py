@@ -1,11 +1,11 @@
-"""The central service as real processes (`python -m central.cli run`) on a real central
+"""The central service as real processes (`python -m recarga.central.cli run`) on a real central
 broker (auth and ACL on): two instances under a burst, a restart after SIGKILL, messages
 past their deadline.
 
 The regions' sides are played on the central broker itself by clients logged in as the
-regions' bridge users (what the Mosquitto bridge does, tests/test_bridge.py proves the
+regions' bridge users (what the Mosquitto bridge does, test_bridge.py proves the
 bridge): region "a" asks, region "b" answers hold requests with the real gateway engine
-through gateway.overflow.answer_hold. Answers are counted on the wire by mosquitto_sub
+through recarga.gateway.overflow.answer_hold. Answers are counted on the wire by mosquitto_sub
 as a separate monitoring user.
 """
 from __future__ import annotations
@@ -28,10 +28,12 @@ from harness.central import (
     overflow_request,
 )
 from harness.clients import CliSubscriber, connect_client
-from harness.services import wait_for
+from harness.wait import wait_until
 from recarga.central.store import Store
-from recarga.core import protocol as P
 from recarga.core.model import SlotMeta, StationMeta
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 from recarga.gateway.engine import Engine, EngineConfig
 from recarga.gateway.overflow import EngineHoldPort, answer_hold, summary_stations
 
@@ -51,17 +53,17 @@ class TargetRegion:
         now = time.time()
         self.engine = Engine(EngineConfig(region="b", hold_s=120), metas)
         for m in metas:
-            self.engine.station_online(m.id, P.online_message(True), now)
-            self.engine.station_status(m.id, P.encode(P.station_status(["free", "free"])), now)
+            self.engine.station_online(m.id, W.online_message(True), now)
+            self.engine.station_status(m.id, W.encode(D.station_status(["free", "free"])), now)
         self.port = EngineHoldPort(self.engine)
         self.delay = delay or {}  # car -> seconds its answer takes to leave (a slow link)
-        self.client = connect_client(broker, "bridge-b", client_id="test-region-b")
         self.inbox: queue.Queue = queue.Queue()
-        self.client.paho.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
-        self.client.subscribe(P.central_topic("b", "hold/request"))
+        self.client = connect_client(broker, "bridge-b", client_id="test-region-b",
+                                     on_message=lambda m: self.inbox.put((m.topic, m.payload)))
+        self.client.subscribe(PC.central_topic("b", "hold/request"))
         busy = {m.id: [now, now] for m in metas}
-        for msg in P.summary_messages("b", summary_stations(metas, busy, now), now):
-            self.client.publish(P.summary_topic("b", msg["shard"]), P.encode(msg), retain=True)
+        for msg in PC.summary_messages("b", summary_stations(metas, busy, now), now):
+            self.client.publish(PC.summary_topic("b", msg["shard"]), W.encode(msg), retain=True)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -69,7 +71,7 @@ class TargetRegion:
     def _run(self) -> None:
         while not self.stopping.is_set():
             try:
-                topic, payload = self.inbox.get(timeout=0.1)
+                _, payload = self.inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
             answer, _ = answer_hold("b", payload, time.time(), self.port)
@@ -107,12 +109,12 @@ def started(tmp_path: Path):
 
 
 def answers(monitor: CliSubscriber, region: str = "a") -> list[dict]:
-    topic = P.central_topic(region, "overflow/answer")
+    topic = PC.central_topic(region, "overflow/answer")
     return [json.loads(p) for t, p in monitor.messages() if t == topic]
 
 
 def hold_requests(monitor: CliSubscriber) -> list[dict]:
-    return [json.loads(p) for t, p in monitor.messages() if t == P.central_topic("b", "hold/request")]
+    return [json.loads(p) for t, p in monitor.messages() if t == PC.central_topic("b", "hold/request")]
 
 
 def setup(tmp_path: Path, broker: CentralBroker, started, names=("c1",), **target):
@@ -135,8 +137,8 @@ def test_two_instances_answer_each_request_of_a_burst_exactly_once(tmp_path, cen
     deadline = time.time() + 20
     sent = dict(overflow_request("a", f"car-{i}", deadline) for i in range(40))
     for payload in sent.values():
-        origin.paho.publish(P.central_topic("a", "overflow/request"), payload, qos=1)
-    wait_for(lambda: len(answers(monitor)) >= len(sent), 20, "40 answers")
+        origin.publish(PC.central_topic("a", "overflow/request"), payload, timeout=None)
+    wait_until(lambda: len(answers(monitor)) >= len(sent), 20, "40 answers")
     time.sleep(0.5)  # a duplicate would show up now
     got = Counter(a["xid"] for a in answers(monitor))
     assert got == Counter({xid: 1 for xid in sent})
@@ -162,14 +164,14 @@ def test_restarted_central_loses_and_duplicates_no_hold(tmp_path, central_broker
     deadline = time.time() + 25
     sent = dict(overflow_request("a", f"car-{i}", deadline) for i in range(30))
     for payload in sent.values():
-        origin.paho.publish(P.central_topic("a", "overflow/request"), payload, qos=1)
-    wait_for(lambda: len(answers(monitor)) >= 5, 15, "the first answers")
+        origin.publish(PC.central_topic("a", "overflow/request"), payload, timeout=None)
+    wait_until(lambda: len(answers(monitor)) >= 5, 15, "the first answers")
     c1.kill()  # in the middle of the burst: some decided, some published, some not acknowledged
     done_before = {a["xid"] for a in answers(monitor)}
     assert len(done_before) < len(sent)
     time.sleep(1)  # hold answers arrive while no central is there
     c1.start()
-    wait_for(lambda: {a["xid"] for a in answers(monitor)} == set(sent), 20, "every request answered")
+    wait_until(lambda: {a["xid"] for a in answers(monitor)} == set(sent), 20, "every request answered")
     time.sleep(0.5)
     # every answer for a request names one and the same reservation (repeats are re-sends)
     by_xid: dict[str, set] = {}
@@ -193,17 +195,17 @@ def test_messages_past_their_deadline_are_ignored_and_leave_no_hold(tmp_path, ce
     now = time.time()
     # 1. a request that arrives past its deadline: no hold request, no answer
     stale, payload = overflow_request("a", "car-stale", now - 1)
-    origin.publish(P.central_topic("a", "overflow/request"), payload)
+    origin.publish(PC.central_topic("a", "overflow/request"), payload)
     # 2. a hold answer that comes back too late: central releases that hold
     slow, payload = overflow_request("a", "car-slow", now + 2)
-    origin.publish(P.central_topic("a", "overflow/request"), payload)
+    origin.publish(PC.central_topic("a", "overflow/request"), payload)
     # control: an ordinary request after both is answered
     fine, payload = overflow_request("a", "car-fine", now + 10)
-    origin.publish(P.central_topic("a", "overflow/request"), payload)
-    wait_for(lambda: fine in {a["xid"] for a in answers(monitor)}, 10, "the control's answer")
-    wait_for(lambda: any(h["op"] == "release" and h["xid"] == slow for h in hold_requests(monitor)), 10,
+    origin.publish(PC.central_topic("a", "overflow/request"), payload)
+    wait_until(lambda: fine in {a["xid"] for a in answers(monitor)}, 10, "the control's answer")
+    wait_until(lambda: any(h["op"] == "release" and h["xid"] == slow for h in hold_requests(monitor)), 10,
                "the late hold released")
-    wait_for(lambda: not target.active("car-slow"), 5, "the late hold gone at the target")
+    wait_until(lambda: not target.active("car-slow"), 5, "the late hold gone at the target")
     assert {a["xid"] for a in answers(monitor)} == {fine}
     assert stale not in {h["xid"] for h in hold_requests(monitor)}
     store = Store(db)

@@ -1,4 +1,4 @@
-"""Overflow between regions end to end (issue 5), every piece real: three regions, each its
+"""Overflow between regions end to end, every piece real: three regions, each its
 own bridged Mosquitto (auth and ACL on) and gateway process with [overflow] on, Berlin's
 stations nearest the centre split between them by longitude; central's Mosquitto and
 `recarga-central run`. Stations are paho clients as the station users; all stopped by pid.
@@ -17,7 +17,6 @@ The three tests share one network (module fixture) and run in this order.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -27,17 +26,13 @@ import time
 
 import pytest
 
-from harness.services import wait_for
-from recarga.core import protocol as P
+from harness.regions import RegionsNet, ReservingCar, berlin_split
+from harness.wait import wait_until
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 pytestmark = pytest.mark.integration
-
-from harness import ROOT
-
-sys.path.insert(0, str(ROOT / "tests" / "firmware"))
-_spec = importlib.util.spec_from_file_location("overflow_latency", ROOT / "bench" / "overflow_latency.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 REGIONS = ("a", "b", "c")
 CARS = ("car-v", "car-d", "car-u")
@@ -46,23 +41,15 @@ ANSWER_WITHIN_S = 3.0
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    stations = bench.berlin_split(REGIONS, 3)
-    n = bench.RegionsNet(tmp_path_factory.mktemp("regions"), stations, CARS,
-                         states={"a": "occupied", "c": "occupied"},
-                         overflow=f"answer_within_s = {ANSWER_WITHIN_S}\n")
+    stations = berlin_split(REGIONS, 3)
+    n = RegionsNet(tmp_path_factory.mktemp("regions"), stations, CARS, states={"a": "occupied", "c": "occupied"},
+                   overflow=f"answer_within_s = {ANSWER_WITHIN_S}\n")
     try:
         n.start()
         n.wait_summary("b", lambda st: len(st) == 3 and all(g.free for s in st for g in s.groups))
         yield n
     finally:
         n.stop()
-
-
-def reservations(net, region: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config",
-                          str(net.gateways[region].config), "--json"],
-                         capture_output=True, text=True, timeout=30, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def central_holds(net, active: bool = True) -> list[dict]:
@@ -72,8 +59,10 @@ def central_holds(net, active: bool = True) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def active(rows: list[dict], car: str) -> list[dict]:
-    return [r for r in rows if r["car"] == car and r["state"] in P.ACTIVE_STATES]
+def active(net: RegionsNet, region: str, car: str | None = None) -> list[dict]:
+    """`region`'s active reservations (of `car`), as its gateway's CLI lists them."""
+    return [r for r in net.gateways[region].reservations()
+            if r["state"] in D.ACTIVE_STATES and car in (None, r["car"])]
 
 
 @pytest.mark.needs_micropython
@@ -91,10 +80,10 @@ def test_a_car_in_a_full_region_is_sent_to_b_hands_over_confirms_and_checks_in(n
         assert line.endswith(f"handing over to its broker 127.0.0.1:{net.brokers['b'].port}")
         board.wait_serial("car: handing over to region b", timeout=10, since=mark)
         board.wait_serial("confirmed ", timeout=20, since=mark)
-        [r] = wait_for(lambda: [x for x in active(reservations(net, "b"), "car-v") if x["state"] == "confirmed"],
-                       10, "confirmed in b")
-        assert P.XID_RE.match(r["rid"])  # held for central's request, confirmed by the car itself
-        assert active(reservations(net, "a"), "car-v") == [] and active(reservations(net, "c"), "car-v") == []
+        [r] = wait_until(lambda: [x for x in active(net, "b", "car-v") if x["state"] == "confirmed"], 10,
+                         "confirmed in b")
+        assert PC.XID_RE.match(r["rid"])  # held for central's request, confirmed by the car itself
+        assert active(net, "a", "car-v") == [] and active(net, "c", "car-v") == []
 
         # the car arrives: the slot's occupancy goes on, as the station reports it
         meta = next(s for s in net.stations["b"] if s.id == r["station"])
@@ -102,9 +91,9 @@ def test_a_car_in_a_full_region_is_sent_to_b_hands_over_confirms_and_checks_in(n
         states[r["slot"] - 1] = "occupied"
         net.report("b", r["station"], states)
         board.wait_serial(f"checked in at station {r['station']}", timeout=15, since=mark)
-        assert [x["state"] for x in active(reservations(net, "b"), "car-v")] == ["checked_in"]
-        wait_for(lambda: [h["state"] for h in central_holds(net) if h["car"] == "car-v"] == ["checked_in"],
-                 10, "central follows the hold to checked_in")
+        assert [x["state"] for x in active(net, "b", "car-v")] == ["checked_in"]
+        wait_until(lambda: [h["state"] for h in central_holds(net) if h["car"] == "car-v"] == ["checked_in"],
+                   10, "central follows the hold to checked_in")
         text = board.serial_text()
         assert "Traceback" not in text and "MemoryError" not in text, text[-3000:]
     finally:
@@ -112,20 +101,20 @@ def test_a_car_in_a_full_region_is_sent_to_b_hands_over_confirms_and_checks_in(n
 
 
 def test_a_hold_request_arriving_past_its_deadline_holds_nothing(net):
-    car = bench.Car(net, "a", "car-d")
+    car = ReservingCar(net, "a", "car-d")
     gw_b = net.gateways["b"]
-    os.kill(gw_b.proc.pid, signal.SIGSTOP)  # b's gateway frozen: central's hold request waits for it
+    os.kill(gw_b.pid, signal.SIGSTOP)  # b's gateway frozen: central's hold request waits for it
     try:
         dt, reply = car.reserve()
     finally:
         time.sleep(1.0)  # past the hold request's deadline (the request's, less relay_s)
-        os.kill(gw_b.proc.pid, signal.SIGCONT)
+        os.kill(gw_b.pid, signal.SIGCONT)
     assert ANSWER_WITHIN_S <= dt < ANSWER_WITHIN_S + 1.5, dt
-    assert reply["error"]["code"] == P.NO_CAPACITY and reply["overflow"]["code"] == P.DEADLINE_PASSED
-    wait_for(lambda: "past its deadline, ignored" in gw_b.log_text(), 10, "b ignores the late hold request")
+    assert reply["error"]["code"] == W.NO_CAPACITY and reply["overflow"]["code"] == PC.DEADLINE_PASSED
+    gw_b.wait_log("past its deadline, ignored", 10)  # b ignores the late hold request
     time.sleep(0.5)
     for r in REGIONS:
-        assert active(reservations(net, r), "car-d") == [], r
+        assert active(net, r, "car-d") == [], r
     assert [h for h in central_holds(net, active=False) if h["car"] == "car-d"] == []
     # the car asks again with b running: b holds for it, and the answer comes in time
     dt, reply = car.reserve()
@@ -133,28 +122,28 @@ def test_a_hold_request_arriving_past_its_deadline_holds_nothing(net):
 
 
 def test_central_broker_down_gives_a_clear_local_answer_and_overflow_resumes_without_stale_holds(net):
-    car = bench.Car(net, "a", "car-u")
+    car = ReservingCar(net, "a", "car-u")
     gw_a = net.gateways["a"]
     downs = gw_a.log_text().count("link to central down")
     net.central_broker.stop()
-    wait_for(lambda: gw_a.log_text().count("link to central down") > downs, 15, "a sees the link down")
+    gw_a.wait_log("link to central down", 15, downs + 1)
     dt, reply = car.reserve()
     assert dt < 1.0, dt  # nothing to wait for: the link is down
-    assert reply["error"]["code"] == P.NO_CAPACITY and reply["overflow"]["code"] == P.OVERFLOW_UNAVAILABLE
+    assert reply["error"]["code"] == W.NO_CAPACITY and reply["overflow"]["code"] == PC.OVERFLOW_UNAVAILABLE
 
     ups = gw_a.log_text().count("link to central up")
     net.central_broker.start()
-    wait_for(lambda: gw_a.log_text().count("link to central up") > ups, 20, "a sees the link up again")
-    wait_for(lambda: net.central.log_text().count("subscribed: serving overflow") >= 2, 20, "central back")
+    gw_a.wait_log("link to central up", 20, ups + 1)
+    net.central.wait_log("subscribed: serving overflow", 20, 2)  # central back
     dt, reply = car.reserve()
     assert reply["ok"] and reply["region"] == "b" and dt < ANSWER_WITHIN_S, (dt, reply)
 
     # no stale hold anywhere: b holds exactly what central answered (car-d's and car-u's
     # latest, car-v's checked in), a and c hold nothing, central's record agrees
     time.sleep(0.5)
-    in_b = {r["car"]: r for r in reservations(net, "b") if r["state"] in P.ACTIVE_STATES}
+    in_b = {r["car"]: r for r in active(net, "b")}
     assert {"car-d", "car-u"} <= set(in_b) <= {"car-d", "car-u", "car-v"}  # car-v: unless its test was skipped
     assert in_b["car-u"]["id"] == reply["reservation"]["id"]
-    assert [r for r in reservations(net, "a") + reservations(net, "c") if r["state"] in P.ACTIVE_STATES] == []
+    assert active(net, "a") + active(net, "c") == []
     holds = {h["car"]: h for h in central_holds(net)}
     assert {c: h["reservation"] for c, h in holds.items()} == {c: r["id"] for c, r in in_b.items()}

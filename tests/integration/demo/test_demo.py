@@ -72,8 +72,8 @@ BOARD_EVENTS = [
 REGION_EVENTS = [
     "bridged to central (Mosquitto's bridge as bridge-west",
     "[overflow] enabled",
-    "central's view from the regions' summaries: west 2 stations online, 0 slots free; mitte 2 stations "
-    "online, 4 slots free",
+    ("central's view from the regions' summaries: west 2 stations online, 0 slots free; mitte 2 stations "
+     "online, 4 slots free"),
     "gateway west     -> central  overflow? ovf:",
     "central          -> gateway mitte hold? ovf:",
     "gateway mitte    -> central  held r",
@@ -83,8 +83,8 @@ REGION_EVENTS = [
     "✓ mitte's database: id3-w checked_in on r",
     "✓ central's database: the hold for id3-w in mitte is checked_in",
     "bridge west      -> gateway west link to central down",
-    "car zoe-w        <- gateway west error no_capacity: every slot within reach is taken; "
-    "the earliest frees up at",
+    ("car zoe-w        <- gateway west error no_capacity: every slot within reach is taken; "
+     "the earliest frees up at"),
     "overflow: overflow_unavailable",
     "✓ zoe-w was told no_capacity with overflow_unavailable after",
 ]

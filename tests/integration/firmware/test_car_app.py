@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from harness.broker import Broker
 from harness.car_board import (
     CAR,
     LIB,
@@ -29,10 +29,12 @@ from harness.car_board import (
     uv_for,
     virtual_board,
 )
-from harness.clients import Broker, connect_client
-from harness.micropython import wait_until
-from recarga.core import protocol as P
+from harness.clients import connect_client
+from harness.process import ChildProcess
+from harness.wait import wait_until
 from recarga.core.model import SlotMeta, StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +109,7 @@ while True:
 """
 
 
-class HostedCar:
+class HostedCar(ChildProcess):
     """The car app in a micropython child process; stdin is its serial input."""
 
     def __init__(self, root: Path, cfg: dict, soc: float):
@@ -118,57 +120,29 @@ class HostedCar:
         self.ctrl = root / "ctrl"
         self.set_soc(soc)
         (root / "driver.py").write_text(DRIVER)
-        self.out_path = root / "serial.txt"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(f"car {cfg['id']}", [MICROPYTHON, "-X", "heapsize=96k", root / "driver.py", self.config,
+                                              self.ctrl], root / "serial.txt", cwd=root, stdin=True,
+                         env=dict(os.environ, MICROPYPATH=f".frozen:{CAR}:{LIB}:{UMQTT}"))
 
     def set_soc(self, soc: float) -> None:
         tmp = self.ctrl.with_suffix(".tmp")
         tmp.write_text(f"uv {uv_for(soc)}\n")
         tmp.replace(self.ctrl)
 
-    def start(self) -> "HostedCar":
-        env = dict(os.environ, MICROPYPATH=f".frozen:{CAR}:{LIB}:{UMQTT}")
-        self._out = open(self.out_path, "wb")
-        self.proc = subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=96k", str(self.root / "driver.py"),
-                                      str(self.config), str(self.ctrl)], stdin=subprocess.PIPE,
-                                     stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=self.root)
-        return self
-
     def serial(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def write(self, line: str) -> None:
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
+        return self.log_text()
 
     def wait_for(self, text: str, timeout: float = 20, after: int = 0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def line() -> str | None:
             out = self.serial()
             i = out.find(text, after)
-            if i >= 0:
-                return out[i:out.find("\n", i)]
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not on the car's serial within {timeout}s:\n{self.serial()[-4000:]}")
+            return out[i:out.find("\n", i)] if i >= 0 else None
+        return wait_until(line, timeout, lambda: f"{text!r} on the car's serial:\n{self.serial()[-4000:]}",
+                          self.alive)
 
     def heap_peak(self) -> int:
         peaks = [int(line.split()[-1]) for line in self.serial().splitlines() if line.startswith("heap peak")]
         return max(peaks) if peaks else 0
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if self.proc and self.proc.stdin:
-            self.proc.stdin.close()
-        if getattr(self, "_out", None):
-            self._out.close()
 
 
 class HostedWorld(World):
@@ -191,7 +165,7 @@ def test_low_battery_asks_gets_a_slot_charges_and_completes(world):
     stations = [StationMeta("st-1", 52.52, 13.40, (AC22, AC22), operator="op", price_per_kwh=0.45)]
     broker, gw = world.region("north", ["car-a"], stations)
     monitor = world.client(broker, "gateway")  # may read car telemetry
-    monitor.subscribe(P.car_filter("north", "telemetry"))
+    monitor.subscribe(D.car_filter("north", "telemetry"))
     car = world.car(car_config("car-a", "north", broker.port), soc=0.6)
     car.wait_for("mqtt: connected")
     time.sleep(1.0)
@@ -203,19 +177,19 @@ def test_low_battery_asks_gets_a_slot_charges_and_completes(world):
     [r] = wait_until(lambda: [r for r in reservations(gw) if r["state"] == "confirmed"], what="confirmed")
     assert r["car"] == "car-a" and r["station"] == "st-1"
     st = world.station("st-1")
-    cmd = json.loads(st.expect(P.station_topic("north", "st-1", "cmd")).payload)
+    cmd = json.loads(st.expect(D.station_topic("north", "st-1", "cmd")).payload)
     assert cmd["cmd"] == "reserve" and cmd["reservation"] == r["id"]
 
     # plug in: the station reports the slot occupied -> checked_in -> waiting, then charging
     slots = ["free", "free"]
     slots[r["slot"] - 1] = "occupied"
-    st.publish(P.station_topic("north", "st-1", "status"), P.encode(P.station_status(slots)), retain=True)
+    st.publish(D.station_topic("north", "st-1", "status"), W.encode(D.station_status(slots)), retain=True)
     car.wait_for("checked in at station st-1")
     car.set_soc(0.3)
     car.wait_for("charging: soc")
     car.set_soc(0.82)
     car.wait_for("charged: soc")
-    st.publish(P.station_topic("north", "st-1", "status"), P.encode(P.station_status(["free", "free"])), retain=True)
+    st.publish(D.station_topic("north", "st-1", "status"), W.encode(D.station_status(["free", "free"])), retain=True)
     car.wait_for("completed, driving on")
     assert wait_until(lambda: [r for r in reservations(gw) if r["state"] == "completed"], what="completed")
 
@@ -223,8 +197,8 @@ def test_low_battery_asks_gets_a_slot_charges_and_completes(world):
     # replied with an error otherwise); telemetry is checked here
     def states():
         out = []
-        for m in monitor.messages(P.car_topic("north", "car-a", "telemetry")):
-            t = P.parse_car_telemetry(m.payload)
+        for m in monitor.messages(D.car_topic("north", "car-a", "telemetry")):
+            t = D.parse_car_telemetry(m.payload)
             if not out or out[-1] != t["state"]:
                 out.append(t["state"])
         return out
@@ -333,24 +307,24 @@ def test_on_the_virtual_board_many_messages_without_heap_drift(tmp_path):
     board = None
     try:
         received = [0]
-        reply_topic = P.car_topic("north", "car-a", "reply")
+        reply_topic = D.car_topic("north", "car-a", "reply")
 
         def on_request(client, userdata, msg):
-            req = P.parse_car_request("car-a", msg.payload)  # the contract, on every request
+            req = D.parse_car_request("car-a", msg.payload)  # the contract, on every request
             n = received[0] = received[0] + 1
             res = {"id": f"r{n}", "station": "st-1", "slot": 1, "state": "held", "distance_km": 1.2,
                    "eta": 1795000000 + n, "wait_min": 0, "charge_min": 30, "energy_kwh": 30, "power_kw": 11,
                    "price_eur": 14.7, "hold_until": 1795000120 + n}
             if req.op == "reserve":
-                client.publish(reply_topic, P.encode(P.ok_reply(req.rid, "reserve", res)), qos=1)
+                client.publish(reply_topic, W.encode(D.ok_reply(req.rid, "reserve", res)), qos=1)
             elif req.op == "confirm":
                 res.update(id=req.fields["reservation"], state="confirmed")
-                client.publish(reply_topic, P.encode(P.ok_reply(req.rid, "confirm", res)), qos=1)
+                client.publish(reply_topic, W.encode(D.ok_reply(req.rid, "confirm", res)), qos=1)
                 res["state"] = "expired"
-                client.publish(reply_topic, P.encode(P.car_event("expired", res)), qos=1)
+                client.publish(reply_topic, W.encode(D.car_event("expired", res)), qos=1)
 
-        gw.paho.message_callback_add(P.car_topic("north", "car-a", "request"), on_request)
-        gw.subscribe(P.car_topic("north", "car-a", "request"))
+        gw.paho.message_callback_add(D.car_topic("north", "car-a", "request"), on_request)
+        gw.subscribe(D.car_topic("north", "car-a", "request"))
         (tmp_path / "vb").mkdir()
         board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600))
         board.set_pot("pot1", pot_for(0.15))
@@ -387,8 +361,8 @@ def test_on_the_virtual_board_what_the_gateway_sends_while_the_car_is_away_arriv
     gw = connect_client(b, "gateway")
     board = None
     try:
-        req_t, reply_t = (P.car_topic("north", "car-a", leaf) for leaf in ("request", "reply"))
-        online_t = P.car_topic("north", "car-a", "online")
+        req_t, reply_t = (D.car_topic("north", "car-a", leaf) for leaf in ("request", "reply"))
+        online_t = D.car_topic("north", "car-a", "online")
         gw.subscribe(req_t)
         gw.subscribe(online_t)
         (tmp_path / "vb").mkdir()
@@ -397,23 +371,23 @@ def test_on_the_virtual_board_what_the_gateway_sends_while_the_car_is_away_arriv
         board.start()
         board.wait_serial("mqtt: connected", timeout=15)
         board.set_pot("pot1", pot_for(0.15))
-        req = P.parse_car_request("car-a", gw.expect(req_t, timeout=10).payload)
+        req = D.parse_car_request("car-a", gw.expect(req_t, timeout=10).payload)
         assert req.op == "reserve"
         board.wifi(False)  # the car is away; the broker sees it go (its Last Will)
-        wait_until(lambda: [P.parse_online(m.payload) for m in gw.messages(online_t)][-1:] == [False],
+        wait_until(lambda: [D.parse_online(m.payload) for m in gw.messages(online_t)][-1:] == [False],
                    timeout=5, what="the car's Last Will")
         res = {"id": "r1", "station": "st-1", "slot": 2, "state": "held", "distance_km": 1.2, "eta": 1795000000,
                "wait_min": 0, "charge_min": 30, "energy_kwh": 30, "power_kw": 11, "price_eur": 14.7,
                "hold_until": 1795000120}
-        gw.publish(reply_t, P.encode(P.ok_reply(req.rid, "reserve", res)), qos=1)
+        gw.publish(reply_t, W.encode(D.ok_reply(req.rid, "reserve", res)), qos=1)
         offer = dict(res, id="r2", slot=1)
-        gw.publish(reply_t, P.encode(P.car_event("faulted", dict(res, state="faulted"), offer=offer)), qos=1)
+        gw.publish(reply_t, W.encode(D.car_event("faulted", dict(res, state="faulted"), offer=offer)), qos=1)
         mark = board.mark()
         board.wifi(True)
         board.wait_serial("slot reserved: station st-1 slot 2", timeout=15, since=mark)
         board.wait_serial("slot out of service: taking the offered one", timeout=5, since=mark)
         board.wait_serial("slot reserved: station st-1 slot 1", timeout=5, since=mark)
-        confirms = lambda: [r for r in (P.parse_car_request("car-a", m.payload) for m in gw.messages(req_t))
+        confirms = lambda: [r for r in (D.parse_car_request("car-a", m.payload) for m in gw.messages(req_t))
                             if r.op == "confirm"]
         wait_until(lambda: any(r.fields["reservation"] == "r2" for r in confirms()), timeout=10,
                    what="a confirm of the offered slot")

@@ -1,4 +1,4 @@
-"""The car across regions (issue 5, docs/firmware.md "Regions and overflow"), on the virtual
+"""The car across regions (docs/firmware.md "Regions and overflow"), on the virtual
 board with the unmodified firmware against real Mosquitto brokers (auth and ACL on), one per
 region:
 
@@ -30,9 +30,11 @@ from harness.car_board import (
     reservations,
     virtual_board,
 )
-from harness.micropython import wait_until
-from recarga.core import protocol as P
+from harness.wait import wait_until
 from recarga.core.model import SlotMeta, StationMeta
+from recarga.core.protocol import central as PC
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 pytestmark = pytest.mark.integration
 
@@ -51,14 +53,14 @@ def test_overflow_answer_hands_over_to_the_other_regions_broker_and_confirms_the
     gws: list[ScriptedGateway] = []
     board = None
 
-    def north_answers(req: P.CarRequest) -> list[dict]:
+    def north_answers(req: D.CarRequest) -> list[dict]:
         if req.op == "reserve" and gws[0].ops().count(("reserve", None)) == 1:  # the first: overflow
-            return [P.overflow_reply(req.rid, held, "south", {"host": "127.0.0.1", "port": south.port})]
+            return [PC.overflow_reply(req.rid, held, "south", {"host": "127.0.0.1", "port": south.port})]
         return []  # later ones: no answer (the test only looks at where they arrive)
 
-    def south_answers(req: P.CarRequest) -> list[dict]:
+    def south_answers(req: D.CarRequest) -> list[dict]:
         if req.op == "confirm" and len([r for r in gws[1].requests if r.op == "confirm"]) > 1:
-            return [P.ok_reply(req.rid, "confirm", dict(held, state="confirmed", hold_until=1795000900))]
+            return [D.ok_reply(req.rid, "confirm", dict(held, state="confirmed", hold_until=1795000900))]
         return []  # the first confirm goes unanswered
 
     try:
@@ -95,7 +97,7 @@ def test_overflow_answer_hands_over_to_the_other_regions_broker_and_confirms_the
 
         # south's reservation ends: the car follows its position (north) again, asks there
         mark = board.mark()
-        gw_s.send(P.car_event("expired", dict(held, state="expired")))
+        gw_s.send(D.car_event("expired", dict(held, state="expired")))
         board.wait_serial("reservation r-south-1 expired: asking again", timeout=10, since=mark)
         assert "now in region north" in board.wait_serial("car: left region south", timeout=5, since=mark)
         board.wait_serial("car: handing over to region north", timeout=5, since=mark)
@@ -128,11 +130,11 @@ def test_a_car_crossing_a_boundary_keeps_its_confirmed_reservation_and_its_regio
     on_n = world.client(bn, "gateway")  # the gateway user may read the cars' online flags
     on_s = world.client(bs, "gateway")
     for c, region in ((on_n, "north"), (on_s, "south")):
-        c.subscribe(P.car_topic(region, "car-a", "online"))
+        c.subscribe(D.car_topic(region, "car-a", "online"))
 
     def online(c, region):
-        got = c.messages(P.car_topic(region, "car-a", "online"))
-        return P.parse_online(got[-1].payload) if got else None
+        got = c.messages(D.car_topic(region, "car-a", "online"))
+        return D.parse_online(got[-1].payload) if got else None
 
     regions = [{"name": "north", "host": "127.0.0.1", "port": bn.port, "bounds": [52.0, 13.0, 53.0, 14.0]},
                {"name": "south", "host": "127.0.0.1", "port": bs.port, "bounds": [50.5, 13.0, 51.5, 14.5]}]
@@ -163,9 +165,9 @@ def test_a_car_crossing_a_boundary_keeps_its_confirmed_reservation_and_its_regio
     # it ends (plugged in and out at the slot): from then on the session follows the position
     st = world.station("st-n")
     mark = board.mark()
-    st.publish(P.station_topic("north", "st-n", "status"), P.encode(P.station_status(["occupied"])), retain=True)
+    st.publish(D.station_topic("north", "st-n", "status"), W.encode(D.station_status(["occupied"])), retain=True)
     board.wait_serial("checked in at station st-n", timeout=10, since=mark)
-    st.publish(P.station_topic("north", "st-n", "status"), P.encode(P.station_status(["free"])), retain=True)
+    st.publish(D.station_topic("north", "st-n", "status"), W.encode(D.station_status(["free"])), retain=True)
     board.wait_serial("completed, driving on", timeout=10, since=mark)
     assert "now in region south" in board.wait_serial("car: left region north", timeout=5, since=mark)
     board.wait_serial("car: handing over to region south", timeout=5, since=mark)

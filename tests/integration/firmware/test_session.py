@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.clients import REGION, Broker
-from harness.micropython import MicroPython, run, umqtt_available, wait_until
-from recarga.core import protocol as P
+from harness.broker import REGION, Broker
+from harness.micropython import MicroPython, run, umqtt_available
+from harness.wait import wait_until
+from recarga.core.protocol import device as D
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,9 +26,9 @@ pytestmark = [
 
 DRIVER = Path(__file__).with_name("session_driver.py")
 SID = "st-1"
-ONLINE = P.station_topic(REGION, SID, "online")
-STATUS = P.station_topic(REGION, SID, "status")
-CMD = P.station_topic(REGION, SID, "cmd")
+ONLINE = D.station_topic(REGION, SID, "online")
+STATUS = D.station_topic(REGION, SID, "status")
+CMD = D.station_topic(REGION, SID, "cmd")
 
 
 def driver(broker: Broker | None, tmp_path: Path, **over) -> MicroPython:
@@ -43,7 +44,7 @@ def driver(broker: Broker | None, tmp_path: Path, **over) -> MicroPython:
 
 
 def online_payloads(client, topic=ONLINE) -> list[bool]:
-    return [P.parse_online(m.payload) for m in client.messages(topic)]
+    return [D.parse_online(m.payload) for m in client.messages(topic)]
 
 
 def test_connect_online_retained_subscribe_and_last_will(broker, mqtt_client, tmp_path):
@@ -55,7 +56,7 @@ def test_connect_online_retained_subscribe_and_last_will(broker, mqtt_client, tm
         assert "OFFLINE_PUB False" in mp.lines()  # before connecting: nothing queued, just False
         mp.wait_line("PUB True")
         wait_until(lambda: online_payloads(gw) == [True], 5, "online true")
-        assert P.parse_station_status(gw.expect(STATUS).payload) == ["free"]
+        assert D.parse_station_status(gw.expect(STATUS).payload) == ["free"]
         gw.publish(CMD, "hello")
         mp.wait_line(f"MSG {CMD} hello")
     # killed without DISCONNECT: the broker publishes the Last Will
@@ -63,7 +64,7 @@ def test_connect_online_retained_subscribe_and_last_will(broker, mqtt_client, tm
     # retained: a late subscriber sees the last word
     late = mqtt_client("gateway")
     late.subscribe(ONLINE)
-    assert P.parse_online(late.expect(ONLINE).payload) is False
+    assert D.parse_online(late.expect(ONLINE).payload) is False
     assert late.expect(ONLINE).retain
 
 
@@ -81,7 +82,7 @@ def test_reconnects_after_broker_restart_and_resubscribes(broker, mqtt_client, t
         assert mp.wait_line("PUB True", start=again) == again + 1
         gw = mqtt_client("gateway")
         gw.subscribe(ONLINE)
-        assert P.parse_online(gw.expect(ONLINE).payload) is True
+        assert D.parse_online(gw.expect(ONLINE).payload) is True
         gw.publish(CMD, "after restart")
         mp.wait_line(f"MSG {CMD} after restart", start=again)
         # backoff delays stayed under the (doubling, capped) ceiling
@@ -186,7 +187,7 @@ def test_hand_over_to_another_broker_says_goodbye_to_the_first(broker, mqtt_clie
             gw2 = connect_client(other, "gateway")
             try:
                 gw2.subscribe(ONLINE)
-                assert P.parse_online(gw2.expect(ONLINE).payload) is True
+                assert D.parse_online(gw2.expect(ONLINE).payload) is True
                 gw2.publish(CMD, "disconnect")
                 mp.wait_line("mqtt: disconnected from", start=second)
                 time.sleep(0.5)
@@ -236,3 +237,33 @@ print("delivered by poll", inside, "dropped", s.dropped)
     assert "delivered during publish []" in lines
     assert "delivered by poll ['m2', 'm3', 'm4', 'm5'] dropped 2" in lines
     assert [l for l in lines if "inbox full" in l] == ["[W] mqtt: inbox full, dropped 2 message(s)"]
+
+
+def test_umqtt_simple_is_left_as_it_is(broker, tmp_path):
+    """The session's client subclasses umqtt.simple's MQTTClient: connecting and publishing
+    (the packet id wrapped on the way) leave umqtt.simple's module and class as imported."""
+    out = run(f"""
+import time
+import umqtt.simple as u
+mod = dict(u.__dict__)
+cls = dict(u.MQTTClient.__dict__)
+from backoff import Backoff
+from session import Session
+s = Session({SID!r}, {broker.host!r}, {broker.port}, {SID!r}, {broker.password(SID)!r}, 30, {ONLINE!r},
+            lambda t, m: None, Backoff())
+end = time.ticks_add(time.ticks_ms(), 5000)
+while not s.poll(time.ticks_ms()) and time.ticks_diff(end, time.ticks_ms()) > 0:
+    time.sleep_ms(10)
+print("connected", s.connected)
+c = s._c
+c.pid = 65534
+print("published", s.publish({STATUS!r}, b'{{"v":1,"slots":["free"],"seq":1}}', True), "pid", c.pid)
+print("subclass", isinstance(c, u.MQTTClient) and type(c) is not u.MQTTClient)
+print("module as imported", len(u.__dict__) == len(mod) and all(u.__dict__[k] is v for k, v in mod.items()))
+print("class as imported", len(u.MQTTClient.__dict__) == len(cls)
+      and all(u.MQTTClient.__dict__[k] is v for k, v in cls.items()))
+""", cwd=tmp_path)
+    lines = out.splitlines()
+    assert "connected True" in lines, out
+    assert "published True pid 1" in lines, out
+    assert "subclass True" in lines and "module as imported True" in lines and "class as imported True" in lines, out

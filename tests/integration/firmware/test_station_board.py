@@ -11,9 +11,11 @@ import time
 
 import pytest
 
-from harness.clients import REGION, Broker, connect_client
+from harness.broker import REGION, Broker
+from harness.clients import connect_client
 from harness.micropython import LIB, ROOT, STATION, umqtt_available, virtual_board
-from recarga.core import protocol as P
+from harness.wait import wait_until
+from recarga.core.protocol import device as D
 
 VIRTUAL = ROOT / "boards" / "virtual" / "board.py"
 DIAGRAM = ROOT / "boards" / "station" / "diagram.json"  # the station board's wiring (docs/firmware.md)
@@ -24,9 +26,9 @@ pytestmark = [
 ]
 
 SID = "st-1"
-STATUS = P.station_topic(REGION, SID, "status")
-ONLINE = P.station_topic(REGION, SID, "online")
-CMD = P.station_topic(REGION, SID, "cmd")
+STATUS = D.station_topic(REGION, SID, "status")
+ONLINE = D.station_topic(REGION, SID, "online")
+CMD = D.station_topic(REGION, SID, "cmd")
 GREEN, BLUE, RED, YELLOW, OFF = (0, 1, 0), (0, 0, 1), (1, 0, 0), (1, 1, 0), (0, 0, 0)
 
 
@@ -85,23 +87,19 @@ def gateway(broker, mqtt_client):
 
 def statuses(client) -> list[list[str]]:
     """Every status received, validated by the gateway's own parser (the contract)."""
-    return [P.parse_station_status(m.payload) for m in client.messages(STATUS)]
+    return [D.parse_station_status(m.payload) for m in client.messages(STATUS)]
 
 
 def wait_status(client, slots: list[str], timeout: float = 5.0, after: int = 0) -> int:
     """Wait for a status equal to `slots` among those received from index `after`; its index."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def found() -> int | None:  # the index + 1 (0 is falsy)
         got = statuses(client)
-        for i in range(after, len(got)):
-            if got[i] == slots:
-                return i
-        time.sleep(0.02)
-    raise AssertionError(f"no status {slots} within {timeout} s; got {statuses(client)[after:]}")
+        return next((i + 1 for i in range(after, len(got)) if got[i] == slots), None)
+    return client.wait(found, timeout, lambda: f"status {slots} (got {statuses(client)[after:]})") - 1
 
 
 def onlines(client) -> list[bool]:
-    return [P.parse_online(m.payload) for m in client.messages(ONLINE)]
+    return [D.parse_online(m.payload) for m in client.messages(ONLINE)]
 
 
 def retained_status(broker: Broker) -> list[str]:
@@ -111,7 +109,7 @@ def retained_status(broker: Broker) -> list[str]:
         late.subscribe(STATUS)
         msg = late.expect(STATUS)
         assert msg.retain
-        return P.parse_station_status(msg.payload)
+        return D.parse_station_status(msg.payload)
     finally:
         late.close()
 
@@ -163,20 +161,20 @@ def test_reserve_release_and_bad_commands(station, gateway):
     board.wait_serial("mqtt: connected", timeout=10)
     wait_status(gateway, ["free", "free"])
     gw = gateway
-    gw.publish(CMD, json.dumps(P.station_cmd("reserve", 2, "r1", 1795000720)))
+    gw.publish(CMD, json.dumps(D.station_cmd("reserve", 2, "r1", 1795000720)))
     board.wait_rgb("rgb2", BLUE, timeout=2)
     wait_status(gw, ["free", "reserved"])
     # a reservation that arrives while the slot is occupied shows once it is freed
     board.press("btn1")
     board.wait_rgb("rgb1", RED, timeout=2)
-    gw.publish(CMD, json.dumps(P.station_cmd("reserve", 1, "r2", 1795000720)))
+    gw.publish(CMD, json.dumps(D.station_cmd("reserve", 1, "r2", 1795000720)))
     board.wait_serial("cmd applied, slot 1 occupied", timeout=2)
     assert board.rgb("rgb1") == RED
     board.release("btn1")
     board.wait_rgb("rgb1", BLUE, timeout=2)
     wait_status(gw, ["reserved", "reserved"])
     before = len(statuses(gw))
-    gw.publish(CMD, json.dumps(P.station_cmd("release", 1)))
+    gw.publish(CMD, json.dumps(D.station_cmd("release", 1)))
     board.wait_rgb("rgb1", GREEN, timeout=2)
     n = wait_status(gw, ["free", "reserved"], after=before) + 1
     # bad commands: one log line each, nothing changes, nothing crashes
@@ -199,7 +197,7 @@ def test_broker_outage_blinks_keeps_leds_live_and_republishes_after_restart(stat
     board = station()
     board.wait_serial("mqtt: connected", timeout=10)
     wait_status(gateway, ["free", "free"])
-    gateway.publish(CMD, json.dumps(P.station_cmd("reserve", 1, "r1", 1795000720)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("reserve", 1, "r1", 1795000720)))
     wait_status(gateway, ["reserved", "free"])
     mark = board.mark()
     broker.stop()
@@ -222,10 +220,8 @@ def test_broker_outage_blinks_keeps_leds_live_and_republishes_after_restart(stat
     assert board.wait_led("led1", True, timeout=2)
     assert led_steady_on(board)
     # the latest state was published again after the reconnect (retained)
-    deadline = time.monotonic() + 5
-    while retained_status(broker) != ["reserved", "occupied"]:
-        assert time.monotonic() < deadline, retained_status(broker)
-        time.sleep(0.1)
+    wait_until(lambda: retained_status(broker) == ["reserved", "occupied"], 5,
+               lambda: f"the retained status republished (it is {retained_status(broker)})", every=0.1)
     delays = [int(x) for x in re.findall(r"(?:next attempt|reconnect) in (\d+) ms", "\n".join(board.serial_lines(mark)))]
     assert delays and all(d < 30000 for d in delays)
     assert took < max(delays) / 1000 + 3, (took, delays)
@@ -270,10 +266,7 @@ def test_wifi_outage_fires_the_last_will_and_recovers(station, gateway, broker):
     wait_status(gateway, ["free", "free"])
     mark = board.mark()
     board.wifi(False)
-    deadline = time.monotonic() + 5
-    while onlines(gateway)[-1:] != [False]:
-        assert time.monotonic() < deadline, onlines(gateway)
-        time.sleep(0.05)
+    gateway.wait(lambda: onlines(gateway)[-1:] == [False], 5, lambda: f"the Last Will (onlines {onlines(gateway)})")
     # 3 s, not 1.5: at 2 Hz a short window counts 3 edges +- 1 by phase and load jitter
     assert 1.5 <= board.blink_hz("led1", 3.0) <= 2.7
     board.press("btn1")
@@ -288,7 +281,7 @@ def test_wifi_outage_fires_the_last_will_and_recovers(station, gateway, broker):
 def test_out_of_service_survives_a_reboot(station, gateway, broker):
     board = station()
     board.wait_serial("mqtt: connected", timeout=10)
-    gateway.publish(CMD, json.dumps(P.station_cmd("out_of_service", 1)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("out_of_service", 1)))
     board.wait_rgb("rgb1", YELLOW, timeout=2)
     wait_status(gateway, ["out_of_service", "free"])
     board.press("btn1")  # a car on a broken slot: still out of service
@@ -300,7 +293,7 @@ def test_out_of_service_survives_a_reboot(station, gateway, broker):
     board.wait_rgb("rgb1", YELLOW, timeout=5)  # before any network
     board.wait_serial("mqtt: connected", timeout=10)
     assert retained_status(broker) == ["out_of_service", "free"]
-    gateway.publish(CMD, json.dumps(P.station_cmd("in_service", 1)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("in_service", 1)))
     board.wait_rgb("rgb1", GREEN, timeout=2)
     wait_status(gateway, ["free", "free"])
 
@@ -334,15 +327,15 @@ def test_heap_stays_small_under_traffic(station, gateway):
     wait_status(gateway, ["free", "free"])
     for k in range(100):
         cmd = ("reserve", "release", "out_of_service", "in_service")[k % 4]
-        gateway.publish(CMD, json.dumps(P.station_cmd(cmd, 1 + k % 2)))
+        gateway.publish(CMD, json.dumps(D.station_cmd(cmd, 1 + k % 2)))
         if k % 10 == 0:
             board.press("btn2") if k % 20 == 0 else board.release("btn2")
         time.sleep(0.01)
     board.release("btn2")
-    gateway.publish(CMD, json.dumps(P.station_cmd("in_service", 1)))
-    gateway.publish(CMD, json.dumps(P.station_cmd("in_service", 2)))
-    gateway.publish(CMD, json.dumps(P.station_cmd("release", 1)))
-    gateway.publish(CMD, json.dumps(P.station_cmd("release", 2)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("in_service", 1)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("in_service", 2)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("release", 1)))
+    gateway.publish(CMD, json.dumps(D.station_cmd("release", 2)))
     wait_status(gateway, ["free", "free"], after=1, timeout=10)
     text = board.serial_text()
     assert "MemoryError" not in text and "Traceback" not in text

@@ -1,9 +1,8 @@
-"""gateway.broker_config: the ACL comes from gateway.protocol only, the conf from the template,
-and the generated files are accepted by a real Mosquitto, standalone and as a Debian drop-in."""
+"""recarga.core.broker_config: the ACL comes from recarga.core.protocol only, the conf from the
+template, and the generated files are accepted by a real Mosquitto, standalone and as a Debian
+drop-in."""
 from __future__ import annotations
 
-import os
-import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT
-from harness.clients import PASSWORDS, REGION, Broker, connect_client, free_port
+from harness.broker import PASSWORDS, REGION, Broker, free_port, run_as_me
 from recarga.core import broker_config as bc
-from recarga.core import protocol as P
+from recarga.core.protocol import access as ACL
+from recarga.core.protocol import device as D
 
 
 def parse_acl(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -34,14 +34,14 @@ def parse_acl(text: str) -> dict[str, list[tuple[str, str]]]:
 
 def test_acl_is_exactly_the_protocol_lists():
     text = bc.render_acl("berlin", "gw", ["car-1", "car-2"], ["st-9"],
-                         {"monitor": [("read", P.gateway_online_topic("berlin"))]})
+                         {"monitor": [("read", D.gateway_online_topic("berlin"))]})
     assert "%" not in text and "pattern" not in text
     assert parse_acl(text) == {
-        "gw": P.acl_gateway("berlin"),
-        "car-1": P.acl_car("berlin", "car-1"),
-        "car-2": P.acl_car("berlin", "car-2"),
-        "st-9": P.acl_station("berlin", "st-9"),
-        "monitor": [("read", P.gateway_online_topic("berlin"))],
+        "gw": ACL.acl_gateway("berlin"),
+        "car-1": ACL.acl_car("berlin", "car-1"),
+        "car-2": ACL.acl_car("berlin", "car-2"),
+        "st-9": ACL.acl_station("berlin", "st-9"),
+        "monitor": [("read", D.gateway_online_topic("berlin"))],
     }
 
 
@@ -114,25 +114,26 @@ def test_cli_writes_a_broker_directory(tmp_path: Path):
         [sys.executable, "-m", "recarga.core.broker_config", "--region", "berlin", "--dir", str(out),
          "--port", "1999", "--gateway-user", "gw", "--gateway-password-file", str(pw),
          "--car", "car-1:pw:with:colons", "--station", "st-1:spw",
-         "--run-as", pwd.getpwuid(os.geteuid()).pw_name],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
+         "--run-as", run_as_me()],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     conf = Path(done.stdout.strip())
     assert conf == out.resolve() / bc.CONF_NAME and conf.is_file()
-    assert parse_acl((out / bc.ACL_NAME).read_text())["car-1"] == P.acl_car("berlin", "car-1")
+    assert parse_acl((out / bc.ACL_NAME).read_text())["car-1"] == ACL.acl_car("berlin", "car-1")
     assert (out / bc.PERSISTENCE_NAME).is_dir()
     bad = subprocess.run([sys.executable, "-m", "recarga.core.broker_config", "--region", "berlin",
                           "--dir", str(out), "--gateway-user", "gw", "--gateway-password", "x",
-                          "--car", "car/1:pw"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          "--car", "car/1:pw"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
     assert bad.returncode == 1 and "bad car id" in bad.stderr
 
 
 @pytest.mark.integration
-def test_dropin_works_under_a_debian_style_main_conf(tmp_path: Path):
+def test_dropin_works_under_a_debian_style_main_conf(tmp_path: Path, mqtt_client):
     """The --dropin output, included by a mosquitto.conf shaped like Debian's, gives a broker
     with auth and the ACL (docs/deployment.md describes this setup)."""
     port = free_port()
-    me = pwd.getpwuid(os.geteuid()).pw_name
+    me = run_as_me()
     recarga = tmp_path / "etc-mosquitto" / "recarga"
     dropin = bc.write_broker_dir(recarga, REGION, port, PASSWORDS, ["car-a", "car-b"], ["st-1"],
                                  "gateway", run_as=me, dropin=True)
@@ -146,17 +147,12 @@ def test_dropin_works_under_a_debian_style_main_conf(tmp_path: Path):
     main.write_text(f"user {me}\npersistence true\npersistence_location {tmp_path}/var/\n"
                     f"log_dest file {log}\ninclude_dir {conf_d}\n")
     with Broker(main, "127.0.0.1", port, region=REGION, passwords=PASSWORDS, log_path=log) as broker:
-        broker.start()
-        gw = connect_client(broker, "gateway")
-        a = connect_client(broker, "car-a")
-        try:
-            gw.subscribe(P.gateway_subscriptions(REGION)[0])
-            a.publish(P.car_topic(REGION, "car-b", "request"), b"forged")
-            a.publish(P.car_topic(REGION, "car-a", "request"), b"mine")
-            assert gw.expect(P.car_topic(REGION, "car-a", "request")).payload == b"mine"
-            gw.expect_nothing(P.car_topic(REGION, "car-b", "request"), within=0.5)
-        finally:
-            a.close()
-            gw.close()
+        gw = mqtt_client("gateway", broker=broker)
+        a = mqtt_client("car-a", broker=broker)
+        gw.subscribe(D.gateway_subscriptions(REGION)[0])
+        a.publish(D.car_topic(REGION, "car-b", "request"), b"forged")
+        a.publish(D.car_topic(REGION, "car-a", "request"), b"mine")
+        assert gw.expect(D.car_topic(REGION, "car-a", "request")).payload == b"mine"
+        gw.expect_nothing(D.car_topic(REGION, "car-b", "request"), within=0.5)
     # persistence came from the main conf: the broker saved its database there on SIGTERM
     assert (tmp_path / "var" / "mosquitto.db").is_file()

@@ -1,11 +1,11 @@
 """End to end: the unmodified firmware on virtual boards, a real Mosquitto (auth + ACL) and the
-real gateway process (issue 3, "End to end").
+real gateway process.
 
 One region "berlin" for the whole module (booting seven boards once keeps it fast):
 
 - Mosquitto with a broker user per device (each board logs in as itself, with its own
   password from its own config.json) and the gateway user;
-- the gateway (`python -m gateway.cli run`) with a small JSON station file: the two virtual
+- the gateway (`python -m recarga.gateway.cli run`) with a small JSON station file: the two virtual
   stations' ids at Alexanderplatz and Gendarmenmarkt, two 22 kW slots each;
   `hold_s` 3 and `grace_s` 4, so that a car that never arrives expires in seconds (the cars
   confirm at once, so grace is what counts; a car 1-2 km away has minutes of driving added
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +32,9 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT
-from harness.clients import Broker
+from harness.broker import Broker
 from harness.services import GatewayProcess
+from harness.wait import wait_until
 from recarga.core.model import SlotMeta, StationMeta
 
 CAR_DIR = ROOT / "boards" / "car"
@@ -219,15 +218,12 @@ class Region:
     def fail(self, what: str) -> None:
         raise AssertionError(f"{what}\n{self.diag()}")
 
-    def wait(self, pred: Callable[[], object], timeout: float, what: str, every: float = 0.1):
-        deadline = time.monotonic() + timeout
-        while True:
-            got = pred()
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                self.fail(f"{what}: not within {timeout} s")
-            time.sleep(every)
+    def wait(self, pred: Callable[[], object], timeout: float, what: str | Callable[[], str], every: float = 0.1):
+        """wait_until, failing with the diagnostics."""
+        try:
+            return wait_until(pred, timeout, what, every=every)
+        except TimeoutError as e:
+            self.fail(str(e))
 
     def expect(self, board, text: str, timeout: float, since: int | None = None) -> str:
         try:
@@ -246,20 +242,15 @@ class Region:
     # -- the gateway's view
 
     def reservations(self, *args: str) -> list[dict]:
-        out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config",
-                              str(self.gw.config), "--json", *args],
-                             capture_output=True, text=True, timeout=30, check=False)
-        if out.returncode != 0:
-            self.fail(f"gateway.cli reservations failed ({out.returncode}): {out.stderr}")
-        return [json.loads(line) for line in out.stdout.splitlines()]
+        return self.gw.reservations(*args)
 
     def reservation(self, rid: str) -> dict | None:
         return next((r for r in self.reservations() if r["id"] == rid), None)
 
     def wait_state(self, rid: str, state: str, timeout: float) -> dict:
         return self.wait(lambda: (r := self.reservation(rid)) is not None and r["state"] == state and r,
-                         timeout, f"reservation {rid} in state {state!r} in the gateway's database "
-                                  f"(now {self.reservation(rid)})", every=0.2)
+                         timeout, lambda: f"reservation {rid} in state {state!r} in the gateway's database "
+                                          f"(now {self.reservation(rid)})", every=0.2)
 
     # -- inputs
 
@@ -312,17 +303,13 @@ class Region:
         return problems
 
     def wait_views_agree(self, timeout: float) -> None:
-        last: list[list[str]] = [[]]
+        last: list[str] = []
 
-        def agree():
-            last[0] = self.views_agree()
-            return not last[0]
+        def agree() -> bool:
+            last[:] = self.views_agree()
+            return not last
 
-        deadline = time.monotonic() + timeout
-        while not agree():
-            if time.monotonic() > deadline:
-                self.fail(f"LEDs and the gateway's view disagree after {timeout} s: {last[0]}")
-            time.sleep(0.2)
+        self.wait(agree, timeout, lambda: f"LEDs and the gateway's view agreeing (they disagree: {last})", every=0.2)
 
     def no_memory_errors(self) -> None:
         for b in self.all_boards():

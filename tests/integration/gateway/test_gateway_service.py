@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.clients import Broker, MqttClient, connect_client
+from harness.broker import Broker
+from harness.clients import MqttClient, connect_client
 from harness.services import GatewayProcess
-from recarga.core import protocol as P
+from harness.wait import wait_until
 from recarga.core.model import SlotMeta, StationMeta
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +60,9 @@ class Region:
 
     def station_up(self, sid: str, slots: list[str]) -> MqttClient:
         c = self.client(sid)
-        c.subscribe(P.station_topic(REGION, sid, "cmd"))
-        c.publish(P.station_topic(REGION, sid, "online"), P.online_message(True), retain=True)
-        c.publish(P.station_topic(REGION, sid, "status"), P.encode(P.station_status(slots)), retain=True)
+        c.subscribe(D.station_topic(REGION, sid, "cmd"))
+        c.publish(D.station_topic(REGION, sid, "online"), W.online_message(True), retain=True)
+        c.publish(D.station_topic(REGION, sid, "status"), W.encode(D.station_status(slots)), retain=True)
         return c
 
     def reservations(self, *args: str) -> list[dict]:
@@ -94,46 +97,41 @@ def reserve_msg(car: str, rid: str, lat: float = 52.521, lon: float = 13.401, **
     fields = dict(lat=lat, lon=lon, soc=0.2, battery_kwh=58, consumption_kwh_100km=16.6,
                   max_ac_kw=11, max_dc_kw=100, target_soc=0.8)
     fields.update(over)
-    return P.encode(P.reserve_request(rid, car, **fields))
+    return W.encode(D.reserve_request(rid, car, **fields))
 
 
 def ask(car: MqttClient, payload: bytes, timeout: float = 10) -> dict:
-    reply_topic = P.car_topic(REGION, car.username, "reply")
+    reply_topic = D.car_topic(REGION, car.username, "reply")
     before = len(car.messages(reply_topic))
-    car.publish(P.car_topic(REGION, car.username, "request"), payload)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = car.messages(reply_topic)
-        if len(got) > before:
-            return json.loads(got[before].payload)
-        time.sleep(0.01)
-    raise AssertionError(f"no reply for {car.username} within {timeout}s")
+    car.publish(D.car_topic(REGION, car.username, "request"), payload)
+    got = car.wait(lambda: car.messages(reply_topic)[before:], timeout, "a reply")
+    return json.loads(got[0].payload)
 
 
 def test_request_reply_reservation_and_station_command(region_factory):
     region = region_factory(["car-a"], station_set(2, 2))
     car = region.client("car-a")
-    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    car.subscribe(D.car_topic(REGION, "car-a", "reply"))
     reply = ask(car, reserve_msg("car-a", "q1"))
     assert reply["ok"] and reply["rid"] == "q1"
     r = reply["reservation"]
     assert r["state"] == "held" and r["station"] in ("st-1", "st-2")
     station = next(c for c in region.clients if c.username == r["station"])
-    cmd = json.loads(station.expect(P.station_topic(REGION, r["station"], "cmd")).payload)
+    cmd = json.loads(station.expect(D.station_topic(REGION, r["station"], "cmd")).payload)
     assert cmd == {"v": 1, "cmd": "reserve", "slot": r["slot"], "reservation": r["id"], "until": cmd["until"]}
     [stored] = region.reservations()
     assert stored["id"] == r["id"] and stored["state"] == "held"
     # confirm, plug in, unplug: the full lifecycle over the broker
-    assert ask(car, P.encode(P.reservation_request("confirm", "q2", "car-a", r["id"])))["reservation"]["state"] == "confirmed"
+    assert ask(car, W.encode(D.reservation_request("confirm", "q2", "car-a", r["id"])))["reservation"]["state"] == "confirmed"
     slots = ["free", "free"]
     slots[r["slot"] - 1] = "occupied"
-    station.publish(P.station_topic(REGION, r["station"], "status"), P.encode(P.station_status(slots)), retain=True)
-    reply_topic = P.car_topic(REGION, "car-a", "reply")
+    station.publish(D.station_topic(REGION, r["station"], "status"), W.encode(D.station_status(slots)), retain=True)
+    reply_topic = D.car_topic(REGION, "car-a", "reply")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not any(b'"checked_in"' in m.payload for m in car.messages(reply_topic)):
         time.sleep(0.02)
     assert region.reservations()[0]["state"] == "checked_in"
-    station.publish(P.station_topic(REGION, r["station"], "status"), P.encode(P.station_status(["free", "free"])), retain=True)
+    station.publish(D.station_topic(REGION, r["station"], "status"), W.encode(D.station_status(["free", "free"])), retain=True)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and region.reservations()[0]["state"] != "completed":
         time.sleep(0.05)
@@ -141,22 +139,22 @@ def test_request_reply_reservation_and_station_command(region_factory):
 
 
 BAD = [
-    (b"{not json", P.BAD_JSON),
-    (b'{"v":1,"op":"reserve","rid":"b2","car":"car-a"}', P.MISSING_FIELD),
-    (reserve_msg("car-a", "b3", soc="low"), P.BAD_TYPE),
-    (reserve_msg("car-a", "b4", soc=1.7), P.OUT_OF_RANGE),
-    (reserve_msg("car-a", "b5", lat=200), P.OUT_OF_RANGE),
-    (reserve_msg("car-a", "b6")[:-1] + b',"turbo":true}', P.UNKNOWN_FIELD),
-    (reserve_msg("car-a", "b7")[:-1] + b',"pad":"' + b"x" * 500 + b'"}', P.TOO_LARGE),
-    (reserve_msg("car-a", "b8", station="st-999"), P.UNKNOWN_STATION),
-    (reserve_msg("car-b", "b9"), P.CAR_MISMATCH),
+    (b"{not json", W.BAD_JSON),
+    (b'{"v":1,"op":"reserve","rid":"b2","car":"car-a"}', W.MISSING_FIELD),
+    (reserve_msg("car-a", "b3", soc="low"), W.BAD_TYPE),
+    (reserve_msg("car-a", "b4", soc=1.7), W.OUT_OF_RANGE),
+    (reserve_msg("car-a", "b5", lat=200), W.OUT_OF_RANGE),
+    (reserve_msg("car-a", "b6")[:-1] + b',"turbo":true}', W.UNKNOWN_FIELD),
+    (reserve_msg("car-a", "b7")[:-1] + b',"pad":"' + b"x" * 500 + b'"}', W.TOO_LARGE),
+    (reserve_msg("car-a", "b8", station="st-999"), D.UNKNOWN_STATION),
+    (reserve_msg("car-b", "b9"), D.CAR_MISMATCH),
 ]
 
 
 def test_bad_input_error_replies_log_nothing_stored_and_keeps_serving(region_factory):
     region = region_factory(["car-a", "car-b"], station_set(2, 1))
     car = region.client("car-a")
-    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    car.subscribe(D.car_topic(REGION, "car-a", "reply"))
     for payload, code in BAD:
         reply = ask(car, payload)
         assert reply["ok"] is False and reply["error"]["code"] == code, (payload, reply)
@@ -177,12 +175,12 @@ def test_200_cars_at_once_10_free_slots(region_factory):
     region = region_factory(cars, stations, initial=["free", "free", "occupied", "occupied"])
     clients = [region.client(c) for c in cars]
     for c in clients:
-        c.subscribe(P.car_topic(REGION, c.username, "reply"))
+        c.subscribe(D.car_topic(REGION, c.username, "reply"))
     barrier = threading.Barrier(len(clients))
 
     def fire(c: MqttClient) -> None:
         barrier.wait()
-        c.paho.publish(P.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "burst"), qos=1)
+        c.paho.publish(D.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "burst"), qos=1)
 
     threads = [threading.Thread(target=fire, args=(c,)) for c in clients]
     for t in threads:
@@ -190,17 +188,17 @@ def test_200_cars_at_once_10_free_slots(region_factory):
     for t in threads:
         t.join()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and sum(bool(c.messages(P.car_filter(REGION, "reply"))) for c in clients) < len(clients):
+    while time.monotonic() < deadline and sum(bool(c.messages(D.car_filter(REGION, "reply"))) for c in clients) < len(clients):
         time.sleep(0.1)
     time.sleep(0.5)  # room for any duplicate to show up
     replies = {}
     for c in clients:
-        got = c.messages(P.car_topic(REGION, c.username, "reply"))
+        got = c.messages(D.car_topic(REGION, c.username, "reply"))
         assert len(got) == 1, f"{c.username} got {len(got)} replies"
         replies[c.username] = json.loads(got[0].payload)
     ok = [r for r in replies.values() if r["ok"]]
     assert len(ok) == 10
-    assert all(r["error"]["code"] == P.NO_CAPACITY for r in replies.values() if not r["ok"])
+    assert all(r["error"]["code"] == W.NO_CAPACITY for r in replies.values() if not r["ok"])
     taken = Counter((r["reservation"]["station"], r["reservation"]["slot"]) for r in ok)
     assert max(taken.values()) == 1 and len(taken) == 10
     stored = region.reservations("--active")
@@ -216,9 +214,9 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
     assert ("synchronous FULL, fsync on the sync thread" in region.gw.log_text()) == bool(extra)
     clients = [region.client(c) for c in cars]
     for c in clients:
-        c.subscribe(P.car_topic(REGION, c.username, "reply"))
+        c.subscribe(D.car_topic(REGION, c.username, "reply"))
     for c in clients:
-        c.paho.publish(P.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "crash"), qos=1)
+        c.paho.publish(D.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "crash"), qos=1)
     # kill the gateway as soon as the first answers are out, in the middle of the burst
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and sum(bool(c.received) for c in clients) < 10:
@@ -249,14 +247,14 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
     while time.monotonic() < deadline and any(s["state"] == "held" for s in region.reservations()):
         time.sleep(0.2)
     assert {s["state"] for s in region.reservations()} == {"expired"}
-    releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages(P.station_filter(REGION, "cmd")))
+    releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages(D.station_filter(REGION, "cmd")))
     assert releases >= len(cars)
 
 
 def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_factory):
     region = region_factory(["car-a", "car-b"], station_set(2, 1))
     car = region.client("car-a")
-    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    car.subscribe(D.car_topic(REGION, "car-a", "reply"))
     first = ask(car, reserve_msg("car-a", "before"))["reservation"]
     for c in region.clients:
         c.close()
@@ -267,7 +265,7 @@ def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_fact
         time.sleep(0.1)
     assert region.gw.log_text().count("connected to") >= 2, region.gw.log_text()
     car_b = region.client("car-b")
-    car_b.subscribe(P.car_topic(REGION, "car-b", "reply"))
+    car_b.subscribe(D.car_topic(REGION, "car-b", "reply"))
     second = ask(car_b, reserve_msg("car-b", "after"))
     assert second["ok"]
     # the slot held before the restart is still held: car-b got the other one
@@ -275,33 +273,25 @@ def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_fact
 
 
 def online_flags(monitor: MqttClient) -> list[bool]:
-    return [json.loads(m.payload)["online"] for m in monitor.messages(P.gateway_online_topic(REGION))]
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    return [json.loads(m.payload)["online"] for m in monitor.messages(D.gateway_online_topic(REGION))]
 
 
 def test_online_flag_clean_stop_is_prompt_and_last_will_on_kill(region_factory):
     region = region_factory(["car-a"], station_set(1, 1))
     # the gateway's own user may read its flag; a second connection with another client id
     monitor = region.client("gateway", password="gw-pw")
-    monitor.subscribe(P.gateway_online_topic(REGION))
-    wait_for(lambda: online_flags(monitor) == [True], 5, "the retained online flag")
+    monitor.subscribe(D.gateway_online_topic(REGION))
+    wait_until(lambda: online_flags(monitor) == [True], 5, "the retained online flag")
     t0 = time.monotonic()
     region.gw.stop()  # SIGTERM: the single loop wakes at once, says offline, disconnects
     assert region.gw.proc.returncode == 0
     assert time.monotonic() - t0 < 4.0
-    wait_for(lambda: online_flags(monitor)[-1:] == [False], 5, "offline after a clean stop")
+    wait_until(lambda: online_flags(monitor)[-1:] == [False], 5, "offline after a clean stop")
     assert "stopped" in region.gw.log_text()
     region.gw.start().wait_connected()
-    wait_for(lambda: online_flags(monitor)[-1:] == [True], 5, "online again")
+    wait_until(lambda: online_flags(monitor)[-1:] == [True], 5, "online again")
     region.gw.kill()  # no goodbye: the broker publishes the Last Will
-    wait_for(lambda: online_flags(monitor)[-1:] == [False], 10, "the Last Will")
+    wait_until(lambda: online_flags(monitor)[-1:] == [False], 10, "the Last Will")
 
 
 def test_gateway_started_before_its_broker_connects_with_backoff(region_factory):
@@ -309,10 +299,10 @@ def test_gateway_started_before_its_broker_connects_with_backoff(region_factory)
     region.gw.stop()
     region.broker.stop()
     region.gw.start()
-    wait_for(lambda: region.gw.log_text().count("cannot connect to broker") >= 2, 10, "failed attempts")
+    wait_until(lambda: region.gw.log_text().count("cannot connect to broker") >= 2, 10, "failed attempts")
     assert region.gw.proc.poll() is None
     region.broker.start()  # reconnect_max_s = 2 in the test config: back within a few seconds
-    wait_for(lambda: region.gw.log_text().count("connected to") >= 2, 10, "the reconnection")
+    wait_until(lambda: region.gw.log_text().count("connected to") >= 2, 10, "the reconnection")
     car = region.client("car-a")
-    car.subscribe(P.car_topic(REGION, "car-a", "reply"))
+    car.subscribe(D.car_topic(REGION, "car-a", "reply"))
     assert ask(car, reserve_msg("car-a", "late"))["ok"] is True

@@ -1,0 +1,38 @@
+"""recarga.core.protocol.device: the region's topics and filters, telemetry validation."""
+from __future__ import annotations
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from recarga.core.protocol import device as D
+from recarga.core.protocol import wire as W
+
+
+def test_topics_and_parse_round_trip():
+    t = D.car_topic("berlin", "car-1", "request")
+    assert t == "recarga/v1/berlin/car/car-1/request"
+    assert D.parse_topic("berlin", t) == D.TopicRef("car", "car-1", "request")
+    assert D.parse_topic("berlin", "recarga/v1/hamburg/car/car-1/request") is None
+    assert D.parse_topic("berlin", "recarga/v1/berlin/car/car+1/request") is None
+    with pytest.raises(ValueError, match="bad car id"):
+        D.car_topic("berlin", "a/b", "reply")
+
+
+def test_filters_match_every_device():
+    assert mqtt.topic_matches_sub(D.car_filter("x", "reply"), D.car_topic("x", "c9", "reply"))
+    assert mqtt.topic_matches_sub(D.station_filter("x", "cmd"), D.station_topic("x", "s9", "cmd"))
+    assert not mqtt.topic_matches_sub(D.station_filter("x", "cmd"), D.station_topic("y", "s9", "cmd"))
+
+
+def test_telemetry_validation():
+    ok = b'{"v":1,"soc":0.4,"lat":52.5,"lon":13.4,"state":"charging","reservation":null}'
+    assert D.parse_car_telemetry(ok)["state"] == "charging"
+    for bad, code in [
+        (ok.replace(b"charging", b"flying"), W.OUT_OF_RANGE),
+        (ok.replace(b'"soc":0.4', b'"soc":4'), W.OUT_OF_RANGE),
+        (ok.replace(b'"v":1,', b'"v":1,"x":1,'), W.UNKNOWN_FIELD),
+        (ok.replace(b'"lat":52.5,', b""), W.MISSING_FIELD),
+    ]:
+        with pytest.raises(W.ProtocolError) as e:
+            D.parse_car_telemetry(bad)
+        assert e.value.code == code

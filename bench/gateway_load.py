@@ -117,10 +117,11 @@ from bench.loadgen.cpu import CpuMeter
 from bench.loadgen.fleet import Fleet, RunResult
 from bench.loadgen.workload import car_fields, choose_stations
 from harness.broker import Broker, require_tool
-from harness.clients import connect_client
+from harness.clients import cli_drop_session
 from harness.process import ChildProcess
 from harness.services import ServiceProcess
 from harness.wait import wait_until
+from recarga.core.protocol import device as D
 
 REGION = "bench"
 GATEWAY_USER = "gateway"
@@ -315,7 +316,7 @@ def run_bench(args: argparse.Namespace) -> int:
         stop_responder()
         # a clean session drops the stopped echo's persistent one, which would queue every
         # later request for it
-        connect_client(broker, GATEWAY_USER, client_id=echo.client_id(REGION)).close()
+        cli_drop_session(broker, GATEWAY_USER, echo.client_id(REGION), D.gateway_subscriptions(REGION)[0])
 
         # ---------------------------------------------------------------- gateway
         d = responder_files("gateway-full", "FULL")
@@ -358,6 +359,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
         gw_p99, e_p99 = med("gateway open", "p99_ms"), med("echo open", "p99_ms")
         if args.rate:
+            print(f"  goal: gateway p99 under 2x echo p99 at the same offered rate: "
+                  f"{'met' if gw_p99 < 2 * e_p99 else 'NOT met'}")
             print(f"open loop at {rate:.0f} req/s (--rate): gateway p50 {med('gateway open', 'p50_ms'):.1f} ms, "
                   f"p99 {gw_p99:.1f} ms; echo p50 {med('echo open', 'p50_ms'):.1f} ms, p99 {e_p99:.1f} ms", flush=True)
             return 0
@@ -368,11 +371,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"summary (median of {runs} run{'s' if runs > 1 else ''}; {len(cars)} cars, {len(online)} stations "
               f"online; {time.monotonic() - t_start:.0f} s in all):")
         print(f"  max throughput: gateway {gw_tp:.0f} req/s (synchronous FULL), echo {e_tp:.0f} req/s: "
-              f"ratio {ratio:.2f} (goal at least 0.5: {'met' if ratio >= 0.5 else 'NOT met'})")
+              f"ratio {ratio:.2f} (goal at least 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
         print(f"  at {rate:.0f} req/s offered: gateway p50 {med('gateway open', 'p50_ms'):.1f} ms, p99 {gw_p99:.1f} ms "
               f"(answering {med('gateway open', 'throughput'):.0f} req/s); echo p50 {med('echo open', 'p50_ms'):.1f} ms, "
-              f"p99 {e_p99:.1f} ms (goal: gateway p99 under 2x echo p99: "
-              f"{'met' if gw_p99 < 2 * e_p99 else 'NOT met'})")
+              f"p99 {e_p99:.1f} ms")
         if "gateway NORMAL closed" in results:
             n_tp = med("gateway NORMAL closed", "throughput")
             print(f"  gateway with synchronous NORMAL: {n_tp:.0f} req/s (ratio {n_tp / e_tp:.2f})")

@@ -217,6 +217,21 @@ def cli_publish(broker: Broker, username: str | None, topic: str, payload: str, 
                           check=False)
 
 
+def cli_drop_session(broker: Broker, username: str, client_id: str, topic: str, *,
+                     password: str | None = None, timeout: float = 10.0) -> None:
+    """Connect once as `client_id` with a clean session (mosquitto_sub, subscribed to `topic`,
+    exits once subscribed), so the broker drops that client's persistent session. A command
+    of its own rather than a paho client: paho's select() cannot watch a descriptor above
+    1023, which a process holding a benchmark's fleet of connections hands out."""
+    args = [require_tool("mosquitto_sub"), *_cli_auth(broker, username, password), "-i", client_id,
+            "-t", topic, "-E"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          check=False)
+    if done.returncode != 0:
+        raise ConnectionError(f"{username} as {client_id}: mosquitto_sub exit {done.returncode}: "
+                              f"{(done.stdout + done.stderr).strip()}")
+
+
 class CliSubscriber(ChildProcess):
     """`mosquitto_sub` as a child process; start() returns once its SUBACK arrived."""
 

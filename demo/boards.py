@@ -69,10 +69,10 @@ CARS = (
 
 # The car board's battery (boards/car/config.json): pack volts = pin volts x divider, state of
 # charge from the curve; pot1's SIG is position x 3.3 V.
-_CAR_DEFAULT = json.loads((CAR_DIR / "config.json").read_text())
+CAR_DEFAULT = json.loads((CAR_DIR / "config.json").read_text())
 _STATION_DEFAULT = json.loads((STATION_DIR / "config.json").read_text())
-_CURVE = _CAR_DEFAULT["battery"]["curve"]
-_DIVIDER = _CAR_DEFAULT["battery"]["divider"]
+_CURVE = CAR_DEFAULT["battery"]["curve"]
+_DIVIDER = CAR_DEFAULT["battery"]["divider"]
 
 FINE, LOW, CHARGING, CHARGED = 0.60, 0.12, 0.45, 0.85  # states of charge the act sets
 
@@ -302,7 +302,7 @@ class BoardAct:
         return self._write(sid, self._common(_STATION_DEFAULT, sid))
 
     def _car_config(self, spec: CarSpec) -> Path:
-        cfg = self._common(_CAR_DEFAULT, spec.cid)
+        cfg = self._common(CAR_DEFAULT, spec.cid)
         m = self.models[spec.cid]
         cfg["model"] = {"name": m.name, "battery_kwh": m.battery_kwh, "consumption_kwh_100km": m.consumption_kwh_100km,
                         "max_ac_kw": m.max_ac_kw, "max_dc_kw": m.max_dc_kw, "target_soc": 0.8}

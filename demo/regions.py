@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from demo.actors import Car, DemoError, Station, hms, load_ev_model, station_labels
-from demo.boards import _CAR_DEFAULT, FINE, LOW, Board, Watch, pot_for
+from demo.boards import CAR_DEFAULT, FINE, LOW, Board, Watch, pot_for
 from harness.broker import Broker, BrokerError
 from harness.central import CENTRAL_USER, BridgedBroker, CentralBroker, CentralProcess
 from harness.clients import Received, connect_client
@@ -358,7 +358,7 @@ class RegionsAct:
         tl, spec = self.tl, TRAVELLER
         tl.scene("Regions 1 · West is full: the car board in west is sent to mitte, hands over, confirms, checks in")
         model = load_ev_model(*spec.model)
-        cfg = json.loads(json.dumps(_CAR_DEFAULT))
+        cfg = json.loads(json.dumps(CAR_DEFAULT))
         home = self.brokers[HOME]
         cfg.update(id=spec.cid, region=HOME, log="info")
         cfg["broker"].update(host=home.host, port=home.port, user=spec.cid, password=self.car_pw[spec.cid],

@@ -7,8 +7,8 @@ package, an old-style source archive that pip can neither install nor download. 
 script does what pip would do, by hand:
 
 1. find the package index pip is configured with: PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, else
-   `pip config` (index-url, extra-index-url), else pip's own default index; no host name is
-   written here,
+   `pip config` (index-url, extra-index-url), else pip's own default index (the default its
+   command line states for --index-url); no host name is written here,
 2. read the project's page there (PEP 691 JSON or PEP 503 HTML),
 3. download the 1.3.4 sdist, check its sha256 against the index's hash,
 4. extract `umqtt/simple.py` to boards/virtual/vendor/umqtt/simple.py with a notice on top
@@ -73,8 +73,9 @@ class FetchError(Exception):
 
 # ------------------------------------------------------------------ pip's configuration
 
-def _pip_config() -> dict[str, str]:
-    """`pip config list` as {key: value} (keys like "global.index-url", ":env:.index-url")."""
+def pip_config() -> dict[str, str]:
+    """`pip config list` as {key: value} (keys like "global.index-url", ":env:.index-url");
+    empty when pip cannot be run."""
     try:
         out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
                              text=True, timeout=60, check=False).stdout
@@ -103,17 +104,27 @@ def _lookup(cfg: dict[str, str], name: str) -> str | None:
     return None
 
 
-def _default_index() -> str:
-    from pip._internal.models.index import (
-        PyPI,  # pip's own default, looked up at run time
-    )
-    return PyPI.simple_url
+def default_index() -> str:
+    """pip's own default index, as its command line states it: the "(default URL)" in the
+    help of --index-url (pip's command line is its public interface). FetchError if pip
+    cannot be run or states none."""
+    try:
+        # wide columns: the help text is not wrapped inside the URL
+        out = subprocess.run([sys.executable, "-m", "pip", "download", "--help"], capture_output=True,
+                             text=True, timeout=60, check=False, env=dict(os.environ, COLUMNS="1000")).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise FetchError(f"cannot run pip to learn its default index: {e}") from e
+    m = re.search(r"--index-url\b[^(]*\(default\s+(\S+?)\)", out)  # within its own help
+    if m is None:
+        raise FetchError("pip states no default index; set PIP_INDEX_URL")
+    return m.group(1)
 
 
 def index_urls(cfg: dict[str, str] | None = None) -> list[str]:
-    """The indexes pip would search, in order: the main index, then the extra ones."""
-    cfg = _pip_config() if cfg is None else cfg
-    main = _lookup(cfg, "index-url") or _default_index()
+    """The indexes pip would search, in order: the main index, then the extra ones. `cfg`:
+    pip's configuration as pip_config() gives it (read when None); PIP_* variables win."""
+    cfg = pip_config() if cfg is None else cfg
+    main = _lookup(cfg, "index-url") or default_index()
     extra = (_lookup(cfg, "extra-index-url") or "").split()
     urls = []
     for u in [main, *extra]:
@@ -195,11 +206,13 @@ def find_sdist(index: str, ctx: ssl.SSLContext, timeout: float) -> tuple[str, st
     return candidates[0]
 
 
-def fetch(force: bool = False, timeout: float = 60.0, log=print) -> Path:
-    """Make sure DEST exists; returns its path. Raises FetchError with a clear message."""
-    if not force and DEST.exists() and DEST.read_text(errors="replace").startswith(MARKER):
-        return DEST
-    cfg = _pip_config()
+def fetch(force: bool = False, timeout: float = 60.0, log=print, dest: Path = DEST,
+          cfg: dict[str, str] | None = None) -> Path:
+    """Make sure `dest` (by default DEST) exists; returns its path. `cfg`: pip's configuration
+    as pip_config() gives it (read when None). Raises FetchError with a clear message."""
+    if not force and dest.exists() and dest.read_text(errors="replace").startswith(MARKER):
+        return dest
+    cfg = pip_config() if cfg is None else cfg
     ctx = _ssl_context(cfg)
     errors = []
     for index in index_urls(cfg):
@@ -220,12 +233,12 @@ def fetch(force: bool = False, timeout: float = 60.0, log=print) -> Path:
         if digest != sha.lower():
             raise FetchError(f"sha256 mismatch for {url}: index says {sha}, got {digest}")
         source = _extract(data)
-        DEST.parent.mkdir(parents=True, exist_ok=True)
-        tmp = DEST.with_suffix(".tmp")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
         tmp.write_text(NOTICE + source)
-        tmp.replace(DEST)
-        log(f"fetch_umqtt: wrote {_show(DEST)} (sha256 of the archive verified)")
-        return DEST
+        tmp.replace(dest)
+        log(f"fetch_umqtt: wrote {_show(dest)} (sha256 of the archive verified)")
+        return dest
     raise FetchError(f"could not get {PROJECT} {VERSION} from any configured index: "
                      + "; ".join(errors))
 

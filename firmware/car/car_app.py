@@ -14,15 +14,15 @@
 # another region: handover() moves the session there before the confirm goes out.
 #
 # Attributes: car (id), battery, route, wifi, logic, console, session (None until the first
-# step opens it), region (index into _regions: (name, host, port); after the configured
-# regions comes the home region of the common keys, used while the position is in no
-# configured region, then at most one region met through an overflow answer, not in
-# config.json), _bounds (per configured region, None for the home one), _broker (user,
-# password, keepalive), _topics (leaf -> topic), _level (the status LED's), _t (ticks of the
-# last battery reading, route step, region check, gc); _stay: not None while a reservation
-# keeps the session away from the position's region (the index of that region, or of the
-# reservation's own right after an overflow hand-over), so that the region check runs in the
-# very pass the reservation ends, before the logic asks again.
+# step opens it: open_session), region (index into regions: (name, host, port); after the
+# configured regions comes the home region of the common keys, used while the position is in
+# no configured region, then at most one region met through an overflow answer, not in
+# config.json), topics (leaf -> topic, the current region's), _bounds (per configured region,
+# None for the home one), _broker (user, password, keepalive), _level (the status LED's), _t
+# (ticks of the last battery reading, route step, region check, gc); _stay: not None while a
+# reservation keeps the session away from the position's region (the index of that region, or
+# of the reservation's own right after an overflow hand-over), so that the region check runs
+# in the very pass the reservation ends, before the logic asks again.
 import gc
 
 from micropython import const
@@ -58,14 +58,14 @@ class CarApp:
         self.car = car
         self.battery = battery
         self.route = route
-        self._regions = regions
+        self.regions = regions
         self._bounds = bounds
         self.region = region
         self._broker = broker
         self._adc = adc
         self._led = led
         self._level = -1
-        self._topics = {}
+        self.topics = {}
         self.session = None
         self.wifi = Wifi(wlan, wifi["ssid"], wifi["password"], Backoff(500, 30000))
         self.logic = CarLogic(car, model, self._send, self._say, Backoff(2000, 60000), boot_id, telemetry_ms)
@@ -78,14 +78,14 @@ class CarApp:
 
     def _send(self, leaf, payload):
         s = self.session
-        return s is not None and s.publish(self._topics[leaf], payload)
+        return s is not None and s.publish(self.topics[leaf], payload)
 
-    def _open(self):
+    def open_session(self):
         """A persistent session to the broker of the current region with its topics (the topic
         tree, the Last Will and the reply subscription all carry the region's name)."""
-        name, host, port = self._regions[self.region]
+        name, host, port = self.regions[self.region]
         car = self.car
-        tp = self._topics
+        tp = self.topics
         tp["request"] = topic(name, "car", car, "request")
         tp["telemetry"] = topic(name, "car", car, "telemetry")
         user, pw, ka = self._broker
@@ -104,8 +104,8 @@ class CarApp:
         boundary: disconnect (online false, retained), then a new persistent session with that
         region's topics, same user and password (the car must be provisioned on that broker
         too). Also for a region not in config.json (an overflow answer): it takes the one entry
-        of _regions after the configured and home ones."""
-        g = self._regions
+        of regions after the configured and home ones."""
+        g = self.regions
         r = (region, host, port)
         if r not in g:
             del g[len(self._bounds):]  # the previous region met through an overflow answer
@@ -118,7 +118,7 @@ class CarApp:
         self.region = g.index(r)
         self._stay = None
         gc.collect()
-        self._open()
+        self.open_session()
 
     def _check_region(self, now):
         rt = self.route
@@ -127,8 +127,8 @@ class CarApp:
         self._stay = None
         if i < 0 or i == self.region:
             return
-        new = self._regions[i]
-        if new == self._regions[self.region]:  # the home region is this one
+        new = self.regions[i]
+        if new == self.regions[self.region]:  # the home region is this one
             self.region = i
             return
         r = self.logic.res
@@ -136,10 +136,10 @@ class CarApp:
             self._stay = i
             if old != i:
                 log.info("car: now in region %s at %.5f %.5f, staying with region %s while reservation %s lasts"
-                         % (new[0], rt.lat, rt.lon, self._regions[self.region][0], r.get("id")))
+                         % (new[0], rt.lat, rt.lon, self.regions[self.region][0], r.get("id")))
             return
         log.info("car: left region %s at %.5f %.5f, now in region %s"
-                 % (self._regions[self.region][0], rt.lat, rt.lon, new[0]))
+                 % (self.regions[self.region][0], rt.lat, rt.lon, new[0]))
         self.logic.leave_region(now)  # a pending reserve is asked again in the new region
         self.handover(*new)
 
@@ -156,7 +156,7 @@ class CarApp:
     def step(self, now):
         """One pass of the loop."""
         if self.session is None:  # the first pass (after car_boot has gone) opens it
-            self._open()
+            self.open_session()
         up = self.wifi.poll(now) and self.session.poll(now)
         lg = self.logic
         r = lg.res
@@ -165,7 +165,7 @@ class CarApp:
                 self._check_region(now)
         else:
             r = r["region"]
-            if type(r) is tuple and r != self._regions[self.region]:  # an overflow answer
+            if type(r) is tuple and r != self.regions[self.region]:  # an overflow answer
                 self.handover(*r)  # before the confirm goes out (lg.poll below)
                 self._stay = self.region  # when it ends: the region check at once
         up = up and self.session.connected

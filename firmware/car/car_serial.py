@@ -72,7 +72,7 @@ class Console:
             return
         elif c == "status":
             gc.collect()
-            print("%s, region %s, heap %d used %d free" % (app.logic.status_line(), app._regions[app.region][0],
+            print("%s, region %s, heap %d used %d free" % (app.logic.status_line(), app.regions[app.region][0],
                                                          gc.mem_alloc(), gc.mem_free()))
             return
         elif c != "pos?":

@@ -40,9 +40,11 @@ and keeps calling `idle()`.
 
 Also: `connected`, `disconnect()` (clean goodbye, then the session stays offline: a region
 hand-over opens a new Session), `drop(why)` (the link is gone, e.g. Wi-Fi: reconnect later),
-`dropped` (messages lost to a full inbox). Plain TCP only (no TLS); the host should be an
-address (a name would be resolved by a blocking getaddrinfo). umqtt.simple (with
-mqtt_client.py) is imported on the first connect, not when this module is imported.
+`dropped` (messages lost to a full inbox), `args` (client_id, host, port, user, password,
+keepalive as given), `client` (the MQTT client: None before the first connect, then
+reused). Plain TCP only (no TLS); the host should be an address (a name would be resolved
+by a blocking getaddrinfo). umqtt.simple (with mqtt_client.py) is imported on the first
+connect, not when this module is imported.
 """
 import gc
 from time import ticks_add, ticks_diff, ticks_ms
@@ -74,7 +76,7 @@ class Session:
         password, keepalive) makes the MQTT client, by default mqtt_client.Client;
         timeout_s bounds every wait of a socket step; inbox: how many received messages may
         wait for dispatch (size it for the largest burst the device expects)."""
-        self._args = (client_id, host, port, user, password, keepalive)
+        self.args = (client_id, host, port, user, password, keepalive)  # as given
         self._will = will_topic
         self._on_message = on_message
         self._backoff = backoff
@@ -85,7 +87,7 @@ class Session:
         self.clean = True  # False: a persistent session (QoS 1 messages kept while away)
         self.connected = False
         self.rx = 0  # ticks_ms when data last arrived
-        self._c = None  # the MQTTClient, made on the first connect and reused
+        self.client = None  # the MQTT client, made on the first connect and reused
         self._stopped = False
         self._due = None  # ticks_ms of the next connect attempt; None = at the next poll
         self._ping_at = 0
@@ -109,7 +111,7 @@ class Session:
         if not self.connected:
             return False
         try:
-            self._c.publish(topic, payload, retain, 1)
+            self.client.publish(topic, payload, retain, 1)
             return True
         except Exception as e:
             self.drop(e)
@@ -124,8 +126,8 @@ class Session:
             if self._due is None or ticks_diff(now_ms, self._due) >= 0:
                 self._connect(now_ms)
         else:
-            c = self._c
-            ka = self._args[5] * 1000
+            c = self.client
+            ka = self.args[5] * 1000
             size = len(self._inbox)
             try:
                 for _ in range(size):
@@ -171,14 +173,14 @@ class Session:
         if not self.connected:
             return
         self.connected = False
-        c = self._c
+        c = self.client
         try:
             c.publish(self._will, OFFLINE, True, 1)
             c.disconnect()
         except Exception:
             pass
         self._close()
-        log.info("mqtt: disconnected from", self._args[1], self._args[2])
+        log.info("mqtt: disconnected from", self.args[1], self.args[2])
 
     # ------------------------------------------------------------ inside
 
@@ -197,13 +199,13 @@ class Session:
 
     def _connect(self, now_ms):
         gc.collect()
-        a = self._args
-        c = self._c
+        a = self.args
+        c = self.client
         if c is None:
             cls = self._cls
             if cls is None:
                 from mqtt_client import Client as cls
-            c = self._c = cls(self, a[0], a[1], a[2], a[3], a[4], a[5])
+            c = self.client = cls(self, a[0], a[1], a[2], a[3], a[4], a[5])
             c.set_callback(self._cb)
             c.set_last_will(self._will, OFFLINE, True, 1)
         log.info("mqtt: connecting to", a[1], a[2])
@@ -234,7 +236,7 @@ class Session:
         log.warn("mqtt:", what, _why(e), "- next attempt in", d, "ms")
 
     def _close(self):
-        c = self._c
+        c = self.client
         if c is not None and c.sock is not None:
             try:
                 c.sock.close()

@@ -160,11 +160,13 @@ def test_status_payload_passes_the_gateway_validator_for_every_state_combination
 import json
 from slots import Slots
 s = Slots(3, None)
+def cmd(name, i):
+    s.command('{{"v":1,"cmd":"%s","slot":%d}}' % (name, i + 1))
 for combo in {combos!r}:
-    for i, st in enumerate(combo):
-        s._oos[i] = st == 3
-        s._occupied[i] = st == 2
-        s._reserved[i] = st == 1
+    for i, st in enumerate(combo):  # each flag set as the board sets it: commands, the input
+        cmd("out_of_service" if st == 3 else "in_service", i)
+        s.set_occupied(i, st == 2)
+        cmd("reserve" if st == 1 else "release", i)
     s.seq = sum(combo) * 1000003
     print(json.dumps([combo, bytes(s.status_payload()).decode()]))
 """)
@@ -180,7 +182,7 @@ def test_largest_status_fits_the_device_payload_limit():
 from slots import Slots, MAX_SLOTS
 s = Slots(MAX_SLOTS, None)
 for i in range(MAX_SLOTS):
-    s._oos[i] = 1
+    s.command('{"v":1,"cmd":"out_of_service","slot":%d}' % (i + 1))
 s.seq = 0x3FFFFFFF
 print(bytes(s.status_payload()).decode())
 """).splitlines()

@@ -419,15 +419,21 @@ def _fake_sdist(content: bytes) -> bytes:
 
 
 @pytest.fixture
-def fetcher(tmp_path, monkeypatch):
+def fetcher():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import fetch_umqtt
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    monkeypatch.setattr(fetch_umqtt, "DEST", tmp_path / "out" / "umqtt" / "simple.py")
-    monkeypatch.setattr(fetch_umqtt, "_pip_config", dict)
     return fetch_umqtt
+
+
+@pytest.fixture
+def fetch(fetcher, tmp_path):
+    """fetch_umqtt.fetch into tmp_path, led by the PIP_* variables alone (cfg={}: this
+    machine's pip configuration left out); returns the written path."""
+    dest = tmp_path / "out" / "umqtt" / "simple.py"
+    return lambda log=lambda m: None: fetcher.fetch(log=log, dest=dest, cfg={})
 
 
 def _index(tmp_path: Path, archive: bytes, sha: str) -> str:
@@ -443,26 +449,27 @@ def _index(tmp_path: Path, archive: bytes, sha: str) -> str:
     return (tmp_path / "index").as_uri()
 
 
-def test_fetch_umqtt_uses_pips_index_and_checks_the_hash(fetcher, tmp_path, monkeypatch):
+def test_fetch_umqtt_uses_pips_index_and_checks_the_hash(fetcher, fetch, tmp_path, monkeypatch):
     archive = _fake_sdist(b"class MQTTClient:\n    pass\n")
     monkeypatch.setenv("PIP_INDEX_URL", _index(tmp_path, archive, hashlib.sha256(archive).hexdigest()))
     monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
-    dest = fetcher.fetch(log=lambda m: None)
+    dest = fetch()
+    assert dest == tmp_path / "out" / "umqtt" / "simple.py"
     text = dest.read_text()
     assert text.startswith(fetcher.MARKER) and "MIT" in text.split("\n# Unmodified")[0]
     assert text.endswith("class MQTTClient:\n    pass\n")
-    assert fetcher.fetch(log=lambda m: pytest.fail("fetched twice")) == dest  # idempotent
+    assert fetch(log=lambda m: pytest.fail("fetched twice")) == dest  # idempotent
 
 
-def test_fetch_umqtt_refuses_a_wrong_hash(fetcher, tmp_path, monkeypatch):
+def test_fetch_umqtt_refuses_a_wrong_hash(fetcher, fetch, tmp_path, monkeypatch):
     archive = _fake_sdist(b"x = 1\n")
     monkeypatch.setenv("PIP_INDEX_URL", _index(tmp_path, archive, "0" * 64))
     with pytest.raises(fetcher.FetchError, match="sha256 mismatch"):
-        fetcher.fetch(log=lambda m: None)
-    assert not fetcher.DEST.exists()
+        fetch()
+    assert not (tmp_path / "out" / "umqtt" / "simple.py").exists()
 
 
-def test_fetch_umqtt_reads_a_json_index_over_http(fetcher, monkeypatch):
+def test_fetch_umqtt_reads_a_json_index_over_http(fetch, monkeypatch):
     import http.server
     archive = _fake_sdist(b"y = 2\n")
     sha = hashlib.sha256(archive).hexdigest()
@@ -495,7 +502,7 @@ def test_fetch_umqtt_reads_a_json_index_over_http(fetcher, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     try:
         monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
-        assert fetcher.fetch(log=lambda m: None).read_text().endswith("y = 2\n")
+        assert fetch().read_text().endswith("y = 2\n")
     finally:
         server.shutdown()
         server.server_close()
@@ -511,7 +518,9 @@ def test_fetch_umqtt_index_order(fetcher, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", "https://other.example/simple")
     assert fetcher.index_urls(cfg)[0] == "https://other.example/simple"
     monkeypatch.delenv("PIP_INDEX_URL")
-    assert fetcher.index_urls({})[0] == fetcher._default_index()
+    # pip's own default otherwise, as its command line states it
+    default = fetcher.default_index()
+    assert default.startswith("https://") and fetcher.index_urls({}) == [default]
 
 
 def test_no_registry_host_in_the_virtual_board_files():

@@ -30,7 +30,7 @@ def on_message(topic, msg):
     elif words[0] == "publish":
         print("PUB", s.publish(P["status"], words[1], True))
     elif words[0] == "pid":
-        s._c.pid = int(words[1])
+        s.client.pid = int(words[1])
     elif words[0] == "mem":
         gc.collect()
         print("MEM", gc.mem_free(), gc.mem_alloc())

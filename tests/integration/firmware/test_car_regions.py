@@ -190,9 +190,9 @@ import car_boot
 
 app = car_boot.boot("config.json", (None, None, None, "b00t"))  # no loop pass: no hardware used
 def show():
-    print(json.dumps({"region": app.region, "regions": app._regions, "topics": app._topics,
-                      "session": app.session._args[1:3]}))
-app._open()  # what the first loop pass does
+    print(json.dumps({"region": app.region, "regions": app.regions, "topics": app.topics,
+                      "session": app.session.args[1:3]}))
+app.open_session()  # what the first loop pass does
 show()
 for name, port in (("south", 1885), ("east", 1886), ("east", 1886), ("north", 1884)):
     app.handover(name, "10.0.0.%d" % (port - 1880), port)

@@ -255,7 +255,7 @@ end = time.ticks_add(time.ticks_ms(), 5000)
 while not s.poll(time.ticks_ms()) and time.ticks_diff(end, time.ticks_ms()) > 0:
     time.sleep_ms(10)
 print("connected", s.connected)
-c = s._c
+c = s.client
 c.pid = 65534
 print("published", s.publish({STATUS!r}, b'{{"v":1,"slots":["free"],"seq":1}}', True), "pid", c.pid)
 print("subclass", isinstance(c, u.MQTTClient) and type(c) is not u.MQTTClient)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -66,9 +64,7 @@ class Region:
         return c
 
     def reservations(self, *args: str) -> list[dict]:
-        out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "reservations", "--config", str(self.gw.config),
-                              "--json", *args], capture_output=True, text=True, timeout=30, check=True)
-        return [json.loads(line) for line in out.stdout.splitlines()]
+        return self.gw.reservations(*args)
 
     def close(self) -> None:
         for c in self.clients:
@@ -127,15 +123,12 @@ def test_request_reply_reservation_and_station_command(region_factory):
     slots[r["slot"] - 1] = "occupied"
     station.publish(D.station_topic(REGION, r["station"], "status"), W.encode(D.station_status(slots)), retain=True)
     reply_topic = D.car_topic(REGION, "car-a", "reply")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(b'"checked_in"' in m.payload for m in car.messages(reply_topic)):
-        time.sleep(0.02)
+    car.wait(lambda: any(b'"checked_in"' in m.payload for m in car.messages(reply_topic)), 5,
+             "the checked_in event")
     assert region.reservations()[0]["state"] == "checked_in"
     station.publish(D.station_topic(REGION, r["station"], "status"), W.encode(D.station_status(["free", "free"])), retain=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and region.reservations()[0]["state"] != "completed":
-        time.sleep(0.05)
-    assert region.reservations()[0]["state"] == "completed"
+    wait_until(lambda: region.reservations()[0]["state"] == "completed", 5, "the reservation completed",
+               region.gw.alive)
 
 
 BAD = [
@@ -187,9 +180,12 @@ def test_200_cars_at_once_10_free_slots(region_factory):
         t.start()
     for t in threads:
         t.join()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and sum(bool(c.messages(D.car_filter(REGION, "reply"))) for c in clients) < len(clients):
-        time.sleep(0.1)
+
+    def answered() -> int:
+        return sum(bool(c.messages(D.car_filter(REGION, "reply"))) for c in clients)
+
+    wait_until(lambda: answered() >= len(clients), 60, lambda: f"a reply for each car ({answered()} of {len(clients)})",
+               region.gw.alive, every=0.1)
     time.sleep(0.5)  # room for any duplicate to show up
     replies = {}
     for c in clients:
@@ -218,16 +214,15 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
     for c in clients:
         c.paho.publish(D.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "crash"), qos=1)
     # kill the gateway as soon as the first answers are out, in the middle of the burst
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sum(bool(c.received) for c in clients) < 10:
-        time.sleep(0.005)
+    wait_until(lambda: sum(bool(c.received) for c in clients) >= 10, 30, "the first 10 answers", region.gw.alive,
+               every=0.005)
     region.gw.kill()
     answered_before = sum(bool(c.received) for c in clients)
     assert answered_before < len(clients), "the burst finished before the kill; make it larger"
     region.gw.start().wait_connected()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(c.received for c in clients):
-        time.sleep(0.05)
+    wait_until(lambda: all(c.received for c in clients), 60,
+               lambda: f"an answer for each car ({sum(bool(c.received) for c in clients)} of {len(clients)})",
+               region.gw.alive)
     replies: dict[str, dict] = {}
     for c in clients:
         got = [json.loads(m.payload) for m in c.received if b'"rid":"crash"' in m.payload]
@@ -243,9 +238,8 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
         assert (s["car"], s["station"], s["slot"]) == (car, r["reservation"]["station"], r["reservation"]["slot"])
     assert len({(s["station"], s["slot"]) for s in stored.values()}) == len(cars)
     # expiry still works after the restart: the 4 s holds lapse and the stations are told
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(s["state"] == "held" for s in region.reservations()):
-        time.sleep(0.2)
+    wait_until(lambda: not any(s["state"] == "held" for s in region.reservations()), 15, "every hold lapsed",
+               region.gw.alive, every=0.2)
     assert {s["state"] for s in region.reservations()} == {"expired"}
     releases = sum(b'"release"' in m.payload for c in region.clients for m in c.messages(D.station_filter(REGION, "cmd")))
     assert releases >= len(cars)
@@ -260,10 +254,7 @@ def test_gateway_reconnects_after_broker_restart_and_keeps_its_state(region_fact
         c.close()
     region.clients.clear()
     region.broker.restart()  # same port and persistence: retained statuses survive
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and region.gw.log_text().count("connected to") < 2:
-        time.sleep(0.1)
-    assert region.gw.log_text().count("connected to") >= 2, region.gw.log_text()
+    region.gw.wait_log("connected to", 15, count=2)
     car_b = region.client("car-b")
     car_b.subscribe(D.car_topic(REGION, "car-b", "reply"))
     second = ask(car_b, reserve_msg("car-b", "after"))

@@ -6,3 +6,10 @@ recarga.simulation; recarga.commands joins the gateway's and the simulation's co
 data/, deploy/, firmware/ and boards/ hold the files shipped with the package
 (recarga.core.resources).
 """
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("recarga")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "unknown"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pkgutil
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,14 @@ def test_the_gateway_s_modules_do_not_import_the_simulation():
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("script", ["recarga-gateway", "recarga-central", "recarga-device"])
+def test_every_command_says_its_version_and_what_config_is(script):
+    out = subprocess.run([str(Path(sys.executable).with_name(script)), "--version"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.strip() == f"{script} {version('recarga')}"
+    if script != "recarga-device":
+        help_text = subprocess.run([str(Path(sys.executable).with_name(script)), "check-config", "--help"],
+                                   capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "--config FILE" in help_text and "configuration file" in help_text

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from recarga import __version__
 from recarga.central import config as C
 from recarga.core import broker_config
 
@@ -97,23 +98,27 @@ def _broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = "central's configuration file (TOML; deploy/central.example.toml documents it)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="recarga-central", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="serve overflow between regions until SIGTERM")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_run)
     p = sub.add_parser("holds", help="list overflow holds from the database")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--active", action="store_true", help="only held, confirmed and checked-in ones")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_holds)
     p = sub.add_parser("view", help="the network view: per region its stations and free slots")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_view)
     p = sub.add_parser("check-config", help="load the configuration, then exit")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_check)
     p = sub.add_parser("broker-config", help="generate the central broker's conf, password file and ACL")
     p.add_argument("--dir", required=True, type=Path)

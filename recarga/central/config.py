@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from recarga.core import config_file
-from recarga.core.config_file import ConfigError, broker_fields, check_port, read_toml
+from recarga.core.config_file import (
+    ConfigError,
+    broker_fields,
+    check_number,
+    check_port,
+    log_level,
+    read_toml,
+    tick_seconds,
+)
 from recarga.core.model import SelectionParams
 from recarga.core.protocol import central as PC
 from recarga.core.protocol import wire as W
@@ -82,8 +90,8 @@ def _check(section: str, table: Any, where: str | None = None) -> dict[str, Any]
             raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
         if isinstance(value, bool) or not isinstance(value, allowed[key]):
             raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
-        if isinstance(value, (int, float)) and value < 0:
-            raise ConfigError(f"{where} {key} must not be negative")
+        if isinstance(value, (int, float)):
+            check_number(value, f"{where} {key}")
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
@@ -139,6 +147,6 @@ def load(path: str | Path) -> CentralConfig:
         overflow=OverflowConfig(selection=selection, **overflow),
         regions=_regions(raw.get("regions")),
         synchronous=synchronous,
-        tick_s=float(top.get("tick_s", 1.0)),
-        log_level=top.get("log_level", "INFO").upper(),
+        tick_s=tick_seconds(top.get("tick_s", 1.0)),
+        log_level=log_level(top.get("log_level", "INFO")),
     )

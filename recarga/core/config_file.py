@@ -2,6 +2,7 @@
 the file, and the MQTT broker connection settings."""
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,3 +53,30 @@ def broker_fields(table: dict[str, Any], base: Path) -> dict[str, Any]:
             raise ConfigError(f"[broker] password_file: {e}") from None
     check_port(fields.get("port", 1883), "[broker] port")
     return fields
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_number(value: float, where: str) -> float:
+    """A number from a config file: finite (TOML allows nan and inf) and not negative."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, not {value}")
+    if value < 0:
+        raise ConfigError(f"{where} must not be negative")
+    return value
+
+
+def log_level(value: str) -> str:
+    """A log level name (any case) as logging knows it."""
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log_level {value!r} unknown; one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def tick_seconds(value: float) -> float:
+    """How often a service runs its timers: above 0 (0 would spin the loop)."""
+    if value <= 0:
+        raise ConfigError("tick_s must be above 0")
+    return float(value)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from recarga import __version__
 from recarga.devices import KINDS
 from recarga.devices.flash import MARCH_CHOICES, MPREMOTE_TIMEOUT, FlashError, flash
 from recarga.devices.provision import ProvisionError, provision
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="recarga-device",
         description="Provision Recarga car and station boards (broker user, ACL, config.json) "
                     "and flash the firmware onto them with mpremote (docs/flashing.md).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{provision,flash}")
 
     pr = sub.add_parser(

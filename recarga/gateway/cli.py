@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from recarga import __version__
 from recarga.core import resources
 from recarga.gateway import config as C
 from recarga.gateway.logbatch import LOG_FORMAT
@@ -75,20 +76,24 @@ def _print_file(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = "the gateway's configuration file (TOML; recarga-gateway example-config prints one)"
+
+
 def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> int:
     ap = argparse.ArgumentParser(prog="recarga-gateway", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="serve the region until SIGTERM")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_run)
     p = sub.add_parser("reservations", help="list reservations from the database")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--car")
     p.add_argument("--active", action="store_true", help="only held, confirmed and checked-in ones")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_reservations)
     p = sub.add_parser("check-config", help="load the configuration and the stations, then exit")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_check)
     p = sub.add_parser("example-config", help="print the example configuration, to start a gateway.toml from")
     p.set_defaults(func=_print_file, file=EXAMPLE_CONFIG)

@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from recarga.core import resources
-from recarga.core.config_file import BrokerConfig, ConfigError, broker_fields, read_toml
+from recarga.core.config_file import (
+    BrokerConfig,
+    ConfigError,
+    broker_fields,
+    check_number,
+    log_level,
+    read_toml,
+    tick_seconds,
+)
 from recarga.core.model import SelectionParams
 from recarga.core.protocol import device as D
 from recarga.core.selection import POLICIES
@@ -56,8 +64,8 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
         if isinstance(value, bool) != (allowed[key] is bool) or not isinstance(value, allowed[key]):
             raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
-        if isinstance(value, (int, float)) and value < 0:
-            raise ConfigError(f"{where} {key} must not be negative")
+        if isinstance(value, (int, float)):
+            check_number(value, f"{where} {key}")
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
@@ -93,8 +101,8 @@ def load(path: str | Path) -> GatewayConfig:
         stations=base / top["stations"] if "stations" in top else resources.BERLIN_STATIONS,
         synchronous=synchronous,
         sync_thread=top.get("sync_thread", False),
-        tick_s=float(top.get("tick_s", 1.0)),
-        log_level=top.get("log_level", "INFO").upper(),
+        tick_s=tick_seconds(top.get("tick_s", 1.0)),
+        log_level=log_level(top.get("log_level", "INFO")),
         overflow=overflow,
     )
 

@@ -234,6 +234,10 @@ class GatewayService:
             log.warning("message on unexpected topic %s ignored", topic)
             return None
         handler, ident = route
+        if msg.retain and handler is self._handlers[("car", "request")]:
+            # the broker replays a retained request on every subscribe: it would act again
+            log.warning("retained request on %s ignored: a request acts only when it is sent", topic)
+            return None
         try:
             return handler(ident, msg.payload, now)
         except Exception:

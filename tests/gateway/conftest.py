@@ -77,12 +77,13 @@ def make_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
 
 
 @pytest.fixture
-def message() -> Callable[[str | bytes, bytes, int], mqtt.MQTTMessage]:
-    """message(topic, payload, mid): a QoS 1 message as paho delivers it."""
+def message() -> Callable[..., mqtt.MQTTMessage]:
+    """message(topic, payload, mid, retain=False): a QoS 1 message as paho delivers it
+    (retain: the broker's replay of a retained message on subscribe)."""
 
-    def make(topic: str | bytes, payload: bytes, mid: int) -> mqtt.MQTTMessage:
+    def make(topic: str | bytes, payload: bytes, mid: int, retain: bool = False) -> mqtt.MQTTMessage:
         m = mqtt.MQTTMessage(mid, topic if isinstance(topic, bytes) else topic.encode())
-        m.payload, m.qos = payload, 1
+        m.payload, m.qos, m.retain = payload, 1, retain
         return m
 
     return make

@@ -20,6 +20,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+def test_log_level_in_any_case(tmp_path):
+    assert C.load(write(tmp_path, BASE + 'log_level = "debug"\n')).log_level == "DEBUG"
+
+
 def test_minimal_config_gets_defaults(tmp_path):
     cfg = C.load(write(tmp_path, BASE))
     assert cfg.engine.region == "berlin" and cfg.engine.policy == "least_completion"
@@ -70,6 +74,13 @@ def test_sections_and_password_file(tmp_path):
     (BASE + "[overflow]\nsummary_min_interval_s = 90\n", "summary_min_interval_s must be above 0 and at most"),
     (BASE + "[overflow]\nlimit = 5\n", "unknown key 'limit' at [overflow]"),
     (BASE + "[overfow]\nenabled = true\n", "unknown section [overfow]; allowed: broker, overflow"),
+    # TOML allows nan and inf: a hold that never expires, a loop that never ticks
+    (BASE + "tick_s = nan\n", "tick_s must be a finite number, not nan"),
+    (BASE + "tick_s = inf\n", "tick_s must be a finite number, not inf"),
+    (BASE + "tick_s = 0\n", "tick_s must be above 0"),
+    (BASE + "[reservations]\nhold_s = nan\n", "hold_s must be a finite number"),
+    (BASE + "[selection]\nspeed_kmh = -inf\n", "speed_kmh must be a finite number"),
+    (BASE + 'log_level = "BOGUS"\n', "log_level 'BOGUS' unknown; one of DEBUG, INFO"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(C.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

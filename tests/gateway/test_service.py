@@ -83,6 +83,22 @@ def test_the_stored_reply_is_the_published_text(service, message):
     assert stored.encode() == reply
 
 
+def test_a_retained_request_replayed_by_the_broker_does_not_act(service, message, caplog):
+    request = W.encode(D.reserve_request("q1", "c1", lat=52.521, lon=13.401, soc=0.2, battery_kwh=58,
+                                         consumption_kwh_100km=16.6, max_ac_kw=11, max_dc_kw=0, target_soc=0.8))
+    assert service.handle([message(ONLINE, W.online_message(True), 1),
+                           message(STATUS, W.encode(D.station_status(["free"])), 2, retain=True),
+                           message(REQUEST, request, 3, retain=True)])
+    assert acks(service.client.events) == ["ack 1", "ack 2", "ack 3"]
+    assert [e for e in service.client.events if isinstance(e, tuple)] == []  # no reply, no station command
+    assert service.store.active() == [] and service.engine.reservations == {}
+    assert f"retained request on {REQUEST} ignored" in caplog.text
+    assert service.store.stations_live()["s1"].slots == ["free"]  # retained statuses are the stations' state
+    assert service.handle([message(REQUEST, request, 4)])  # the same request sent: it acts
+    [reply] = [e[1] for e in service.client.events if isinstance(e, tuple) and e[0] == REPLY]
+    assert json.loads(reply)["ok"] is True
+
+
 def test_a_topic_that_is_not_utf8_is_logged_and_acknowledged_and_the_batch_goes_on(service, message, caplog):
     assert service.handle([message(ONLINE, W.online_message(True), 1),
                            message(b"recarga/v1/t/station/\xff/online", W.online_message(True), 2),

@@ -59,6 +59,10 @@ def test_minimal_config_and_defaults(tmp_path: Path):
     (MINIMAL + "[broker]\npassword_file = 'nope'\n", "password_file"),
     (MINIMAL + "[radio]\nx = 1\n", "unknown section [radio]"),
     ("instance = ", "config file"),
+    ("tick_s = nan\n" + MINIMAL, "tick_s must be a finite number, not nan"),
+    ("tick_s = 0\n" + MINIMAL, "tick_s must be above 0"),
+    (MINIMAL + "[overflow]\nconfirm_s = inf\n", "confirm_s must be a finite number, not inf"),
+    ("log_level = 'LOUD'\n" + MINIMAL, "log_level 'LOUD' unknown"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path: Path, text: str, error: str):
     with pytest.raises(C.ConfigError, match=error.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 from recarga import __version__
 from recarga.core import resources
@@ -41,20 +42,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _reservations(args: argparse.Namespace) -> int:
     from recarga.gateway.store import Store
 
     cfg = C.load(args.config)
+    if not cfg.database.exists():  # opening it would create an empty one
+        raise C.ConfigError(f"database {cfg.database} does not exist (the gateway creates it when it first runs)")
     store = Store(cfg.database, cfg.synchronous)
     try:
         rows = store.active() if args.active else store.reservations(args.car)
         for r in rows:
-            d = asdict(r)
+            if args.car is not None and r.car != args.car:
+                continue
             if args.json:
-                print(json.dumps(d))
+                print(json.dumps(asdict(r)))
             else:
                 print(f"{r.id} car={r.car} rid={r.rid} {r.station}/{r.slot} {r.state} "
-                      f"eta={r.eta:.0f} start={r.start:.0f} end={r.end:.0f}")
+                      f"eta={_utc(r.eta)} start={_utc(r.start)} end={_utc(r.end)}")
     finally:
         store.close()
     return 0
@@ -88,7 +96,7 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     p.set_defaults(func=_run)
     p = sub.add_parser("reservations", help="list reservations from the database")
     p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
-    p.add_argument("--car")
+    p.add_argument("--car", help="only this car's reservations")
     p.add_argument("--active", action="store_true", help="only held, confirmed and checked-in ones")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_reservations)

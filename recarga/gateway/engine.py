@@ -156,6 +156,7 @@ class Engine:
         self._horizon = float("inf")  # slots busy beyond this are not offered (see _choose)
         self.counts: dict[str, int] = dict.fromkeys(_COUNTED, 0)  # car requests since the last summary
         self._counting_since: float | None = None  # start of the summary's window (the first tick)
+        self._miscounted: dict[str, int] = {}  # station -> slot count it reported against its metadata
 
     # ------------------------------------------------------------ recovery
 
@@ -276,9 +277,13 @@ class Engine:
             log.warning("station %s: bad status (%s): %s", sid, e.code, e)
             return res
         if len(slots) != len(meta.slots):
-            log.warning("station %s reports %d slots, metadata has %d; using the overlap",
-                        sid, len(slots), len(meta.slots))
+            if self._miscounted.get(sid) != len(slots):  # once, not on every retained replay
+                log.warning("station %s reports %d slots, metadata has %d; using the overlap",
+                            sid, len(slots), len(meta.slots))
+            self._miscounted[sid] = len(slots)
             slots = (slots + ["out_of_service"] * len(meta.slots))[: len(meta.slots)]
+        else:
+            self._miscounted.pop(sid, None)
         self._now = now
         live = self.live.setdefault(sid, StationLive())
         res.station = (sid, live)
@@ -317,9 +322,10 @@ class Engine:
         live = self.live.setdefault(sid, StationLive())
         if live.online != online:
             self._selector = None
+            # a change only: the broker replays every station's retained flag on each reconnect
+            log.info("station %s %s", sid, "online" if online else "offline")
         live.online = online
         res.station = (sid, live)
-        log.info("station %s %s", sid, "online" if online else "offline")
         if online:
             # it may have missed commands while away: tell it again what is reserved (slots it
             # shows reserved without cause are released when its retained status arrives)

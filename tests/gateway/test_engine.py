@@ -415,3 +415,23 @@ def test_car_requests_log_at_debug_and_a_summary_a_minute_at_info(caplog):
     deadline = e.reservations[r["id"]].deadline
     e.tick(deadline)
     assert f"reservation {r['id']} (car c1, {r['station']} slot {r['slot']}) expired" in lines(logging.INFO)
+
+
+def test_retained_flags_and_miscounted_statuses_replayed_on_reconnect_log_once(caplog):
+    """The broker replays every station's retained online flag and status on each reconnect:
+    a region's log gets a line when something changed, not thousands per reconnect."""
+    e = make()
+    caplog.set_level(logging.INFO, logger="recarga.engine")
+    for _ in range(3):  # three reconnects
+        e.station_online("near", W.online_message(True), T0 + 1)
+        status(e, "far", ["free", "free", "free"], T0 + 1)  # "far" has one slot in its metadata
+    lines = [r.getMessage() for r in caplog.records]
+    assert not any("near online" in line for line in lines), lines
+    assert sum("station far reports 3 slots" in line for line in lines) == 1, lines
+    e.station_online("near", W.online_message(False), T0 + 2)
+    status(e, "far", ["free", "free"], T0 + 2)  # another wrong count: said again
+    status(e, "far", ["free"], T0 + 3)
+    status(e, "far", ["free", "free", "free"], T0 + 4)  # wrong again after it was right
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("station near offline" in line for line in lines) == 1
+    assert sum("station far reports" in line for line in lines) == 3, lines

@@ -159,6 +159,7 @@ def test_bad_input_gets_specific_error_and_stores_nothing(payload, code):
     (dict(battery_kwh=True), W.BAD_TYPE, "battery_kwh"),
     (dict(target_soc=0.1), W.OUT_OF_RANGE, "target_soc"),
     (dict(max_ac_kw=0, max_dc_kw=0), W.OUT_OF_RANGE, "max_ac_kw"),
+    (dict(max_ac_kw=1e-9), W.OUT_OF_RANGE, "max_ac_kw"),  # a charge of millions of minutes
     (dict(station="nowhere"), D.UNKNOWN_STATION, "station"),
 ])
 def test_out_of_range_and_unknown_station(over, code, field):

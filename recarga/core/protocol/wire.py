@@ -52,6 +52,8 @@ NUMBER = (int, float)  # the types of a JSON number field
 # field -> (types, min, max); min/max inclusive, None = unbounded
 FieldSpec = dict[str, tuple[tuple[type, ...], float | None, float | None]]
 
+MIN_CHARGE_KW = 1.0  # a charging limit is 0 (cannot charge that way) or at least this
+
 # What a car needs charged, as its reserve request and the overflow and hold requests made
 # for it carry it.
 NEED_FIELDS: FieldSpec = {
@@ -156,5 +158,10 @@ def check_need(need: dict[str, Any]) -> None:
     """The rules across a car's need fields (a reserve request's, an overflow request's)."""
     if need["max_ac_kw"] <= 0 and need["max_dc_kw"] <= 0:
         raise ProtocolError(OUT_OF_RANGE, "one of 'max_ac_kw', 'max_dc_kw' must be above 0", "max_ac_kw")
+    for name in ("max_ac_kw", "max_dc_kw"):
+        # no charger delivers less than 1 kW: a limit of 1e-9 kW made a charge of millions of minutes
+        if 0 < need[name] < MIN_CHARGE_KW:
+            raise ProtocolError(OUT_OF_RANGE, f"field '{name}'={need[name]} must be 0 (none) or at least "
+                                f"{MIN_CHARGE_KW:g} kW", name)
     if need["target_soc"] <= need["soc"]:
         raise ProtocolError(OUT_OF_RANGE, "field 'target_soc' must be above 'soc'", "target_soc")

@@ -59,6 +59,10 @@ def test_need_rules_and_ids():
     W.check_need(need)
     assert _code(W.check_need, {**need, "max_ac_kw": 0.0}) == (W.OUT_OF_RANGE, "max_ac_kw")
     assert _code(W.check_need, {**need, "target_soc": 0.2}) == (W.OUT_OF_RANGE, "target_soc")
+    # a limit is 0 (none) or a real charger's power: 1e-9 kW would charge for millions of minutes
+    assert _code(W.check_need, {**need, "max_ac_kw": 1e-9}) == (W.OUT_OF_RANGE, "max_ac_kw")
+    assert _code(W.check_need, {**need, "max_dc_kw": 0.5}) == (W.OUT_OF_RANGE, "max_dc_kw")
+    W.check_need({**need, "max_ac_kw": 1.0, "max_dc_kw": 50.0})
     assert W.check_id("car", "c-1_A") == "c-1_A"
     with pytest.raises(ValueError, match="bad car id"):
         W.check_id("car", "c/1")

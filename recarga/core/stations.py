@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from recarga.core.model import AC_MAX_KW, SlotMeta, StationMeta
+from recarga.core.protocol import wire as W
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ DEFAULT_PRICE_AC = 0.49
 DEFAULT_PRICE_DC = 0.59
 
 MAX_POINTS = 6  # the register has six plug column groups per device
+# a charging point's power: from a slow AC post to a megawatt truck charger
+MIN_SLOT_KW, MAX_SLOT_KW = W.MIN_CHARGE_KW, 4000.0
 
 JSON_VERSION = 1
 
@@ -90,6 +93,9 @@ def load_bnetza_csv(path: str | os.PathLike[str]) -> list[StationMeta]:
             if not sid:
                 log.warning("%s:%d: row without Ladeeinrichtungs-ID skipped", path, line)
                 continue
+            if not W.ID_RE.match(sid):
+                log.warning("%s:%d: station id %r skipped: topics take 1-32 of A-Z a-z 0-9 _ -", path, line, sid)
+                continue
             if sid in seen:
                 log.warning("%s:%d: duplicate station %s skipped", path, line, sid)
                 continue
@@ -106,6 +112,11 @@ def load_bnetza_csv(path: str | os.PathLike[str]) -> list[StationMeta]:
             if slots is None:
                 log.warning("%s:%d: station %s has no usable charging points, skipped",
                             path, line, sid)
+                continue
+            wrong = [p.power_kw for p in slots if not MIN_SLOT_KW <= p.power_kw <= MAX_SLOT_KW]
+            if wrong:
+                log.warning("%s:%d: station %s skipped: charging point power %g kW outside %g..%g kW",
+                            path, line, sid, wrong[0], MIN_SLOT_KW, MAX_SLOT_KW)
                 continue
             name = _one_line(row.get("Anzeigename (Karte)") or "")
             if not name:
@@ -187,8 +198,8 @@ def stations_from_dict(doc: Any) -> list[StationMeta]:
         if not isinstance(entry, dict):
             raise _fail(where, "must be an object")
         sid = entry.get("id")
-        if not isinstance(sid, str) or not sid:
-            raise _fail(where, f"id must be a non-empty string, got {sid!r}")
+        if not isinstance(sid, str) or not W.ID_RE.match(sid):
+            raise _fail(where, f"id must be 1-32 of A-Z a-z 0-9 _ - (it names MQTT topics), got {sid!r}")
         where = f"station {sid!r}"
         if sid in seen:
             raise _fail(where, "duplicate id")
@@ -217,8 +228,8 @@ def stations_from_dict(doc: Any) -> list[StationMeta]:
             if "power_kw" not in raw:
                 raise _fail(swhere, "power_kw is required")
             power = _number(raw["power_kw"], swhere, "power_kw")
-            if power <= 0:
-                raise _fail(swhere, f"power_kw must be > 0, got {power}")
+            if not MIN_SLOT_KW <= power <= MAX_SLOT_KW:
+                raise _fail(swhere, f"power_kw must be {MIN_SLOT_KW:g}..{MAX_SLOT_KW:g}, got {power:g}")
             dc = raw.get("dc", power > AC_MAX_KW)  # omitted: by power, like the register
             if not isinstance(dc, bool):
                 raise _fail(swhere, f"dc must be true or false, got {dc!r}")

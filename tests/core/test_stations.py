@@ -134,6 +134,11 @@ def test_csv_skips_unusable_rows_with_warning(tmp_path, caplog):
         _row(**{"Ladeeinrichtungs-ID": "nopower", "Breitengrad": "52,5", "Längengrad": "13,4",
                 "Anzahl Ladepunkte": "1", "Steckertypen1": "AC Typ 2 Steckdose"}),
         _row(**{"Ladeeinrichtungs-ID": "ok", "Breitengrad": "52,5", "Längengrad": "13,4"}, **good),
+        _row(**{"Ladeeinrichtungs-ID": "slash/1", "Breitengrad": "52,5", "Längengrad": "13,4"}, **good),
+        _row(**{"Ladeeinrichtungs-ID": "huge", "Breitengrad": "52,5", "Längengrad": "13,4",
+                "Anzahl Ladepunkte": "1", "Steckertypen1": "DC CCS", "Nennleistung Stecker1": "1e300"}),
+        _row(**{"Ladeeinrichtungs-ID": "tiny", "Breitengrad": "52,5", "Längengrad": "13,4",
+                "Anzahl Ladepunkte": "1", "Steckertypen1": "AC Schuko", "Nennleistung Stecker1": "0,0001"}),
     ])
     with caplog.at_level(logging.WARNING, logger="recarga.core.stations"):
         stations = load_bnetza_csv(path)
@@ -142,6 +147,9 @@ def test_csv_skips_unusable_rows_with_warning(tmp_path, caplog):
     for sid in ("nolat", "junk", "range", "nopower"):
         assert sid in text
     assert "duplicate" in text
+    assert "r.csv:8: station id 'slash/1' skipped" in text  # the row's line in the file
+    assert "r.csv:9: station huge skipped: charging point power 1e+300 kW outside 1..4000 kW" in text
+    assert "r.csv:10: station tiny skipped: charging point power 0.0001 kW outside 1..4000 kW" in text
 
 
 # ------------------------------------------------------------------ JSON
@@ -195,6 +203,14 @@ def test_json_defaults(tmp_path):
     (_doc(_st("E", slots=[{"power_kw": 22, "dc": "no"}])), ["'E'", "dc"]),
     (_doc(_st("F", price_per_kwh=-1)), ["'F'", "price_per_kwh"]),
     (_doc(_st("G", colour="red")), ["'G'", "colour"]),
+    # ids name MQTT topics: none that a topic could never match
+    (_doc(_st("slash/1")), ["stations[0]", "id", "'slash/1'"]),
+    (_doc(_st("plus+1")), ["stations[0]", "id"]),
+    (_doc(_st("with space")), ["stations[0]", "id"]),
+    (_doc(_st("x" * 33)), ["stations[0]", "id"]),
+    # a charging point's power within physical bounds
+    (_doc(_st("H", slots=[{"power_kw": 1e300}])), ["'H'", "slot 1", "power_kw must be 1..4000", "1e+300"]),
+    (_doc(_st("H", slots=[{"power_kw": 0.0001}])), ["'H'", "slot 1", "power_kw must be 1..4000"]),
     (_doc({"lat": 1, "lon": 2, "slots": [{"power_kw": 1}]}), ["stations[0]", "id"]),
     ({"v": 2, "stations": []}, ["v"]),
     ({"v": 1}, ["stations"]),

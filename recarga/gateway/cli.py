@@ -10,11 +10,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from recarga import __version__
 from recarga.core import resources
 from recarga.gateway import config as C
 from recarga.gateway.logbatch import LOG_FORMAT
+from recarga.gateway.store import DatabaseUnusable
 
 EXAMPLE_CONFIG = resources.DEPLOY / "gateway.example.toml"
 SYSTEMD_UNIT = resources.DEPLOY / "recarga-gateway.service"
@@ -31,11 +33,16 @@ class Command:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from recarga.gateway.service import GatewayService
+    from recarga.gateway.service import EXIT_DB_UNUSABLE, GatewayService
+    from recarga.gateway.store import DatabaseUnusable
 
     cfg = C.load(args.config)
     logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT)
-    service = GatewayService(cfg)
+    try:
+        service = GatewayService(cfg)
+    except DatabaseUnusable as e:
+        logging.getLogger("recarga.gateway").critical("%s; not starting", e)
+        return EXIT_DB_UNUSABLE
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.run()
@@ -65,6 +72,15 @@ def _reservations(args: argparse.Namespace) -> int:
                       f"eta={_utc(r.eta)} start={_utc(r.start)} end={_utc(r.end)}")
     finally:
         store.close()
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from recarga.gateway.store import backup
+
+    cfg = C.load(args.config)
+    pages = backup(cfg.database, Path(args.to))
+    print(f"backed up {cfg.database} to {args.to} ({pages} pages)")
     return 0
 
 
@@ -100,6 +116,10 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     p.add_argument("--active", action="store_true", help="only held, confirmed and checked-in ones")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_reservations)
+    p = sub.add_parser("backup", help="copy the database while the gateway runs (SQLite's online backup)")
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--to", required=True, metavar="FILE", help="the backup's file (must not exist)")
+    p.set_defaults(func=_backup)
     p = sub.add_parser("check-config", help="load the configuration and the stations, then exit")
     p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_check)
@@ -114,7 +134,7 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (C.ConfigError, ValueError, OSError) as e:
+    except (C.ConfigError, ValueError, OSError, DatabaseUnusable) as e:
         print(f"recarga-gateway: {e}", file=sys.stderr)
         return 2
 

@@ -12,7 +12,6 @@ import os
 import time
 from typing import Any
 
-
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the gateway's log lines (cli.py)
 
 

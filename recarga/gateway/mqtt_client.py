@@ -12,9 +12,9 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from recarga.core.config_file import BrokerConfig
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
-from recarga.core.config_file import BrokerConfig
 
 ClientFactory = Callable[[BrokerConfig, str], mqtt.Client]
 

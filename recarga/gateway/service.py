@@ -47,7 +47,7 @@ from recarga.gateway.engine import Engine, Result
 from recarga.gateway.logbatch import LogBatch
 from recarga.gateway.mqtt_client import ClientFactory, gateway_client
 from recarga.gateway.overflow_link import OverflowLink
-from recarga.gateway.store import Store, encode_json
+from recarga.gateway.store import Store, encode_json, is_permanent
 from recarga.gateway.syncer import Job, Syncer
 
 log = logging.getLogger("recarga.gateway")
@@ -55,6 +55,7 @@ log = logging.getLogger("recarga.gateway")
 MAX_BATCH = 256  # inbound messages per engine pass: bounds the wait of a batch's first message
 MAX_BACKLOG = 1024  # messages committed but not yet durable before the loop stops reading
 EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
+EXIT_DB_UNUSABLE = 78  # EX_CONFIG: a restart would not mend it; the unit does not restart on it
 MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
 SWITCH_INTERVAL_S = 0.0005  # see run()
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -287,9 +288,14 @@ class GatewayService:
             self.store.commit_all(u.results, u.texts)
             if u.prune is not None:
                 self.store.prune_requests(u.prune)
-        except sqlite3.Error:
-            log.critical("database write failed; exiting for a clean restart", exc_info=True)
-            self._db_failed()
+        except sqlite3.Error as e:
+            if is_permanent(e):
+                log.critical("database write failed for good (%s: %s); exiting, a restart would not mend it",
+                             getattr(e, "sqlite_errorname", "error"), e)
+                self._db_failed(EXIT_DB_UNUSABLE)
+            else:
+                log.critical("database write failed; exiting for a clean restart", exc_info=True)
+                self._db_failed()
             return
         self._syncer.submit(Job((u.out, u.acks), u.messages))
 
@@ -328,13 +334,13 @@ class GatewayService:
         except OSError:
             pass  # already woken (its buffer is full), or closed after the loop ended
 
-    def _db_failed(self) -> None:
+    def _db_failed(self, status: int = EXIT_DB_FAILURE) -> None:
         # the engine already changed its memory: only a restart from the database is
         # consistent again. Nothing of the failed batch (or, for a failed fsync, of the
         # batches it was to cover) was acknowledged: nothing is lost.
         self._logs.uninstall()
         logging.shutdown()
-        self._exit_process(EXIT_DB_FAILURE)
+        self._exit_process(status)
 
     # ------------------------------------------------------------ the loop
 

@@ -21,6 +21,49 @@ from recarga.core.model import CarNeed, Reservation
 from recarga.core.protocol import device as D
 from recarga.gateway.engine import RequestRecord, Result, StationLive
 
+
+class DatabaseUnusable(RuntimeError):
+    """A database the gateway must not run on, for a reason a restart does not mend: damaged,
+    read-only, or in a directory it cannot write."""
+
+
+def _writable(path: Path) -> None:
+    """DatabaseUnusable unless the database (or, before it exists, its directory) and its
+    directory can be written: SQLite needs both (the WAL and its index live beside it)."""
+    directory = path.parent
+    if not directory.is_dir():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseUnusable(f"cannot create the database directory {directory}: {e.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DatabaseUnusable(f"the database directory {directory} is not writable by this user")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseUnusable(f"the database {path} is not readable and writable by this user")
+
+
+def is_permanent(error: sqlite3.Error) -> bool:
+    """A write error that a restart does not mend (a read-only database, a damaged file)."""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_READONLY", "SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def backup(source: Path, target: Path) -> int:
+    """Copy the database at `source` to `target` with SQLite's online backup (consistent
+    while the gateway writes); returns the pages copied. `target` must not exist."""
+    if not source.exists():
+        raise DatabaseUnusable(f"database {source} does not exist")
+    if target.exists():
+        raise FileExistsError(f"{target} exists; name a new file")
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        return dst.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        dst.close()
+        src.close()
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
@@ -84,9 +127,20 @@ class Store:
         gateway makes many commits durable with one sync, and its loop does not wait."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _writable(Path(path))
         self.path, self.synchronous = str(path), synchronous
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            # a damaged page would lose reservations silently (their slots double-booked)
+            found = [row[0] for row in self.db.execute("PRAGMA integrity_check(5)")]
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise DatabaseUnusable(f"database {path} is damaged ({e}); restore a backup "
+                                   "(docs/deployment.md)") from None
+        if found != ["ok"]:
+            self.db.close()
+            raise DatabaseUnusable(f"database {path} is damaged ({'; '.join(found)}); restore a backup "
+                                   "(docs/deployment.md)")
         self.db.execute("PRAGMA journal_mode=WAL")
         deferred = deferred_sync and synchronous == "FULL"
         self.db.execute(f"PRAGMA synchronous={'NORMAL' if deferred else synchronous}")

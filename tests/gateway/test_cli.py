@@ -41,3 +41,21 @@ def test_a_mistyped_database_path_is_an_error_and_creates_nothing(tmp_path, caps
     assert cli.main(["reservations", "--config", str(config(tmp_path))]) == 2
     assert "gw.db does not exist" in capsys.readouterr().err
     assert not (tmp_path / "gw.db").exists()
+
+
+def test_run_refuses_a_damaged_database_with_the_status_the_unit_does_not_restart_on(tmp_path, caplog):
+    (tmp_path / "st.json").write_text('{"v": 1, "stations": []}')
+    (tmp_path / "gw.db").write_bytes(b"not a database, just some bytes" * 200)
+    assert cli.main(["run", "--config", str(config(tmp_path))]) == 78
+    assert "is damaged" in caplog.text and "not starting" in caplog.text
+
+
+def test_backup_copies_the_database_to_a_new_file(tmp_path, capsys):
+    store = Store(tmp_path / "gw.db")
+    store.commit([reservation("a1", "car-a", "confirmed")], None)
+    store.close()
+    assert cli.main(["backup", "--config", str(config(tmp_path)), "--to", str(tmp_path / "b.db")]) == 0
+    assert "backed up" in capsys.readouterr().out
+    assert [r.rid for r in Store(tmp_path / "b.db").reservations()] == ["a1"]
+    assert cli.main(["backup", "--config", str(config(tmp_path)), "--to", str(tmp_path / "b.db")]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -232,3 +232,23 @@ def test_the_once_a_second_timestamp_is_the_one_logging_writes():
         record = logging.LogRecord("recarga.t", logging.INFO, __file__, 1, "m %d", (1,), None)
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert ours.format(record) == theirs.format(record)
+
+
+def test_a_read_only_database_exits_with_the_status_the_unit_does_not_restart_on(service, message, monkeypatch,
+                                                                                 tmp_path, caplog):
+    assert service.handle([message(ONLINE, W.online_message(True), 1)])
+    read_only = sqlite3.connect(f"file:{service.store.path}?mode=ro", uri=True)
+
+    def broken(results, *encoded):
+        read_only.execute("CREATE TABLE t (x)")  # SQLite's own "attempt to write a readonly database"
+
+    monkeypatch.setattr(service.store, "commit_all", broken)
+    service.process([message(ONLINE, W.online_message(True), 2)])
+    try:
+        with pytest.raises(SystemExit) as e:
+            service.commit()
+    finally:
+        read_only.close()
+    assert e.value.code == S.EXIT_DB_UNUSABLE == 78  # deploy/recarga-gateway.service: RestartPreventExitStatus
+    assert "SQLITE_READONLY" in caplog.text and "a restart would not mend it" in caplog.text
+    assert acks(service.client.events) == ["ack 1"]

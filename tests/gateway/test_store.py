@@ -10,7 +10,7 @@ import pytest
 from test_engine import T0, make, reserve
 
 from recarga.gateway.engine import RequestRecord
-from recarga.gateway.store import MMAP_BYTES, Checkpointer, Store
+from recarga.gateway.store import MMAP_BYTES, Checkpointer, DatabaseUnusable, Store, backup, is_permanent
 
 
 def test_round_trip_of_engine_results(tmp_path):
@@ -227,3 +227,48 @@ def test_without_deferred_sync_each_commit_is_as_configured(tmp_path, synchronou
     finally:
         store.close()
     assert not Store(tmp_path / "n.db", "NORMAL", deferred_sync=True).deferred_sync  # NORMAL: nothing to defer
+
+
+def test_a_damaged_database_is_refused_at_open(tmp_path):
+    """One overwritten index page: the store says so instead of restoring part of the
+    reservations (whose slots could then be booked twice)."""
+    path = tmp_path / "gw.db"
+    store = Store(path)
+    e = make()
+    store.commit([r for i in range(40) for r in reserve(e, f"car-{i}", f"q{i}").changed], None)
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = store.db.execute("PRAGMA page_size").fetchone()[0]
+    [(root,)] = store.db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'reservations_active'")
+    store.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+    with pytest.raises(DatabaseUnusable, match=r"gw\.db is damaged .*restore a backup"):
+        Store(path)
+
+
+def test_a_database_path_under_a_file_is_refused_clearly(tmp_path):
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(DatabaseUnusable, match="cannot create the database directory"):
+        Store(tmp_path / "plain" / "gw.db")
+
+
+def test_a_backup_is_a_whole_database_and_never_overwrites(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    store.commit(reserve(make(), "car-1", "q1").changed, None)
+    copy = tmp_path / "copy.db"
+    assert backup(tmp_path / "gw.db", copy) > 0  # while the store is open
+    assert [r.car for r in Store(copy).reservations()] == ["car-1"]
+    with pytest.raises(FileExistsError):
+        backup(tmp_path / "gw.db", copy)
+    store.close()
+
+
+def test_only_errors_a_restart_cannot_mend_are_permanent(tmp_path):
+    Store(tmp_path / "gw.db").close()
+    ro = sqlite3.connect(f"file:{tmp_path / 'gw.db'}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as e:
+        ro.execute("CREATE TABLE t (x)")
+    ro.close()
+    assert is_permanent(e.value)
+    assert not is_permanent(sqlite3.OperationalError("disk I/O error"))

@@ -352,9 +352,10 @@ class Selector:
         offers = [self._choice(trip, i, k, d, bu) for k, bu in self._usable_slots(trip, i, view, excl)]
         return min(offers, key=lambda c: (c.completion_s, c.slot), default=None)
 
-    def earliest_free(self, car: CarNeed, now: float, view: SlotView) -> float | None:
+    def earliest_free(self, car: CarNeed, now: float, view: SlotView, only: str | None = None) -> float | None:
         """Earliest busy_until over reachable compatible usable slots (when capacity
-        returns), or None if no such slot is reachable at all."""
+        returns), or None if no such slot is reachable at all; with `only`, over that
+        station's slots alone."""
         trip = _Trip(car, now, self.params)
         if trip.reach_km < 0 or not self.stations:
             return None
@@ -369,6 +370,8 @@ class Selector:
             if d > sure and self._reach(trip, i) is None:
                 continue
             sid = ids[i]
+            if only is not None and sid != only:
+                continue
             for k, _, dc in slots_of[i]:
                 if dc_ok if dc else ac_ok:
                     bu = busy_until(sid, k)

@@ -594,7 +594,7 @@ class Engine:
             self._horizon = float("inf")
 
     def _no_capacity(self, rid: str, need: CarNeed, now: float, only: str | None) -> dict[str, Any]:
-        earliest = self.selector.earliest_free(need, now, self)
+        earliest = self.selector.earliest_free(need, now, self, only)
         where = f"at station {only}" if only else f"within reach in region {self.cfg.region}"
         if earliest is None:
             msg = f"no usable slot {where}"

@@ -201,6 +201,15 @@ def test_full_region_no_capacity_names_earliest_free():
     assert e.reservations == {}
 
 
+def test_no_capacity_at_a_named_station_says_when_that_station_frees():
+    e = make()
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["occupied"], T0 + 1800)  # frees half an hour after "near"
+    reply = replies(reserve(e, "c1", "q1", station="far"), "c1")[0]
+    assert reply["error"]["code"] == W.NO_CAPACITY and "at station far" in reply["error"]["message"]
+    assert reply["error"]["earliest_free"] == round(T0 + 1800 + 3600)  # far's, not near's
+
+
 def test_busy_slot_within_max_wait_is_booked_with_its_wait():
     e = make(max_wait_s=86400)
     status(e, "near", ["occupied", "occupied"], T0)

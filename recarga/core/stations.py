@@ -25,8 +25,7 @@ DEFAULT_PRICE_AC = 0.49
 DEFAULT_PRICE_DC = 0.59
 
 MAX_POINTS = 6  # the register has six plug column groups per device
-# a charging point's power: from a slow AC post to a megawatt truck charger
-MIN_SLOT_KW, MAX_SLOT_KW = W.MIN_CHARGE_KW, 4000.0
+MIN_SLOT_KW, MAX_SLOT_KW = W.MIN_CHARGE_KW, W.MAX_SLOT_KW  # a charging point's power
 
 JSON_VERSION = 1
 

@@ -263,7 +263,7 @@ def parse_station_meta(payload: bytes) -> dict[str, Any]:
     for s in slots:
         if not isinstance(s, dict) or set(s) - {"power_kw", "dc"} or "power_kw" not in s:
             raise W.ProtocolError(W.BAD_TYPE, "each slot must be {\"power_kw\": number, \"dc\": bool}", "slots")
-        W.check_field("power_kw", s["power_kw"], W.NUMBER, 0.5, 1000.0)
+        W.check_field("power_kw", s["power_kw"], W.NUMBER, W.MIN_CHARGE_KW, W.MAX_SLOT_KW)
         if "dc" in s and not isinstance(s["dc"], bool):
             raise W.ProtocolError(W.BAD_TYPE, "slot field 'dc' must be a boolean", "slots")
     return msg

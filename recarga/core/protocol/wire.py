@@ -53,6 +53,7 @@ NUMBER = (int, float)  # the types of a JSON number field
 FieldSpec = dict[str, tuple[tuple[type, ...], float | None, float | None]]
 
 MIN_CHARGE_KW = 1.0  # a charging limit is 0 (cannot charge that way) or at least this
+MAX_SLOT_KW = 4000.0  # a charging point's power: up to a megawatt truck charger
 
 # What a car needs charged, as its reserve request and the overflow and hold requests made
 # for it carry it.

@@ -1,6 +1,8 @@
 """recarga.core.protocol.device: the region's topics and filters, telemetry validation."""
 from __future__ import annotations
 
+import json
+
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -36,3 +38,12 @@ def test_telemetry_validation():
         with pytest.raises(W.ProtocolError) as e:
             D.parse_car_telemetry(bad)
         assert e.value.code == code
+
+
+@pytest.mark.parametrize("power", [0.5, 4000.5, 1e300])
+def test_a_station_s_meta_keeps_slot_powers_within_the_station_files_bounds(power):
+    msg = {"v": 1, "lat": 52.5, "lon": 13.4, "slots": [{"power_kw": power}]}
+    with pytest.raises(W.ProtocolError) as e:
+        D.parse_station_meta(json.dumps(msg).encode())
+    assert e.value.code == W.OUT_OF_RANGE and e.value.field == "power_kw"
+    D.parse_station_meta(json.dumps({**msg, "slots": [{"power_kw": 3.7}, {"power_kw": 3750}]}).encode())

@@ -52,6 +52,26 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+# (section, key) -> inclusive bounds where "not negative" is not enough: what a region can
+# sensibly run with (a zero hold lapses at once, a road factor below 1 is shorter than a line)
+_BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    ("", "tick_s"): (0.01, 60),
+    ("broker", "keepalive"): (5, 3600),
+    ("broker", "reconnect_min_s"): (1, 3600),
+    ("broker", "reconnect_max_s"): (1, 3600),
+    ("reservations", "hold_s"): (1, 86400),
+    ("reservations", "grace_s"): (0, 86400),
+    ("reservations", "expected_session_s"): (60, 86400),
+    ("reservations", "min_remaining_s"): (0, 86400),
+    ("reservations", "max_wait_s"): (0, 7 * 86400),
+    ("reservations", "request_memory_s"): (60, 30 * 86400),
+    ("selection", "road_factor"): (1, 5),
+    ("selection", "speed_kmh"): (1, 200),
+    ("selection", "safety_margin_soc"): (0, 0.5),
+    ("selection", "nearest_k"): (1, 100),
+}
+
+
 def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     where = f"[{section}]" if section else "top level"
     allowed = _SCHEMA[section]
@@ -66,6 +86,9 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
         if isinstance(value, (int, float)):
             check_number(value, f"{where} {key}")
+            lo, hi = _BOUNDS.get((section, key), (0, float("inf")))
+            if not lo <= value <= hi:
+                raise ConfigError(f"{where} {key} = {value} outside {lo:.15g}..{hi:.15g}")
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
@@ -83,6 +106,8 @@ def load(path: str | Path) -> GatewayConfig:
         raise ConfigError(str(e)) from None
     base = path.parent
     broker = broker_fields(_check("broker", raw.get("broker", {})), base)
+    if broker.get("reconnect_min_s", 1) > broker.get("reconnect_max_s", 30):
+        raise ConfigError("[broker] reconnect_min_s must not be above reconnect_max_s")
     sel = _check("selection", raw.get("selection", {}))
     policy = sel.pop("policy", "least_completion")
     if policy not in POLICIES:

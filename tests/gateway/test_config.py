@@ -77,7 +77,15 @@ def test_sections_and_password_file(tmp_path):
     # TOML allows nan and inf: a hold that never expires, a loop that never ticks
     (BASE + "tick_s = nan\n", "tick_s must be a finite number, not nan"),
     (BASE + "tick_s = inf\n", "tick_s must be a finite number, not inf"),
-    (BASE + "tick_s = 0\n", "tick_s must be above 0"),
+    (BASE + "tick_s = 0\n", "tick_s = 0 outside 0.01..60"),
+    # bounds a region can run with
+    (BASE + "[reservations]\nhold_s = 0\n", "hold_s = 0 outside 1..86400"),
+    (BASE + "[reservations]\nrequest_memory_s = 1\n", "request_memory_s = 1 outside 60..2592000"),
+    (BASE + "[selection]\nroad_factor = 0.5\n", "road_factor = 0.5 outside 1..5"),
+    (BASE + "[selection]\nsafety_margin_soc = 0.9\n", "safety_margin_soc = 0.9 outside 0..0.5"),
+    (BASE + "[selection]\nnearest_k = 0\n", "nearest_k = 0 outside 1..100"),
+    (BASE + "[broker]\nkeepalive = 1\n", "keepalive = 1 outside 5..3600"),
+    (BASE + "[broker]\nreconnect_min_s = 60\nreconnect_max_s = 30\n", "reconnect_min_s must not be above"),
     (BASE + "[reservations]\nhold_s = nan\n", "hold_s must be a finite number"),
     (BASE + "[selection]\nspeed_kmh = -inf\n", "speed_kmh must be a finite number"),
     (BASE + 'log_level = "BOGUS"\n', "log_level 'BOGUS' unknown; one of DEBUG, INFO"),

@@ -53,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the region broker's directory (python -m recarga.core.broker_config "
                          "--dir): its password file and ACL are updated")
     pr.add_argument("--host", required=True, help="broker address the board connects to")
-    pr.add_argument("--port", type=_port, default=1883, help="broker port (default 1883)")
+    pr.add_argument("--port", type=_port, default=None,
+                    help="broker port (default: the listener in the broker directory's conf, else 1883)")
+    pr.add_argument("--change-kind", action="store_true",
+                    help="replace a device of the other kind that has this id (its old config stops working)")
     pr.add_argument("--wifi-ssid", help="Wi-Fi network (default: the template's)")
     pw = pr.add_mutually_exclusive_group()
     pw.add_argument("--wifi-password", help="Wi-Fi password (visible in `ps`; see --wifi-password-file)")
@@ -110,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ProvisionError(f"--wifi-password-file: {e}") from None
             provision(args.kind, args.device_id, args.region, args.broker_dir, args.host,
                       args.port, args.out, wifi_ssid=args.wifi_ssid, wifi_password=wifi_password,
-                      template=args.template, log=out)
+                      template=args.template, log=out, change_kind=args.change_kind)
         else:
             kwargs = {"firmware_dir": args.firmware} if args.firmware else {}
             flash(args.kind, args.config, args.port, mpy=args.mpy, march=args.march,

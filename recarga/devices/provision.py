@@ -454,19 +454,32 @@ class ProvisionResult:
         return self.user_existed or bool(self.acl_replaced) or self.config_existed
 
 
+def listener_port(files: BrokerFiles) -> int | None:
+    """The port of the first `listener` line of the broker directory's conf, if any."""
+    if files.conf is None:
+        return None
+    for line in files.conf.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
+            return int(parts[1])
+    return None
+
+
 def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, host: str,
-              port: int, out_dir: str | Path, *, wifi_ssid: str | None = None,
+              port: int | None, out_dir: str | Path, *, wifi_ssid: str | None = None,
               wifi_password: str | None = None, template: str | Path | None = None,
-              boards_dir: Path = BOARDS_DIR, log: Callable[[str], None] = print) -> ProvisionResult:
-    """Create (or replace) a device; see the module's docstring. Prints what it did with
-    `log`, never the password."""
+              boards_dir: Path = BOARDS_DIR, log: Callable[[str], None] = print,
+              change_kind: bool = False) -> ProvisionResult:
+    """Create (or replace) a device; see the module's docstring. A device of another kind
+    with this id is replaced only with `change_kind`. Prints what it did with `log`, never
+    the password."""
     check_kind(kind)
     check_id(kind, device_id)
     check_id("region", region)
     _check_text("--host", host, 1, 253)
     if any(c.isspace() for c in host):
         raise ProvisionError(f"--host {host!r} must not contain whitespace")
-    if not 0 < int(port) < 65536:
+    if port is not None and not 0 < int(port) < 65536:
         raise ProvisionError(f"--port {port} is outside 1..65535")
     if wifi_ssid is not None:
         _check_text("--wifi-ssid", wifi_ssid, 1, 32)
@@ -474,6 +487,8 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
     elif wifi_password is not None:
         raise ProvisionError("--wifi-password needs --wifi-ssid")
     files = broker_files(broker_dir)
+    if port is None:  # where the broker listens, as its conf says
+        port = listener_port(files) or 1883
     tmpl, source = load_template(kind, template, boards_dir)
     password = new_password()
     cfg, notes = build_config(tmpl, kind=kind, device_id=device_id, region=region, host=host,
@@ -495,6 +510,12 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
             raise ProvisionError(
                 f"{files.acl} is the ACL of region {', '.join(sorted(regions))}, not {region!r}: "
                 "use that region's broker directory or --region")
+        existing = next((b for b in parse_acl(text.split("\n")) if b.user == device_id), None)
+        if existing is not None and existing.comment not in (None, f"# {kind} {device_id}") and not change_kind:
+            # re-provisioning replaces a device of the same kind; another kind only when asked
+            other = existing.comment.split()[1]
+            raise ProvisionError(f"{device_id} is already a {other} in {files.acl}: give the {kind} "
+                                 f"another id, or pass --change-kind to make it a {kind}")
         new_text, result.acl_replaced = upsert_acl(text, kind, device_id, region)
         if files.conf is None and acl_old is None:
             warn(f"{files.directory} has no {broker_config.CONF_NAME} and no ACL yet: is it a "

@@ -163,8 +163,8 @@ def test_reprovisioning_replaces_block_in_place_and_keeps_the_rest(tmp_path: Pat
     assert {u: v for u, v in new_lines.items() if u != "car-1"} == {u: v for u, v in lines.items() if u != "car-1"}
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
 
-    # the same id as a station now: its block changes kind where it was
-    _, r = provision(broker, "station", "car-2", out)
+    # the same id as a station now (asked for): its block changes kind where it was
+    _, r = provision(broker, "station", "car-2", out, "--change-kind")
     assert "it was a car's" in r.stdout
     text = acl_text(broker)
     assert text.count("user car-2") == 1 and "# station car-2" in text and "# car car-2" not in text
@@ -213,6 +213,28 @@ def test_provision_errors_are_clear(tmp_path: Path, capsys):
     # nothing was written by any of them
     assert (acl_text(broker), (broker.directory / "passwd").read_text()) == before
     assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_station_id_is_not_turned_into_a_car(tmp_path: Path, capsys):
+    broker = make_broker(tmp_path / "broker")
+    provision(broker, "station", "st-9", tmp_path / "out")
+    before = (acl_text(broker), (broker.directory / "passwd").read_text())
+    assert cli_main(["provision", "--kind", "car", "--id", "st-9", "--region", "test", "--broker-dir",
+                     str(broker.directory), "--host", "127.0.0.1", "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert "st-9 is already a station" in err and "--change-kind" in err
+    assert (acl_text(broker), (broker.directory / "passwd").read_text()) == before
+    provision(broker, "station", "st-9", tmp_path / "out")  # the same kind again: re-provisioned
+
+
+def test_without_port_the_device_gets_the_broker_s_listener_port(tmp_path: Path):
+    broker = make_broker(tmp_path / "broker")
+    assert broker.port != 1883
+    r = recarga_device("provision", "--kind", "car", "--id", "car-5", "--region", "test", "--broker-dir",
+                       broker.directory, "--host", "127.0.0.1", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = json.loads((tmp_path / "out" / "car-5" / "config.json").read_text())
+    assert cfg["broker"]["port"] == broker.port
 
 
 def test_builtin_template_when_the_board_has_no_default_config(tmp_path: Path):

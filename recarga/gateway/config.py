@@ -13,7 +13,6 @@ from recarga.core.config_file import (
     check_number,
     log_level,
     read_toml,
-    tick_seconds,
 )
 from recarga.core.model import SelectionParams
 from recarga.core.protocol import device as D
@@ -92,7 +91,6 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in table.items() if not isinstance(v, dict)}
 
 
-
 def load(path: str | Path) -> GatewayConfig:
     path = Path(path)
     raw = read_toml(path)
@@ -126,7 +124,7 @@ def load(path: str | Path) -> GatewayConfig:
         stations=base / top["stations"] if "stations" in top else resources.BERLIN_STATIONS,
         synchronous=synchronous,
         sync_thread=top.get("sync_thread", False),
-        tick_s=tick_seconds(top.get("tick_s", 1.0)),
+        tick_s=float(top.get("tick_s", 1.0)),  # within _BOUNDS
         log_level=log_level(top.get("log_level", "INFO")),
         overflow=overflow,
     )

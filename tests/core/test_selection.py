@@ -220,7 +220,6 @@ def test_searches_past_many_busy_nearer_stations():
         assert ch.station_id == "free", policy
 
 
-
 @pytest.mark.parametrize("n", [9, 12, 40])
 def test_many_co_located_stations_none_is_skipped(n):
     # Points at the same distance from the car: the k-d tree orders such ties differently

@@ -47,7 +47,6 @@ WORKFLOW = ROOT / ".github" / "workflows" / "wokwi.yml"
 BERLIN = [52.33, 13.08, 52.68, 13.77]
 
 
-
 # Pin names of the Wokwi parts the boards use (Wokwi's part definitions), so that a diagram
 # that passes here also loads on Wokwi.
 PART_PINS = {

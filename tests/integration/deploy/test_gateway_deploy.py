@@ -30,7 +30,6 @@ EXEC_LINE = f"ExecStart={EXEC} run --config /etc/recarga/gateway.toml"
 STATE_DIR = Path("/var/lib/recarga")
 
 
-
 def unit_with_local_exec(tmp_path: Path, text: str | None = None) -> Path:
     """A copy of the unit (same file name) whose ExecStart program lives under tmp_path."""
     text = UNIT.read_text() if text is None else text
@@ -43,8 +42,6 @@ def unit_with_local_exec(tmp_path: Path, text: str | None = None) -> Path:
     copy.parent.mkdir()
     copy.write_text(text.replace(f"ExecStart={EXEC} ", f"ExecStart={program} "))
     return copy
-
-
 
 
 @pytest.mark.needs_systemd_analyze

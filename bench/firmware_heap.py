@@ -5,10 +5,12 @@ Run from the repo root (about 1.5-2 minutes on 2 cores with the defaults: the ru
 the same time, `--sequential` one after the other):
 
     .venv/bin/python bench/firmware_heap.py [--messages 1000] [--runs 3] [--board both] [-v]
-                                            [--firmware DIR] [--check]
+                                            [--firmware DIR] [--check] [--plain]
 
 What runs, all on 127.0.0.1: one Mosquitto from harness.broker (auth and ACL on, users
-`gateway`, the car and the station, each with its own password); no gateway process: this
+`gateway`, the car and the station, each with its own password; its listener TLS with a CA of
+its own, which the boards pin in config.json as provisioning writes it, so the figures include
+the TLS context and connection; `--plain`: plain TCP, for comparison); no gateway process: this
 script is the gateway, a paho-mqtt client (harness.clients) logged in as the `gateway` user
 (so the broker's ACL for the gateway applies), speaking docs/protocol.md with
 recarga.core.protocol's builders.
@@ -100,8 +102,10 @@ if str(ROOT) not in sys.path:
 from boards.virtual.board import BoardError, VirtualBoard
 from harness.broker import Broker, BrokerError
 from harness.clients import connect_client
+from recarga.core.protocol import access as ACL
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
+from recarga.devices.provision import pinned_ca
 
 REGION = "berlin"
 GATEWAY_PASSWORD = "gw-heap-pw"
@@ -128,6 +132,10 @@ def station_id(run: int) -> str:
     return f"st-heap-{run}"
 
 
+def gateway_user(board: str, run: int) -> str:
+    return f"gw-{board}-{run}"
+
+
 def password(dev: str) -> str:
     return GATEWAY_PASSWORD if dev == "gateway" else f"{dev}-pw"
 
@@ -151,13 +159,14 @@ def heap_total(heapsize: str) -> int:
 
 
 class Gateway:
-    """The `gateway` broker user as a harness.clients.MqttClient subscribed to `topics`; what
-    it receives, in order, as (topic, payload)."""
+    """A broker user with the gateway's ACL (gateway_user(board, run): the broker binds client
+    ids to users, so each board's gateway side is a user of its own) as a
+    harness.clients.MqttClient subscribed to `topics`; what it receives, in order, as
+    (topic, payload)."""
 
-    def __init__(self, broker: Broker, topics: Sequence[str]):
+    def __init__(self, broker: Broker, topics: Sequence[str], user: str):
         try:
-            self._c = connect_client(broker, "gateway", GATEWAY_PASSWORD,
-                                     client_id=f"heap-bench-{time.monotonic_ns()}")
+            self._c = connect_client(broker, user, GATEWAY_PASSWORD)
         except (ConnectionError, TimeoutError) as e:  # refused, or no CONNACK
             raise BenchError(f"the gateway client: {e}") from None
         try:
@@ -194,6 +203,8 @@ def _config(board_dir: Path, dev: str, broker: Broker, **changes) -> dict:
     cfg = json.loads((board_dir / "config.json").read_text())
     cfg.update(id=dev, region=REGION)
     cfg["broker"].update(host=broker.host, port=broker.port, user=dev, password=password(dev), keepalive=30)
+    if broker.ca_file is not None:  # TLS: the CA pinned, the broker's name checked
+        cfg["broker"].update(ca=pinned_ca(broker.ca_file), server_name=broker.server_name)
     cfg.update(changes)
     return cfg
 
@@ -272,7 +283,7 @@ def run_station(broker: Broker, run: int, work: Path, n: int, heapsize: str, fir
     sid = station_id(run)
     status_t = D.station_topic(REGION, sid, "status")
     cmd_t = D.station_topic(REGION, sid, "cmd")
-    gw = Gateway(broker, [status_t])
+    gw = Gateway(broker, [status_t], gateway_user("station", run))
     board = None
     try:
         cfg = _config(STATION_DIR, sid, broker, log="debug", heartbeat_s=3600)
@@ -357,7 +368,7 @@ class FakeGateway:
 def run_car(broker: Broker, run: int, work: Path, n: int, heapsize: str, firmware: Path, total: int,
             log: Callable[[str], None]) -> Result:
     car = car_id(run)
-    gw = Gateway(broker, [D.car_topic(REGION, car, "request")])
+    gw = Gateway(broker, [D.car_topic(REGION, car, "request")], gateway_user("car", run))
     fake = FakeGateway(gw, car)
     board = None
     try:
@@ -443,7 +454,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     total = heap_total(args.heapsize)
     boards = ["car", "station"] if args.board == "both" else [args.board]
-    print(f"firmware heap: {', '.join(boards)} on the virtual board, micropython -X heapsize={args.heapsize} "
+    print(f"firmware heap: {', '.join(boards)} on the virtual board {'over plain TCP' if args.plain else 'over TLS'}, "
+          f"micropython -X heapsize={args.heapsize} "
           f"({total} bytes of heap), {args.messages} messages per board, {args.runs} run(s)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="firmware-heap-"))
     broker = None
@@ -452,8 +464,11 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             runs = range(1, args.runs + 1)
             cars, stations = [car_id(r) for r in runs], [station_id(r) for r in runs]
+            gws = [gateway_user(b, r) for r in runs for b in ("car", "station")]
             broker = Broker.launch(work / "broker", region=REGION, gateway_user="gateway", cars=cars,
-                                   stations=stations, passwords={d: password(d) for d in ["gateway", *cars, *stations]})
+                                   stations=stations, passwords={d: password(d) for d in ["gateway", *cars, *stations]}
+                                   | {g: GATEWAY_PASSWORD for g in gws},
+                                   extra_acl={g: ACL.acl_gateway(REGION) for g in gws}, tls=not args.plain)
         except BrokerError as e:
             print(f"firmware_heap: cannot start the broker: {e}", file=sys.stderr)
             return 2
@@ -516,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--firmware", type=Path, default=FIRMWARE,
                     help="firmware tree with car/, station/, lib/ (default: the repository's firmware/)")
     ap.add_argument("--check", action="store_true", help="exit 1 when a goal (peak 48 KB, drift 1 KB) is missed")
+    ap.add_argument("--plain", action="store_true", help="plain TCP instead of TLS (for comparison)")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress every 100 messages")
     args = ap.parse_args(argv)
     try:

@@ -6,8 +6,10 @@ charging points, as the station board has two slots: boards/station/diagram.json
 car boards with real models from Open EV Data run firmware/station and firmware/car on the
 MicroPython unix port (boards/virtual: emulated machine and network, wired as the boards'
 diagram.json). Each logs in as its own broker user with its own config.json (written to the
-run directory). The act turns the car boards' potentiometers (the battery, read through the
-ADC), presses the station boards' occupancy buttons, and prints what comes back on its own:
+run directory), over TLS: the config pins the demo's CA and names the server the broker's
+certificate must carry, as `recarga-device provision` writes it. The act turns the car
+boards' potentiometers (the battery, read through the ADC), presses the station boards'
+occupancy buttons, and prints what comes back on its own:
 every serial line of every board, every change of a slot LED and of the status LEDs as the
 virtual board reads them, and the gateway's log lines about these boards. The gateway's
 database is checked after each step.
@@ -30,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 from demo.actors import DemoError, EvModel, Timeline, load_ev_model, slots_summary
 from harness import ROOT
 from harness.wait import wait_until
+from recarga.devices.provision import pinned_ca
 
 if TYPE_CHECKING:
     from boards.virtual.board import VirtualBoard
     from demo.run import Demo
+    from harness.broker import Broker
     from recarga.core.model import StationMeta
 
 STATION_DIR = ROOT / "boards" / "station"
@@ -80,8 +84,9 @@ COLOURS = {(0, 1, 0): "green (free)", (0, 0, 1): "blue (reserved)", (1, 0, 0): "
            (1, 1, 0): "yellow (out of service)", (0, 0, 0): "off"}
 GREEN, BLUE, RED = (0, 1, 0), (0, 0, 1), (1, 0, 0)
 
-# serial lines of the boot not worth a line in the timeline
-_BOOT_NOISE = re.compile(r"wifi: connect|mqtt: connecting|station: boot$|car: region ")
+# serial lines of the boot not worth a line in the timeline (the TLS connect line is shown)
+_BOOT_NOISE = re.compile(r"wifi: connect|mqtt: connecting to \S+ \d+$|station: boot$|car: region ")
+_TLS_CONNECT = "over TLS, server name "  # the firmware's connect line, when config.json pins a CA
 _GATEWAY_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) recarga\.\w+: (?P<msg>.*)$")
 
 
@@ -91,6 +96,22 @@ def pot_for(soc: float) -> float:
         if s0 <= soc <= s1:
             return (v0 + (soc - s0) / (s1 - s0) * (v1 - v0)) / _DIVIDER / 3.3
     raise ValueError(f"soc {soc} is outside the battery curve")
+
+
+def pin_broker(broker_cfg: dict[str, Any], broker: Broker) -> None:
+    """config.json's `broker` entry for `broker`: its address, and for a TLS broker its CA
+    pinned (recarga.devices.provision.pinned_ca) and the name its certificate carries."""
+    broker_cfg.update(host=broker.host, port=broker.port)
+    if broker.ca_file is not None:
+        broker_cfg.update(ca=pinned_ca(broker.ca_file), server_name=broker.server_name)
+
+
+def tls_problems(b: Board) -> list[str]:
+    """What is wrong with the board's connects for a TLS broker: none, or one not over TLS."""
+    connects = [ln for ln in b.vb.serial_lines() if "mqtt: connecting to" in ln]
+    if not connects:
+        return [f"{b.who} never connected"]
+    return [f"{b.who}: {ln!r}" for ln in connects if _TLS_CONNECT not in ln]
 
 
 def _virtual_board_class():
@@ -288,8 +309,8 @@ class BoardAct:
         broker = self.demo.broker
         assert broker is not None
         cfg.update(id=dev, region=self.demo.region, log="info")
-        cfg["broker"].update(host=broker.host, port=broker.port, user=dev, password=self.passwords[dev],
-                             keepalive=30)
+        pin_broker(cfg["broker"], broker)
+        cfg["broker"].update(user=dev, password=self.passwords[dev], keepalive=30)
         return cfg
 
     def _write(self, name: str, cfg: dict[str, Any]) -> Path:
@@ -352,6 +373,7 @@ class BoardAct:
         self.demo.wait_gateway_sees(lambda live: all(
             sid in live and live[sid].online and live[sid].slots == ["free", "free"] for sid in STATIONS),
             "both station boards online and free")
+        plain = [p for b in self.boards() for p in tls_problems(b)]
 
         for b in self.boards():  # until each status LED is steady (the stations' blink while connecting)
             try:
@@ -379,6 +401,10 @@ class BoardAct:
             tl.line(b.who, "◉", ", ".join([*leds, f"status LED: {b.status_led() or 'changing'}"]))
         self.watch = Watch(tl, self.boards(), [("gateway log", self.demo.gateway_log, log_from)])
         self.watch.start(serial_at)
+        broker = self.demo.broker
+        assert broker is not None
+        self.check(not plain, f"every board connected over TLS, the demo's CA pinned, the broker's certificate "
+                              f"checked for {broker.server_name}" + (f" ({'; '.join(plain)})" if plain else ""))
 
     def switch_off(self) -> None:
         tl = self.tl

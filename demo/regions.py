@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -30,15 +29,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from demo.actors import Car, DemoError, Station, hms, load_ev_model, station_labels
-from demo.boards import CAR_DEFAULT, FINE, LOW, Board, Watch, pot_for
-from harness.broker import Broker, BrokerError
-from harness.central import CENTRAL_USER, BridgedBroker, CentralBroker, CentralProcess
+from demo.boards import CAR_DEFAULT, FINE, LOW, Board, Watch, pin_broker, pot_for
+from harness.broker import MONITOR_USER, Broker, BrokerError, monitor_acl
+from harness.central import (
+    INSTANCES,
+    MONITOR_ACL,
+    BridgedBroker,
+    CentralBroker,
+    CentralProcess,
+)
 from harness.clients import Received, connect_client
 from harness.services import GatewayProcess
 from harness.wait import wait_until
 from recarga.central.store import HOLD_ACTIVE
 from recarga.central.store import Store as CentralStore
-from recarga.core import broker_config
+from recarga.core.bridge import bridge_user
+from recarga.core.central_broker import central_user
 from recarga.core.model import StationMeta
 from recarga.core.protocol import central as PC
 from recarga.core.protocol import device as D
@@ -113,8 +119,7 @@ class Tap:
 
     def __init__(self, act: RegionsAct, broker: Broker, user: str, topics: list[str]):
         self.act, self.tl = act, act.tl
-        self.client = connect_client(broker, user, client_id=f"demo-tap-{broker.region}-{os.getpid()}",
-                                     on_message=self._on_message)
+        self.client = connect_client(broker, user, on_message=self._on_message)
         for t in topics:
             self.client.subscribe(t, W.QOS)
 
@@ -229,30 +234,38 @@ class RegionsAct:
         regions = [r.name for r in REGIONS]
         self.dir.mkdir(parents=True, exist_ok=True)
 
-        central_pw = {CENTRAL_USER: secrets.token_urlsafe(16),
-                      **{broker_config.bridge_user(r): secrets.token_urlsafe(16) for r in regions}}
-        self.central_broker = CentralBroker.launch(self.dir / "central-broker", regions=regions, passwords=central_pw)
+        # one user per central instance, per region's bridge, and a read-only one for the demo's taps
+        # (the brokers take user names as client ids: a tap must not borrow a service's)
+        central_pw = {**{central_user(i): secrets.token_urlsafe(16) for i in INSTANCES},
+                      **{bridge_user(r): secrets.token_urlsafe(16) for r in regions},
+                      MONITOR_USER: secrets.token_urlsafe(16)}
+        # one CA signs every broker's certificate: every link is TLS, verified against it
+        tls_dir = self.dir / "tls"
+        self.central_broker = CentralBroker.launch(self.dir / "central-broker", regions=regions, passwords=central_pw,
+                                                   extra_acl=MONITOR_ACL, tls=tls_dir)
         cb = self.central_broker
-        tl.plain(f"  central  mosquitto pid {cb.pid} on {cb.host}:{cb.port}: the central broker, auth + ACL "
-                 f"(user {CENTRAL_USER}, and one bridge user per region that may touch only its region's "
+        tl.plain(f"  central  mosquitto pid {cb.pid} on {cb.host}:{cb.port} (TLS only, certificate from the demo's CA "
+                 f"{_rel(cb.ca_file)}): the central broker, auth + ACL "
+                 f"(a user per central instance, {central_user(INSTANCES[0])} for the one running, and one bridge user per region that may touch only its region's "
                  f"subtree); log {_rel(cb.log_path or cb.directory)}")
         # a car has the same user and password on every region's broker, so it can hand over
         car_pw = {c: secrets.token_urlsafe(16) for c in cars}
         self.car_pw = car_pw
         for r in REGIONS:
-            users = {GATEWAY_USER: secrets.token_urlsafe(16), **car_pw,
+            users = {GATEWAY_USER: secrets.token_urlsafe(16), MONITOR_USER: secrets.token_urlsafe(16), **car_pw,
                      **{s.id: secrets.token_urlsafe(16) for s in online[r.name]}}
             b = BridgedBroker.launch(self.dir / r.name / "broker", region=r.name, central=cb, gateway_user=GATEWAY_USER,
-                                     passwords=users, cars=cars, stations=[s.id for s in online[r.name]])
+                                     passwords=users, cars=cars, stations=[s.id for s in online[r.name]], tls=tls_dir,
+                                     extra_acl=monitor_acl(r.name))
             self.brokers[r.name] = b
-            tl.plain(f"  {r.name:<8} mosquitto pid {b.pid} on {b.host}:{b.port}, auth + ACL, bridged to central "
-                     f"(Mosquitto's bridge as {broker_config.bridge_user(r.name)}: QoS 1, cleansession false, "
+            tl.plain(f"  {r.name:<8} mosquitto pid {b.pid} on {b.host}:{b.port} (TLS), auth + ACL, bridged to central "
+                     f"(Mosquitto's bridge as {bridge_user(r.name)}: QoS 1, cleansession false, "
                      f"its region's central/ subtree out and in)")
         # taps: what the regions send out, on the central broker; what central sends in, on each region's
-        self.taps.append(Tap(self, cb, CENTRAL_USER, [PC.central_filter(leaf) for leaf in
+        self.taps.append(Tap(self, cb, MONITOR_USER, [PC.central_filter(leaf) for leaf in
                                                       ("overflow/request", "hold/answer", "hold/event", "summary")]))
         for r, b in self.brokers.items():
-            self.taps.append(Tap(self, b, GATEWAY_USER, PC.gateway_central_subscriptions(r)))
+            self.taps.append(Tap(self, b, MONITOR_USER, PC.gateway_central_subscriptions(r)))
 
         self.central = CentralProcess(self.dir / "central", cb, {r: b.port for r, b in self.brokers.items()},
                                       neighbours=NEIGHBOURS).start()
@@ -262,7 +275,8 @@ class RegionsAct:
         for r in REGIONS:
             b = self.brokers[r.name]
             gw = GatewayProcess(self.dir / r.name / "gateway", r.name, b.port, GATEWAY_USER, b.password(GATEWAY_USER),
-                                part[r.name], hold_s=pace.hold_s, grace_s=pace.grace_s, extra=OVERFLOW_TOML)
+                                part[r.name], hold_s=pace.hold_s, grace_s=pace.grace_s, extra=OVERFLOW_TOML,
+                                tls_ca=b.ca_file)
             self.gateways[r.name] = gw
             gw.start()
             tl.plain(f"  {r.name:<8} gateway pid {gw.pid}: {len(part[r.name]):,} stations of the register at "
@@ -361,8 +375,8 @@ class RegionsAct:
         cfg = json.loads(json.dumps(CAR_DEFAULT))
         home = self.brokers[HOME]
         cfg.update(id=spec.cid, region=HOME, log="info")
-        cfg["broker"].update(host=home.host, port=home.port, user=spec.cid, password=self.car_pw[spec.cid],
-                             keepalive=30)
+        pin_broker(cfg["broker"], home)  # the demo's CA signs every region's broker: it trusts mitte's too
+        cfg["broker"].update(user=spec.cid, password=self.car_pw[spec.cid], keepalive=30)
         cfg["model"] = {"name": model.name, "battery_kwh": model.battery_kwh,
                         "consumption_kwh_100km": model.consumption_kwh_100km, "max_ac_kw": model.max_ac_kw,
                         "max_dc_kw": model.max_dc_kw, "target_soc": 0.8}

@@ -1,13 +1,17 @@
 """python -m demo [--fast] [--no-boards] [--dir DIR]: the whole region on this machine, then clean up.
 
-1. a Mosquitto config from recarga.core.broker_config (auth + ACL on, a free loopback port), started;
-2. a gateway config over the whole Berlin register, and the real gateway process
-   (`python -m recarga.gateway.cli run --config ...`), logging to a file in the run directory;
+1. a CA of the demo's own (recarga.core.certs, in the run directory's tls/) and a Mosquitto
+   config from recarga.core.broker_config (auth + ACL on, one TLS listener on a free loopback
+   port, its certificate from that CA), started;
+2. a gateway config over the whole Berlin register (TLS, trusting that CA alone), and the real
+   gateway process (`python -m recarga.gateway.cli run --config ...`), logging to a file in
+   the run directory;
 3. the virtual-board act (demo/boards.py; --no-boards skips it): two station boards and three
-   car boards running the unmodified firmware on the MicroPython unix port, their serial
-   lines and LEDs printed as they happen; switched off (by pid) at its end;
-4. eight stations and ten cars as scripted MQTT clients (demo/actors.py), the scenes of
-   demo/scenario.py printed as they happen;
+   car boards running the unmodified firmware on the MicroPython unix port (config.json pins
+   the CA and names the server to verify), their serial lines and LEDs printed as they
+   happen; switched off (by pid) at its end;
+4. eight stations and ten cars as scripted MQTT clients over TLS (demo/actors.py), the scenes
+   of demo/scenario.py printed as they happen;
 5. the reservations from the gateway's database (`python -m recarga.gateway.cli reservations --json`);
 6. the regions act (demo/regions.py): the region's broker stopped, then three bridged regions
    and central started, an overflow and central unreachable;
@@ -56,6 +60,7 @@ from recarga.gateway.store import Store
 REGION = "berlin"
 GATEWAY_USER = "gateway"
 MARKER = ".recarga-demo"  # marks a run directory as the demo's own, so it may be cleared
+TLS_DIR = "tls"  # the demo's CA and the broker's certificate, in the run directory
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ synchronous = "NORMAL"
 [broker]
 host = "127.0.0.1"
 port = {port}
+tls_ca = {tls_ca}   # the demo's CA: the broker's certificate is verified against it alone
 username = {user}
 password_file = "gateway.password"
 reconnect_min_s = 1
@@ -197,28 +203,33 @@ class Demo:
         passwords.update({u: secrets.token_urlsafe(16) for u in [*stations, *cars]})
         self.passwords = passwords
         self.broker = Broker.launch(self.dir / "broker", region=REGION, gateway_user=GATEWAY_USER, cars=cars,
-                                    stations=stations, passwords=passwords)
+                                    stations=stations, passwords=passwords, tls=self.dir / TLS_DIR)
+        assert self.broker.ca_file is not None
         boards = (f"{len(board_stations)} station boards + {len(scenario.STATIONS)} scripted stations, "
                   f"{len(board_cars)} car boards + {len(car_ids)} scripted cars" if self.with_boards
                   else f"{len(scenario.STATIONS)} stations, {len(car_ids)} cars")
-        tl.plain(f"  broker   mosquitto pid {self.broker.pid} on {self.broker.host}:{self.broker.port}, "
-                 f"auth + ACL for {len(passwords)} users, each with its own password (gateway, {boards}); "
-                 f"log {_rel(self.broker.log_path)}")
+        tl.plain(f"  broker   mosquitto pid {self.broker.pid} on {self.broker.host}:{self.broker.port} "
+                 f"(TLS only, certificate from the demo's CA {_rel(self.broker.ca_file)} for "
+                 f"{self.broker.server_name} and {self.broker.host}), auth + ACL for {len(passwords)} users, "
+                 f"each with its own password (gateway, {boards}); log {_rel(self.broker.log_path)}")
 
         write_secret(self.dir / "gateway" / "gateway.password", passwords[GATEWAY_USER])
         self.gateway_config.write_text(GATEWAY_TOML.format(
             region=_toml_str(REGION), stations=_toml_str(str(STATIONS_CSV)), port=self.broker.port,
+            tls_ca=_toml_str(str(self.broker.ca_file)),
             user=_toml_str(GATEWAY_USER), hold_s=self.pace.hold_s, grace_s=self.pace.grace_s))
         self.max_wait_s = gateway_config.load(self.gateway_config).engine.max_wait_s
         self._start_gateway()
         assert self.gateway is not None
         tl.plain(f"  gateway  pid {self.gateway.pid}, region {REGION}, {len(register):,} stations from "
                  f"{_rel(STATIONS_CSV)}, hold {self.pace.hold_s:g} s, grace {self.pace.grace_s:g} s, "
-                 f"tick 0.5 s; config {_rel(self.gateway_config)}, log {_rel(self.gateway_log)}")
+                 f"tick 0.5 s, TLS trusting the demo's CA alone; config {_rel(self.gateway_config)}, "
+                 f"log {_rel(self.gateway_log)}")
         if self.with_boards:
             tl.plain(f"  boards   firmware/station and firmware/car, unmodified, on the MicroPython unix port "
                      f"(boards/virtual: machine and network emulated, wired as boards/*/diagram.json); "
-                     f"configs and serial logs in {_rel(self.dir / 'boards')}")
+                     f"TLS, each config.json pinning the demo's CA and the server name "
+                     f"{self.broker.server_name}; configs and serial logs in {_rel(self.dir / 'boards')}")
         tl.plain("  Only the stations the demo brings online can be assigned"
                  + (": first the two station boards, then (once they are off) the eight scripted stations."
                     if self.with_boards else ": the eight below."))

@@ -2,7 +2,9 @@
 
 `Broker` writes a configuration with recarga.core.broker_config (auth and ACL on) and runs
 `mosquitto -c <conf>` as a child process (harness.process) on a loopback port; it is stopped
-by its pid. Without users given, it is the test suite's region: REGION, GATEWAY_USER, CARS,
+by its pid. With tls=True its one listener is TLS, with a CA of its own made by
+recarga.core.certs (`ca_file`; the server certificate names SERVER_NAME and 127.0.0.1), and
+the harness's clients (harness.clients, harness.services, harness.central) use it. Without users given, it is the test suite's region: REGION, GATEWAY_USER, CARS,
 STATIONS with PASSWORDS. Production brokers run under systemd instead (docs/deployment.md).
 """
 from __future__ import annotations
@@ -12,12 +14,14 @@ import pwd
 import shutil
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
 from harness.process import ChildProcess, ProcessExited
 from harness.wait import wait_until
-from recarga.core import broker_config
+from recarga.core import broker_config, certs
+from recarga.core.broker_dir import LOG_NAME
 
 SETUP_HINT = "install Debian's mosquitto and mosquitto-clients packages (scripts/setup does)"
 
@@ -33,6 +37,30 @@ PASSWORDS = {
     "st-1": "st-1-secret",
     "st-2": "st-2-secret",
 }
+
+
+MONITOR_USER = "monitor"  # a read-only user a test adds to watch a broker (extra_acl=monitor_acl(...))
+
+
+def monitor_acl(region: str) -> dict[str, list[tuple[str, str]]]:
+    """extra_acl for MONITOR_USER: read everything of `region` on its broker."""
+    return {MONITOR_USER: [("read", f"recarga/v1/{region}/#")]}
+
+
+SERVER_NAME = "localhost"  # the DNS name in a TLS test broker's certificate (with IP 127.0.0.1)
+TLS_DIR = "tls"
+
+
+def make_tls(directory: Path, name: str = "broker") -> broker_config.TlsListener:
+    """A CA and a server certificate for SERVER_NAME and 127.0.0.1 in `directory` (made once,
+    reused after), as a TlsListener on port 0: set the port with dataclasses.replace."""
+    ca = certs.ca_files(directory)
+    if not ca.cert.exists():
+        certs.make_ca(directory, common_name=f"Recarga test CA {directory.name}")
+    server = certs.server_files(directory, name)
+    if not server.cert.exists():
+        certs.make_server_cert(directory, name, [SERVER_NAME, "127.0.0.1"])
+    return broker_config.TlsListener(ca.cert, server.cert, server.key, port=0, host="127.0.0.1")
 
 
 class BrokerError(RuntimeError):
@@ -54,6 +82,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def tls_listener(directory: Path, host: str, port: int,
+                 tls: bool | Path) -> tuple[int | None, broker_config.TlsListener | None]:
+    """(plain port, TLS listener) for a test broker's one listener on host:port. `tls` True:
+    a CA of its own in directory/tls; a Path: the CA in that directory, which several brokers
+    share (as one project CA signs every broker, so a car trusts the region it hands over to)."""
+    if tls is False:
+        return port, None
+    ca_dir = Path(directory) / TLS_DIR if tls is True else Path(tls)
+    return None, replace(make_tls(ca_dir, f"broker-{port}"), port=port, host=host)
+
+
 def run_as_me() -> str:
     """The account the broker runs as: whoever runs the harness (as root, Mosquitto would
     otherwise switch to 'mosquitto', which cannot enter pytest's private temporary directories)."""
@@ -67,8 +106,11 @@ class Broker(ChildProcess):
     """
 
     def __init__(self, conf_path: Path, host: str, port: int, *, region: str,
-                 passwords: Mapping[str, str] | None = None, log_path: Path | None = None):
+                 passwords: Mapping[str, str] | None = None, log_path: Path | None = None,
+                 ca_file: Path | None = None):
         self.conf_path = Path(conf_path)
+        self.ca_file = ca_file  # set: `port` is a TLS listener whose certificate this CA signed
+        self.server_name = SERVER_NAME
         self.directory = self.conf_path.parent
         self.host = host
         self.port = port
@@ -84,15 +126,18 @@ class Broker(ChildProcess):
                  cars: Sequence[str] = CARS, stations: Sequence[str] = STATIONS,
                  passwords: Mapping[str, str] | None = None, host: str = "127.0.0.1",
                  port: int | None = None,
-                 extra_acl: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> Self:
-        """Write a broker directory with recarga.core.broker_config (not started yet)."""
+                 extra_acl: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+                 tls: bool | Path = False) -> Self:
+        """Write a broker directory with recarga.core.broker_config (not started yet); with
+        `tls` its listener is TLS (tls_listener)."""
         passwords = dict(PASSWORDS if passwords is None else passwords)
         port = free_port(host) if port is None else port
-        conf = broker_config.write_broker_dir(directory, region, port, passwords, list(cars),
+        plain, listener = tls_listener(directory, host, port, tls)
+        conf = broker_config.write_broker_dir(directory, region, plain, passwords, list(cars),
                                               list(stations), gateway_user, host, run_as=run_as_me(),
-                                              extra_acl=extra_acl)
+                                              extra_acl=extra_acl, tls=listener)
         return cls(conf, host, port, region=region, passwords=passwords,
-                   log_path=conf.parent / broker_config.LOG_NAME)
+                   log_path=conf.parent / LOG_NAME, ca_file=Path(listener.cafile) if listener else None)
 
     @classmethod
     def launch(cls, directory: Path, attempts: int = 3, **kwargs) -> Self:

@@ -1,7 +1,9 @@
 """Helpers for tests that run the car firmware against real brokers (and gateways).
 
-- `car_config(...)`: a car's config.json (the test board's battery curve and divider);
-  `uv_for(soc)` / `pot_for(soc)`: the ADC microvolts / the pot position that read as `soc`.
+- `car_config(...)`: a car's config.json (the test board's battery curve and divider; with
+  `ca_file` the CA pinned, so the car speaks TLS, checking the broker's certificate for
+  harness.broker.SERVER_NAME); `uv_for(soc)` / `pot_for(soc)`: the ADC microvolts / the pot
+  position that read as `soc`.
 - `virtual_board(tmp, cfg)`: a car on the virtual board (boards/virtual, the boards/car wiring),
   the unmodified firmware from firmware/car and firmware/lib, not started yet. Its serial
   lines say what the car does: `car: handing over to region R: broker H:P`, `car: overflow:
@@ -12,8 +14,11 @@
   is parsed with recarga.core.protocol's validator (the contract) and kept in `requests`;
   `respond` (request -> list of messages to send back) answers it; `online()` is the car's
   retained online flag on that broker.
-- `World(tmp)`: regions (a broker and the real gateway process each, stations as paho clients)
-  and paho clients, all stopped by pid / closed at the end.
+- `region_broker(...)`: a region's broker, TLS by default (`tls`: True, a CA of its own; a
+  CA directory, shared by several brokers as one project CA signs every region's broker).
+- `World(tmp)`: regions (a TLS broker and the real gateway process each, all brokers signed by
+  one CA, `world.ca_file`; stations as paho clients) and paho clients, all stopped by pid /
+  closed at the end.
 - `reservations(gw)` (the gateway's CLI, JSON).
 
 For the three-region test with central: give the car the origin region in config.json only;
@@ -31,18 +36,20 @@ from itertools import pairwise
 from pathlib import Path
 
 from harness import ROOT
-from harness.broker import Broker
+from harness.broker import SERVER_NAME, Broker
 from harness.clients import MqttClient, connect_client
 from harness.services import GatewayProcess
 from harness.wait import wait_until
 from recarga.core.model import StationMeta
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
+from recarga.devices.provision import pinned_ca
 
 CAR = ROOT / "firmware" / "car"
 LIB = ROOT / "firmware" / "lib"
 BOARD_DIAGRAM = ROOT / "boards" / "car" / "diagram.json"
 
+MONITOR = "monitor"  # region_broker's read-only user
 CURVE = [[300, 0.0], [345, 0.1], [360, 0.3], [372, 0.5], [388, 0.8], [403, 1.0]]
 DIVIDER = 130.0
 
@@ -61,10 +68,12 @@ def pot_for(soc: float) -> float:
 
 
 def car_config(car: str, region: str, port: int, *, regions: list[dict] | None = None,
-               points=((52.521, 13.401),), speed_kmh=0, telemetry_s=5) -> dict:
+               points=((52.521, 13.401),), speed_kmh=0, telemetry_s=5, ca_file: Path | None = None,
+               server_name: str = SERVER_NAME) -> dict:
     """config.json of a car whose home broker is 127.0.0.1:port (region `region`); `regions`
-    defaults to that region with Berlin's bounds."""
-    return {
+    defaults to that region with Berlin's bounds. With `ca_file` (a broker's ca_file) that CA
+    is pinned as provisioning pins it and every broker must show `server_name`: TLS."""
+    cfg = {
         "kind": "car", "id": car, "region": region,
         "wifi": {"ssid": "recarga", "password": "pw"},
         "broker": {"host": "127.0.0.1", "port": port, "user": car, "password": f"{car}-pw", "keepalive": 10},
@@ -79,6 +88,9 @@ def car_config(car: str, region: str, port: int, *, regions: list[dict] | None =
                                 "bounds": [52.33, 13.08, 52.68, 13.77]}],
         "telemetry_s": telemetry_s,
     }
+    if ca_file is not None:
+        cfg["broker"].update(ca=pinned_ca(ca_file), server_name=server_name)
+    return cfg
 
 
 def virtual_board(tmp: Path, cfg: dict):
@@ -92,11 +104,17 @@ def virtual_board(tmp: Path, cfg: dict):
     return VirtualBoard(BOARD_DIAGRAM, {"": CAR, "lib": LIB, "config.json": tmp / "config.json"}, name=cfg["id"])
 
 
-def region_broker(tmp: Path, region: str, cars: list[str], stations: list[str] = ()) -> Broker:
+def region_broker(tmp: Path, region: str, cars: list[str], stations: list[str] = (),
+                  tls: bool | Path = True) -> Broker:
     """A running broker of `region` (auth and ACL on; users gateway / gw-pw, each car and
-    station with the password <id>-pw)."""
-    passwords = {"gateway": "gw-pw", **{c: f"{c}-pw" for c in cars}, **{s: f"{s}-pw" for s in stations}}
-    return Broker.launch(tmp, region=region, cars=cars, stations=list(stations), passwords=passwords)
+    station with the password <id>-pw, and MONITOR / monitor-pw, who may read the region's whole
+    tree: a client id is bound to its user, so a test watching beside a gateway needs a user of
+    its own); its listener TLS unless `tls` is False (a Path: the CA directory it shares with
+    other brokers)."""
+    passwords = {"gateway": "gw-pw", MONITOR: "monitor-pw", **{c: f"{c}-pw" for c in cars},
+                 **{s: f"{s}-pw" for s in stations}}
+    return Broker.launch(tmp, region=region, cars=cars, stations=list(stations), passwords=passwords, tls=tls,
+                         extra_acl={MONITOR: [("read", f"recarga/v1/{region}/#")]})
 
 
 def reservation(rid: str, state: str = "held", station: str = "st-1", slot: int = 1, **kw) -> dict:
@@ -167,15 +185,16 @@ class World:
     """Regions (broker + gateway + paho station clients), paho clients and boards; all stopped
     at the end."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, tls: bool = True):
         self.tmp = tmp
+        self.tls: bool | Path = tmp / "ca" if tls else False  # one CA signs every region's broker
         self.brokers: list[Broker] = []
         self.gateways: list[GatewayProcess] = []
         self.clients: list[MqttClient] = []
         self.cars: list = []  # anything with stop()
 
     def region(self, name: str, cars: list[str], stations: list[StationMeta]) -> tuple[Broker, GatewayProcess]:
-        b = region_broker(self.tmp / name / "broker", name, cars, [s.id for s in stations])
+        b = region_broker(self.tmp / name / "broker", name, cars, [s.id for s in stations], tls=self.tls)
         self.brokers.append(b)
         for s in stations:
             c = connect_client(b, s.id)
@@ -184,10 +203,16 @@ class World:
             c.publish(D.station_topic(name, s.id, "online"), W.online_message(True), retain=True)
             c.publish(D.station_topic(name, s.id, "status"), W.encode(D.station_status(["free"] * len(s.slots))),
                       retain=True)
-        gw = GatewayProcess(self.tmp / name / "gw", name, b.port, "gateway", "gw-pw", stations, hold_s=60, grace_s=300)
+        gw = GatewayProcess(self.tmp / name / "gw", name, b.port, "gateway", "gw-pw", stations, hold_s=60, grace_s=300,
+                            tls_ca=b.ca_file)
         self.gateways.append(gw)
         gw.start().wait_connected()
         return b, gw
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA every region's broker is signed by (None without TLS)."""
+        return self.brokers[0].ca_file if self.brokers else None
 
     def client(self, broker: Broker, user: str) -> MqttClient:
         c = connect_client(broker, user)

@@ -4,6 +4,10 @@
 for tests, benchmarks and the demo's scripted actors. `try_connect` reports a CONNACK.
 `CliSubscriber` and `cli_publish` run mosquitto_sub and mosquitto_pub, clients independent of
 paho. Fixtures in tests/conftest.py make sure everything is closed and stopped.
+
+Each connects over TLS when its broker has it (Broker.ca_file), trusting that CA and checking
+the broker's address against its certificate; `tls=False` forces plain TCP and `ca_file`
+trusts another CA instead (tests of refusals).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -21,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from harness.broker import Broker, require_tool
 from harness.process import ChildProcess
 from harness.wait import wait_until
+from recarga.core.mqtt_tls import client_context
 
 T = TypeVar("T")
 
@@ -32,25 +38,42 @@ def _new_paho(client_id: str, clean_session: bool) -> mqtt.Client:
                        protocol=mqtt.MQTTv311, clean_session=clean_session)
 
 
+def _ca_file(broker: Broker, tls: bool | None, ca_file: Path | None) -> Path | None:
+    """The CA a client trusts: None for plain TCP."""
+    if tls is False or (tls is None and broker.ca_file is None):
+        return None
+    return ca_file or broker.ca_file
+
+
 def try_connect(broker: Broker, username: str | None, password: str | None = None,
-                timeout: float = 5.0) -> ReasonCode:
-    """Connect once and return the CONNACK's reason code (success or refusal), then hang up."""
+                timeout: float = 5.0, *, tls: bool | None = None, ca_file: Path | None = None) -> ReasonCode:
+    """Connect once and return the CONNACK's reason code (success or refusal), then hang up.
+    ConnectionResetError if the broker closes the connection without a CONNACK (e.g. plain
+    MQTT on a TLS port); ssl.SSLError if the TLS handshake fails."""
     client = _new_paho(f"probe-{os.getpid()}-{time.monotonic_ns()}", True)
     if username is not None:
         client.username_pw_set(username, password)
+    ca = _ca_file(broker, tls, ca_file)
+    if ca is not None:
+        client.tls_set_context(client_context(ca))
     result: list[ReasonCode] = []
+    closed: list[ReasonCode] = []
     client.on_connect = lambda c, u, flags, rc, props: result.append(rc)
+    client.on_disconnect = lambda c, u, flags, rc, props: closed.append(rc)
     client.connect(broker.host, broker.port, keepalive=10)
 
     def answered() -> bool:
         client.loop(0.05)
-        return bool(result)
+        return bool(result or closed)
 
     try:
         wait_until(answered, timeout, f"a CONNACK from {broker.host}:{broker.port}", every=0)
     finally:
         client.disconnect()
         client.loop(0.05)
+    if not result:
+        raise ConnectionResetError(f"{broker.host}:{broker.port} closed the connection without a CONNACK "
+                                   f"({closed[0]})")
     return result[0]
 
 
@@ -74,7 +97,8 @@ class MqttClient:
     def __init__(self, broker: Broker, username: str, password: str | None = None, *,
                  client_id: str | None = None, clean_session: bool = True,
                  will: tuple[str, bytes] | None = None,
-                 on_message: Callable[[Received], None] | None = None):
+                 on_message: Callable[[Received], None] | None = None,
+                 tls: bool | None = None, ca_file: Path | None = None):
         self.broker = broker
         self.username = username
         self.client_id = client_id or f"{username}-{os.getpid()}-{time.monotonic_ns()}"
@@ -85,6 +109,9 @@ class MqttClient:
         self._subacks: dict[int, list[ReasonCode]] = {}
         self._paho = _new_paho(self.client_id, clean_session)
         self._paho.username_pw_set(username, broker.password(username) if password is None else password)
+        ca = _ca_file(broker, tls, ca_file)
+        if ca is not None:
+            self._paho.tls_set_context(client_context(ca))
         if will is not None:
             self._paho.will_set(will[0], will[1], qos=1, retain=True)
         self._paho.on_connect = self._on_connect
@@ -198,8 +225,12 @@ def connect_client(broker: Broker, username: str, password: str | None = None, *
 
 # ---------------------------------------------------------------- Mosquitto's own CLI clients
 
-def _cli_auth(broker: Broker, username: str | None, password: str | None) -> list[str]:
+def _cli_auth(broker: Broker, username: str | None, password: str | None, *,
+              tls: bool | None = None, ca_file: Path | None = None) -> list[str]:
     args = ["-h", broker.host, "-p", str(broker.port), "-V", "mqttv311"]
+    ca = _ca_file(broker, tls, ca_file)
+    if ca is not None:
+        args += ["--cafile", str(ca)]
     if username is not None:
         args += ["-u", username, "-P", broker.password(username) if password is None else password]
     return args
@@ -207,9 +238,10 @@ def _cli_auth(broker: Broker, username: str | None, password: str | None) -> lis
 
 def cli_publish(broker: Broker, username: str | None, topic: str, payload: str, *,
                 password: str | None = None, qos: int = 1, retain: bool = False,
-                timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+                timeout: float = 10.0, tls: bool | None = None,
+                ca_file: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `mosquitto_pub` once (it exits by itself) and return the finished process."""
-    args = [require_tool("mosquitto_pub"), *_cli_auth(broker, username, password),
+    args = [require_tool("mosquitto_pub"), *_cli_auth(broker, username, password, tls=tls, ca_file=ca_file),
             "-t", topic, "-m", payload, "-q", str(qos)]
     if retain:
         args.append("-r")
@@ -238,11 +270,13 @@ class CliSubscriber(ChildProcess):
     MARK = "MSG\t"
 
     def __init__(self, broker: Broker, username: str, topics: Iterable[str], *,
-                 password: str | None = None, qos: int = 1):
+                 password: str | None = None, qos: int = 1, tls: bool | None = None,
+                 ca_file: Path | None = None):
         self.username = username
         self.topics = list(topics)
         # stdbuf: mosquitto_sub's stdout is a pipe here, which stdio would buffer fully
-        argv = [require_tool("stdbuf"), "-oL", require_tool("mosquitto_sub"), *_cli_auth(broker, username, password),
+        argv = [require_tool("stdbuf"), "-oL", require_tool("mosquitto_sub"),
+                *_cli_auth(broker, username, password, tls=tls, ca_file=ca_file),
                 "-q", str(qos), "-d", "-F", self.MARK + "%t\t%p"]
         for t in self.topics:
             argv += ["-t", t]

@@ -20,7 +20,8 @@ from typing import Any, Self
 from harness import ROOT
 from harness.central import (
     CAR_NEED,
-    CENTRAL_USER,
+    MONITOR_ACL,
+    MONITOR_USER,
     BridgedBroker,
     CentralBroker,
     CentralProcess,
@@ -28,6 +29,7 @@ from harness.central import (
 )
 from harness.clients import MqttClient, Received, connect_client
 from harness.services import GatewayProcess
+from recarga.core import certs
 from recarga.core.model import StationMeta
 from recarga.core.protocol import central as PC
 from recarga.core.protocol import device as D
@@ -51,11 +53,17 @@ def berlin_split(regions: Sequence[str], per_region: int) -> dict[str, list[Stat
 class RegionsNet:
     """Central (broker + process) and bridged regions (broker + gateway with [overflow] on),
     stations as paho clients reporting online and their slot states (retained), cars
-    provisioned on every region broker (password <car>-pw)."""
+    provisioned on every region broker (password <car>-pw). With `tls` (the default) every
+    broker listens on TLS only, with a certificate from one CA (root/tls/ca.crt, `ca_file`),
+    the bridges and the gateway and central processes verify their broker's certificate, and
+    the paho clients do too."""
 
     def __init__(self, root: Path, stations: dict[str, list[StationMeta]], cars: Sequence[str],
-                 states: dict[str, str] | None = None, overflow: str = "wait_limit_s = 900\nanswer_within_s = 5\n"):
+                 states: dict[str, str] | None = None, overflow: str = "wait_limit_s = 900\nanswer_within_s = 5\n",
+                 tls: bool = True):
         self.root = Path(root)
+        self.tls = tls
+        self.ca_file = certs.ca_files(self.root / "tls").cert if tls else None  # what a handing-over car trusts
         self.stations = stations
         self.cars = list(cars)
         self.states = states or {}  # region -> slot state its stations report first ("free")
@@ -79,12 +87,13 @@ class RegionsNet:
     def _start(self) -> None:
         regions = list(self.stations)
         self.central_broker = CentralBroker.launch(self.root / "central-broker", regions=regions,
-                                                   passwords=central_passwords(regions))
+                                                   passwords={**central_passwords(regions), MONITOR_USER: "monitor-pw"},
+                                                   extra_acl=MONITOR_ACL, tls=self._tls_dir())
         for r, metas in self.stations.items():
             users = {"gateway": f"gw-{r}-pw", **{c: f"{c}-pw" for c in self.cars}, **{s.id: f"{s.id}-pw" for s in metas}}
             self.brokers[r] = BridgedBroker.launch(self.root / r / "broker", region=r, central=self.central_broker,
                                                    gateway_user="gateway", passwords=users, cars=self.cars,
-                                                   stations=[s.id for s in metas])
+                                                   stations=[s.id for s in metas], tls=self._tls_dir())
             for s in metas:
                 c = self.client(r, s.id)
                 self._station_client[s.id] = c
@@ -95,13 +104,17 @@ class RegionsNet:
         self.central.start()
         for r, metas in self.stations.items():
             gw = GatewayProcess(self.root / r / "gw", r, self.brokers[r].port, "gateway", f"gw-{r}-pw", metas,
-                                hold_s=60, grace_s=300, tick_s=0.2, extra=f"[overflow]\nenabled = true\n{self.overflow}")
+                                hold_s=60, grace_s=300, tick_s=0.2, extra=f"[overflow]\nenabled = true\n{self.overflow}",
+                                tls_ca=self.brokers[r].ca_file)
             self.gateways[r] = gw
             gw.start()
         for gw in self.gateways.values():
             gw.wait_connected(15)
             gw.wait_log("link to central up", 15)
         self.central.wait_log("subscribed: serving overflow", 15)
+
+    def _tls_dir(self) -> Path | bool:
+        return self.root / "tls" if self.tls else False
 
     def client(self, region: str, user: str, **kwargs: Any) -> MqttClient:
         """A paho client connected to `region`'s broker as `user` (closed in stop())."""
@@ -117,7 +130,7 @@ class RegionsNet:
     def wait_summary(self, region: str, pred: Callable[[list[PC.SummaryStation]], bool], timeout: float = 15.0) -> None:
         """Until central's broker holds a summary of `region` for which pred(stations) holds."""
         assert self.central_broker is not None
-        probe = connect_client(self.central_broker, CENTRAL_USER)
+        probe = connect_client(self.central_broker, MONITOR_USER)  # central's own users are in use
         try:
             probe.subscribe(PC.central_filter("summary"))
 

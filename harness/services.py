@@ -27,6 +27,11 @@ def write_secret(path: Path, value: str) -> None:
     os.chmod(path, 0o600)
 
 
+def tls_ca_line(ca_file: Path | None) -> str:
+    """A [broker] table's tls_ca line for a broker with this CA file (TLS), or nothing (plain)."""
+    return "" if ca_file is None else f"tls_ca = {json.dumps(str(ca_file))}\n"
+
+
 def gateway_reservations(config: Path, *args: str) -> list[dict]:
     """The reservations in a gateway's database, as `recarga-gateway reservations --json`
     lists them (args: more of its options, such as --active)."""
@@ -68,7 +73,7 @@ username = "{user}"
 password_file = "gateway.password"
 reconnect_min_s = 1
 reconnect_max_s = 2
-
+{tls}
 [reservations]
 hold_s = {hold_s}
 grace_s = {grace_s}
@@ -77,13 +82,15 @@ grace_s = {grace_s}
 
 class GatewayProcess(ServiceProcess):
     """A gateway with its own config, station file, password and database under `root`,
-    on a broker at 127.0.0.1:`port`. `extra` is TOML inserted before [broker]: top-level
-    keys, or whole sections such as [overflow]. SQLite's `synchronous` is NORMAL unless
-    given (a killed process loses nothing either way; FULL adds the fsyncs)."""
+    on a broker at 127.0.0.1:`port`, over TLS when `tls_ca` (the broker's ca_file) is given.
+    `extra` is TOML inserted before [broker]: top-level keys, or whole sections such as
+    [overflow]. SQLite's `synchronous` is NORMAL unless given (a killed process loses
+    nothing either way; FULL adds the fsyncs)."""
 
     def __init__(self, root: Path, region: str, port: int, user: str, password: str,
                  stations: Sequence[StationMeta], hold_s: float = 60, grace_s: float = 300,
-                 tick_s: float = 0.2, extra: str = "", who: str | None = None, synchronous: str = "NORMAL"):
+                 tick_s: float = 0.2, extra: str = "", who: str | None = None, synchronous: str = "NORMAL",
+                 tls_ca: Path | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = self.root / "gateway.db"
@@ -92,7 +99,7 @@ class GatewayProcess(ServiceProcess):
         config = self.root / "gateway.toml"
         config.write_text(GATEWAY_TOML.format(region=json.dumps(region), tick_s=tick_s, extra=extra, port=port,
                                               user=user, hold_s=hold_s, grace_s=grace_s,
-                                              synchronous=synchronous))
+                                              synchronous=synchronous, tls=tls_ca_line(tls_ca)))
         super().__init__(who or f"gateway {region}", "recarga.gateway.cli", config, self.root / "gateway.log")
 
     def wait_connected(self, timeout: float = 10) -> None:

@@ -11,6 +11,7 @@ import pytest
 from boards.virtual.board import BoardError, find_micropython
 from harness.broker import Broker
 from harness.clients import MqttClient, connect_client
+from harness.region import Region
 from harness.systemd import SYSTEMD_ANALYZE
 
 
@@ -43,6 +44,25 @@ def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., MqttCl
     finally:
         for c in clients:
             c.close()
+
+
+@pytest.fixture
+def region_factory(tmp_path: Path) -> Iterator[Callable[..., Region]]:
+    """Factory: region_factory(cars, stations, **kw) is a started harness.region.Region (broker,
+    gateway process, station clients) under the test's tmp_path; every one is closed (its
+    processes stopped by pid) at the end of the test."""
+    made: list[Region] = []
+
+    def make(cars: list[str], stations: list, **kw) -> Region:
+        r = Region(tmp_path / f"region{len(made)}", cars, stations, **kw)
+        made.append(r)
+        return r.start()
+
+    try:
+        yield make
+    finally:
+        for r in made:
+            r.close()
 
 
 def _have_micropython() -> bool:

@@ -4,7 +4,8 @@ gateway exactly as deployed (`python -m recarga.gateway.cli run`) and the echo
 
 The configuration is deploy/gateway.example.toml's settings except hold_s 3600 and
 max_wait_s 86400, so that offers neither lapse during a bench nor are refused for a long
-queue. It is written here rather than by harness.services.GatewayProcess, whose template has
+queue, and the per-car rate limit at the top of its bounds: in the closed loop each car asks
+again as soon as it has its answer, hundreds of times a minute, which a real car never does. It is written here rather than by harness.services.GatewayProcess, whose template has
 neither those [reservations] keys nor a station file other than its own stations.json.
 """
 from __future__ import annotations
@@ -47,6 +48,10 @@ expected_session_s = 3600
 
 [selection]
 policy = "least_completion"
+
+[rate_limit]
+requests_per_min = 60000
+burst = 10000
 """
 
 

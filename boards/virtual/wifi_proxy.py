@@ -1,7 +1,9 @@
 """The board's Wi-Fi as its TCP connections see it: cuttable proxies on the host.
 
 At every boot config.json's "broker" and "regions[*]" host/port are pointed at TCP proxies on
-127.0.0.1 that forward to the real addresses (the flash copy only). Switching the access point
+127.0.0.1 that forward to the real addresses (the flash copy only). TLS passes through as
+bytes; with a pinned CA (broker.ca) an entry without a "server_name" gets its real host as
+one, so the board still checks the broker's certificate for the name it would use. Switching the access point
 off cuts what goes through them (reset towards the board, closed towards the broker, which then
 publishes the Last Will) and refuses new connections until it is on again.
 """
@@ -145,6 +147,7 @@ class WifiProxies:
         ours = {("127.0.0.1", p.port) for p in self._proxies.values()}
         changed = False
         entries = [cfg.get("broker")] + list(cfg.get("regions") or [])
+        tls = isinstance(cfg.get("broker"), dict) and "ca" in cfg["broker"]
         for e in entries:
             if not isinstance(e, dict) or not isinstance(e.get("host"), str):
                 continue
@@ -152,6 +155,8 @@ class WifiProxies:
             if not isinstance(port, int) or (e["host"], port) in ours:
                 continue
             up = (e["host"], port)
+            if tls:
+                e.setdefault("server_name", e["host"])
             if up not in self._proxies:
                 self._proxies[up] = Proxy(up)
                 if listening:

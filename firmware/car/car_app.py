@@ -18,7 +18,10 @@
 # configured regions comes the home region of the common keys, used while the position is in
 # no configured region, then at most one region met through an overflow answer, not in
 # config.json), topics (leaf -> topic, the current region's), _bounds (per configured region,
-# None for the home one), _broker (user, password, keepalive), _level (the status LED's), _t
+# None for the home one), _broker (user, password, keepalive), _tls (None: plain TCP; else
+# the SSL context trusting the pinned CA and {host: server name}, the host itself where none
+# is given: every broker the car meets must show a certificate of that CA for its name),
+# _level (the status LED's), _t
 # (ticks of the last battery reading, route step, region check, gc); _stay: not None while a
 # reservation keeps the session away from the position's region (the index of that region, or
 # of the reservation's own right after an overflow hand-over), so that the region check runs
@@ -47,14 +50,15 @@ class CarApp:
     _stay = None
 
     def __init__(self, car, model, battery, route, regions, bounds, region, broker, wifi, wlan, adc, led,
-                 boot_id, telemetry_ms):
+                 boot_id, telemetry_ms, tls=None):
         """car: the car's id; model: its EV model (config.json's "model"); battery, route: its
         Battery and Route; regions: [(name, host, port)], the configured regions then the home
         one; bounds: [lat_min, lon_min, lat_max, lon_max] per configured region, then None;
         region: the index in regions to start in; broker: (user, password, keepalive); wifi:
         {"ssid", "password"}; wlan: network.WLAN(STA_IF); adc: the battery's machine.ADC; led:
         the status LED's machine.Pin; boot_id: text that keeps request ids unique across
-        reboots; telemetry_ms: the telemetry period."""
+        reboots; telemetry_ms: the telemetry period; tls: None (plain TCP) or (SSL context
+        with the pinned CA, lib pinned.py; {host: server name}) for every broker."""
         self.car = car
         self.battery = battery
         self.route = route
@@ -62,6 +66,7 @@ class CarApp:
         self._bounds = bounds
         self.region = region
         self._broker = broker
+        self._tls = tls
         self._adc = adc
         self._led = led
         self._level = -1
@@ -93,6 +98,9 @@ class CarApp:
                       Backoff(1000, 30000))
         s.subscribe(topic(name, "car", car, "reply"))
         s.clean = False  # replies and events sent while the car reconnects wait in the broker
+        t = self._tls
+        if t is not None:
+            s.tls = (t[0], t[1].get(host, host))
         s.idle = self._idle
         self.session = s
 

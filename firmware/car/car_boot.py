@@ -4,12 +4,12 @@
 # then leave sys.modules and the config dict is gone, so none of that stays in RAM while the
 # car runs (on a board without PSRAM every KB counts). Order, against fragmentation
 # (docs/firmware.md, "Memory"): validation first; its code, the config dict and the
-# temporaries freed; the kept values parsed again from that JSON, so that the few objects
-# that stay are made together in the lowest free blocks; the hardware, battery and route
-# objects; then the biggest runtime modules compiled (biggest first, gc.collect() between)
-# into the large free block that is left (compiling from source needs several times a
-# module's final size for a moment, in blocks of up to ~2 KB; the small mqtt_client last);
-# then the CarApp, given the kept values and those objects by name.
+# temporaries freed; then the biggest runtime modules compiled (biggest first, gc.collect()
+# between) while the heap holds little more than the kept values' JSON text (compiling from
+# source needs several times a module's final size for a moment, in blocks of up to ~2 KB;
+# the small mqtt_client last); then the kept values parsed from that JSON (small objects:
+# they fit the holes the compiles left), the hardware, battery and route objects, the TLS
+# context (one ~3 KB block) and the CarApp, given the kept values and those objects by name.
 import gc
 import sys
 
@@ -24,10 +24,14 @@ def boot(path="config.json", hw=None):
     sys.modules.pop("car_config")
     sys.modules.pop("config")
     gc.collect()
+    for n in ("umqtt.simple", "session", "car_logic", "car_app", "mqtt_client"):
+        gc.collect()
+        __import__(n)
+    gc.collect()
     from json import load
 
     (pins, level, divider, curve, samples, ask_below, clear_above, points, speed_kmh, loop, car, model, wifi,
-     regions, bounds, broker, telemetry_ms) = load(k)
+     regions, bounds, broker, telemetry_ms, tls) = load(k)
     del k
     regions = [tuple(x) for x in regions]  # JSON gives lists; handover compares tuples
     if hw is None:
@@ -47,10 +51,12 @@ def boot(path="config.json", hw=None):
     log.level(level)
     bt = Battery(divider, curve, samples, ask_below, clear_above)
     rt = Route(points, speed_kmh, loop)
-    for n in ("umqtt.simple", "session", "car_logic", "car_app", "mqtt_client"):
+    if tls is not None:  # the context of every session (the same CA for every broker): one ~3 KB block
+        import pinned
+
+        tls = (pinned.context(tls[0]), tls[1])
+        sys.modules.pop("pinned")
         gc.collect()
-        __import__(n)
-    gc.collect()
     from car_app import CarApp
     from route import find_region
 
@@ -63,7 +69,8 @@ def boot(path="config.json", hw=None):
         log.warn("car: start position in no configured region, using", regions[i][0])
     log.info("car: region", regions[i][0])
     a = CarApp(car=car, model=model, battery=bt, route=rt, regions=regions, bounds=bounds, region=i,
-               broker=broker, wifi=wifi, wlan=wlan, adc=adc, led=led, boot_id=boot_id, telemetry_ms=telemetry_ms)
+               broker=broker, wifi=wifi, wlan=wlan, adc=adc, led=led, boot_id=boot_id, telemetry_ms=telemetry_ms,
+               tls=tls)
     gc.collect()
     log.debug("car: heap at boot", gc.mem_alloc())  # the most it holds at boot (this module too)
     sys.modules.pop("car_boot", None)

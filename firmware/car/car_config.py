@@ -66,6 +66,7 @@ def check_car(cfg):
         config.need_id(cfg, k + ".name")
         need(cfg, k + ".host", str, 1, 253)
         need(cfg, k + ".port", int, 1, 65535)
+        get(cfg, k + ".server_name", str, None, 1, 253)  # with broker.ca: this host's name in its certificate
         need(cfg, k + ".bounds", list, 4, 4)
         x = [need(cfg, "%s.bounds.%d" % (k, j), float, -180.0, 180.0) for j in (1, 2, 3, 4)]
         if not (-90 <= x[0] < x[2] <= 90 and x[1] < x[3]):
@@ -106,7 +107,8 @@ def settings(path="config.json"):
     """config.json validated (a bad one: halt()) and what the car keeps of it picked out, as
     JSON in a stream (read from its start): [pins, log, battery divider, curve, samples, ask_below, clear_above,
     route points, speed_kmh, loop, id, model, wifi, regions [name, host, port], bounds,
-    broker credentials [user, password, keepalive], telemetry ms]. Text, not objects:
+    broker credentials [user, password, keepalive], telemetry ms, TLS: None or [the CA
+    (base64 DER), {host: server name} where one is given]]. Text, not objects:
     the car's objects are made from it (car_boot) once the config dict, the validation's
     temporaries and this module are gone, so they sit together low in the heap instead of
     scattered through the parse's blocks (docs/firmware.md, "Memory": fragmentation); its
@@ -133,7 +135,8 @@ def settings(path="config.json"):
     k = (cfg["pins"], cfg["log"], b["divider"], b["curve"], b["samples"], th["ask_below"], th["clear_above"],
          r["points"], r["speed_kmh"], r["loop"], cfg["id"], cfg["model"], cfg["wifi"],
          [(x["name"], x["host"], x["port"]) for x in g] + [(cfg["region"], br["host"], br["port"])],
-         [x["bounds"] for x in g] + [None], (br["user"], br["password"], br["keepalive"]), cfg["telemetry_s"] * 1000)
+         [x["bounds"] for x in g] + [None], (br["user"], br["password"], br["keepalive"]), cfg["telemetry_s"] * 1000,
+         None if "ca" not in br else (br["ca"], {x["host"]: x["server_name"] for x in g + [br] if "server_name" in x}))
     del cfg, b, th, r, br, g
     gc.collect()
     config.json.dump(k, f)

@@ -6,8 +6,11 @@
 # "region": (name, host, port), and the app hands the session over to that broker before the
 # logic's confirm goes out (car_app.step). A reply with `overflow` says why overflow did not
 # help; it is printed, the reply is handled as it would be without it.
+# A `rate_limited` refusal decided nothing: the same request (same rid) goes out again after
+# the reply's `retry_after` seconds (at least the backoff's next delay).
 import json
 
+from micropython import const
 from time import ticks_add
 
 
@@ -21,6 +24,7 @@ def hhmm(t, sec=False):
 
 
 _KEEP = ("id", "station", "slot", "state", "hold_until", "region")
+_MAX_WAIT_S = const(3600)  # a retry_after beyond this is not believed (the backoff applies)
 
 
 def keep(r):
@@ -108,6 +112,15 @@ def handle(lg, payload, now):
     if type(err) is not dict:
         err = {}
     code = err.get("code")
+    if code == "rate_limited":
+        # asked too often: nothing was decided; the same request again once the gateway allows
+        d = err.get("retry_after")
+        d = max(lg._delay(), int(d * 1000) if (type(d) is int or type(d) is float) and 0 < d <= _MAX_WAIT_S else 0)
+        lg._op = op
+        lg._at = None
+        lg._due = ticks_add(now, d)
+        lg._say("rate limited: %s again in %d s" % (op, d // 1000))
+        return
     if op == "reserve":
         lg.no_answer = True
         d = lg._delay()

@@ -21,6 +21,7 @@ built from literals longer than 10 characters, which are not interned).
 # MicroPython-only imports here.
 import json
 import time
+from binascii import a2b_base64
 
 
 class ConfigError(Exception):
@@ -121,12 +122,35 @@ def need_id(cfg, key):
     return v
 
 
+def need_ca(cfg, key):
+    """The CA certificate at `key`: DER, base64 (one line, no PEM armour), as the board pins
+    it: it must decode to one whole DER structure (a truncated paste fails here) and, on
+    MicroPython, parse in mbedTLS (lib pinned.py)."""
+    s = need(cfg, key, str, 16, 4096)
+    try:
+        v = a2b_base64(s)
+    except ValueError:
+        v = b""
+    if len(v) < 4 or v[0] != 48 or v[1] != 130 or len(v) != 4 + (v[2] << 8 | v[3]):  # 0x30 0x82: SEQUENCE
+        fail("%s must be a CA certificate in DER, base64 (not PEM): recarga-device writes it" % key)
+    try:
+        import pinned
+
+        pinned.context(s)
+    except ImportError:  # plain CPython (recarga-device checks config.json before flashing)
+        pass
+    except ValueError:
+        fail("%s is not a certificate mbedTLS can read" % key)
+
+
 def check_common(cfg, kind):
     """Validate the keys both boards share (docs/firmware.md, "config.json"):
 
     kind (must equal `kind`), id, region, wifi.ssid, wifi.password, broker.host,
     broker.port, broker.user (must equal id: the broker ACL names each device by its id),
     broker.password, broker.keepalive (optional, 5..3600 s, default 30 — filled in),
+    broker.ca (optional: TLS with this CA pinned, need_ca), broker.server_name (optional,
+    with broker.ca: the name the broker's certificate must carry; default broker.host),
     log (optional, debug|info|warn|error, default "info" — filled in).
     """
     k = need(cfg, "kind", str)
@@ -142,6 +166,11 @@ def check_common(cfg, kind):
         fail("broker.user must equal id (the broker knows each device by its id)")
     need(cfg, "broker.password", str, 0, 128)
     cfg["broker"]["keepalive"] = get(cfg, "broker.keepalive", int, 30, 5, 3600)
+    if _lookup(cfg, "broker.ca")[0]:
+        need_ca(cfg, "broker.ca")
+        get(cfg, "broker.server_name", str, None, 1, 253)
+    elif _lookup(cfg, "broker.server_name")[0]:
+        fail("broker.server_name needs broker.ca (TLS)")
     v = get(cfg, "log", str, "info")
     if v not in ("debug", "info", "warn", "error"):  # log.LEVELS
         fail("log must be one of debug, info, warn, error")

@@ -7,9 +7,16 @@ live, and a packet id that wraps.
 `ses` is the session: every wait of a socket step (the TCP connect, the CONNACK, PUBACK or
 SUBACK, the rest of a packet) polls the socket in slices of _SLICE_MS, calls `ses.idle()`
 (if set) between them and gives up after `ses.timeout_ms` with OSError(110); every read
-that gets data sets `ses.rx` to ticks_ms(). Plain TCP only (no TLS); `host` should be an
+that gets data sets `ses.rx` to ticks_ms(). TLS when `ses.tls` is set. `host` should be an
 address (a name is resolved by a blocking getaddrinfo).
 """
+# TLS (`ses.tls`: an SSL context trusting the pinned CA alone, lib pinned.py, and the server
+# name): MicroPython's `tls` (mbedTLS) wraps the connected socket and checks the broker's
+# certificate against the CA and the name. The handshake runs on the same non-blocking socket
+# during the first writes and reads, so it waits in slices too. A certificate the CA did not
+# sign or one for another name raises ValueError with mbedTLS's reason, like any failed
+# connect. (Docstrings are parsed when a module is compiled at boot, comments are not: long
+# text goes into comments here.)
 import socket
 from errno import EINPROGRESS
 from time import ticks_diff, ticks_ms
@@ -93,7 +100,8 @@ class _Sock:
 
 # Where a board cannot use umqtt.simple 1.3.4 as it is: its connect() makes a blocking socket
 # through its module global `socket` (a silent broker would freeze the loop), so connect()
-# here makes the non-blocking _Sock itself and sends the same CONNECT; and its packet id never
+# here makes the non-blocking _Sock itself (and wraps it in TLS itself: umqtt.simple's `ssl`
+# option would handshake on its blocking socket) and sends the same CONNECT; and its packet id never
 # wraps (past 65535 no PUBACK matches), so publish() here wraps it.
 class Client(MQTTClient):
     def __init__(self, ses, client_id, server, port, user, password, keepalive):
@@ -102,8 +110,12 @@ class Client(MQTTClient):
 
     def connect(self, clean_session=True):
         self.pid = 0
+        t = self._ses.tls
         s = self.sock = _Sock(socket.socket(), self._ses)
         s.connect(socket.getaddrinfo(self.server, self.port)[0][-1])
+        if t is not None:
+            s._s = t[0].wrap_socket(s._s, server_hostname=t[1], do_handshake_on_connect=False)
+            s._p = None  # the poll object watched the plain socket
         premsg = bytearray(b"\x10\0\0\0\0\0")
         msg = bytearray(b"\x04MQTT\x04\x02\0\0")
         sz = 12 + len(self.client_id)
@@ -132,7 +144,8 @@ class Client(MQTTClient):
             self._send_str(self.user)
             self._send_str(self.pswd)
         resp = s.read(4)
-        assert resp[0] == 0x20 and resp[1] == 0x02
+        if resp[0] != 0x20 or resp[1] != 0x02:  # not `assert`: the car compiles this module without asserts
+            raise ValueError("no CONNACK")
         if resp[3] != 0:
             raise MQTTException(resp[3])
         return resp[2] & 1

@@ -7,6 +7,7 @@ and keeps calling `idle()`.
     s.on_connect = republish_state          # called after every (re)connect
     s.idle = keep_leds_live                 # called every 20 ms while a socket waits
     s.clean = False                         # persistent session (the car); default True
+    s.tls = (pinned.context(ca), "broker.example")  # TLS: CA pinned, name verified; None: plain TCP
     while True:
         s.poll(time.ticks_ms())            # connect when due, check_msg(), ping
         ...
@@ -24,8 +25,11 @@ and keeps calling `idle()`.
   the session.
 - A PINGREQ goes out every keepalive/2; when nothing at all has arrived for `keepalive`
   seconds the connection counts as dead.
+- TLS when `tls` is (SSL context, server name), the context from lib pinned.py: the broker
+  must present a certificate signed by the pinned CA for that name (lib mqtt_client.py);
+  None (the default) is plain TCP, for loopback development only.
 - Any error in a socket or protocol operation (OSError, a refused CONNACK, a garbled
-  packet): the socket is closed, `connected` becomes False and the next attempt is
+  packet, a TLS handshake or certificate that fails): the socket is closed, `connected` becomes False and the next attempt is
   scheduled after `backoff.delay()`; a successful connect resets the backoff.
 - Incoming messages are queued in a fixed inbox (`inbox` entries) and handed to
   `on_message(topic, msg)` (both bytes) from poll(), never from inside an umqtt.simple call
@@ -42,8 +46,8 @@ Also: `connected`, `disconnect()` (clean goodbye, then the session stays offline
 hand-over opens a new Session), `drop(why)` (the link is gone, e.g. Wi-Fi: reconnect later),
 `dropped` (messages lost to a full inbox), `args` (client_id, host, port, user, password,
 keepalive as given), `client` (the MQTT client: None before the first connect, then
-reused). Plain TCP only (no TLS); the host should be an address (a name would be resolved
-by a blocking getaddrinfo). umqtt.simple (with mqtt_client.py) is imported on the first
+reused). The host should be an address (a name would be resolved by a blocking
+getaddrinfo). umqtt.simple (with mqtt_client.py) is imported on the first
 connect, not when this module is imported.
 """
 import gc
@@ -65,6 +69,10 @@ def _why(e):
     a = e.args[0] if e.args else ""
     if type(e).__name__ == "MQTTException":  # CONNACK 4, 5: user or password; 128: SUBACK (ACL)
         return "broker refused, code %s" % a
+    if type(a) is int and len(e.args) > 1:  # mbedTLS: (code, its reason)
+        a = "%s %s" % (a, e.args[1])
+    elif type(a) is str:  # a certificate refused: mbedTLS's reasons, one per line
+        a = a.strip().replace("\n", "; ")
     return "%s %s" % (type(e).__name__, a)
 
 
@@ -85,6 +93,7 @@ class Session:
         self.on_connect = None  # called with no arguments after every (re)connect
         self.idle = None  # called while a socket step waits (must not use the session)
         self.clean = True  # False: a persistent session (QoS 1 messages kept while away)
+        self.tls = None  # (SSL context, server name): TLS with the pinned CA; None: plain TCP
         self.connected = False
         self.rx = 0  # ticks_ms when data last arrived
         self.client = None  # the MQTT client, made on the first connect and reused
@@ -208,7 +217,10 @@ class Session:
             c = self.client = cls(self, a[0], a[1], a[2], a[3], a[4], a[5])
             c.set_callback(self._cb)
             c.set_last_will(self._will, OFFLINE, True, 1)
-        log.info("mqtt: connecting to", a[1], a[2])
+        if self.tls is None:
+            log.info("mqtt: connecting to", a[1], a[2])
+        else:
+            log.info("mqtt: connecting to", a[1], a[2], "over TLS, server name", self.tls[1])
         try:
             c.connect(self.clean)
             c.publish(self._will, ONLINE, True, 1)

@@ -6,15 +6,21 @@ Per slot three flags:
 - out of service: from an operator's `out_of_service` / `in_service` commands, kept in a
   small file (one character per slot, "1" = out of service) so it survives a reboot.
 
+Every status carries its numbering: `boot` counts the board's boots (count_boot() adds one
+at start-up, kept in a file of its own), `seq` the changes of the reported states since
+that boot. Both wrap to 0 after _SEQ_WRAP. The gateway tells by them a stale copy of the
+status (one the broker kept, restored after a broker crash) from the latest, and believes a
+rebooted station although its seq starts again (docs/protocol.md, "Stations").
+
 The state shown and reported (docs/protocol.md, "Stations"):
 out_of_service if out of service, else occupied if occupied, else reserved if reserved,
 else free. A reservation that arrives while the slot is occupied is kept and shows once
 the slot is freed.
 
-    s = Slots(2, "oos.txt"); s.load()
+    s = Slots(2, "oos.txt", "boot.txt"); s.load(); s.count_boot()
     s.set_occupied(0, True)          # True: slot 1's state changed
     s.command(b'{"v":1,"cmd":"reserve","slot":2}')   # ValueError("bad cmd: ...") if bad
-    s.status_payload()               # memoryview of b'{"v":1,"slots":["occupied","reserved"],"seq":2}'
+    s.status_payload()    # memoryview of b'{"v":1,"slots":["occupied","reserved"],"boot":7,"seq":2}'
 """
 import json
 import os
@@ -34,19 +40,22 @@ _MAX_CMD = const(512)  # bytes; a longer command is refused before parsing
 _SEQ_WRAP = const(0x3FFFFFFF)
 
 _HEAD = b'{"v":1,"slots":['
-_SEQ = b'],"seq":'
+_BOOT = b'],"boot":'
+_SEQ = b',"seq":'
 _QUOTED = (b'"free"', b'"reserved"', b'"occupied"', b'"out_of_service"')
-# head + slots (longest state + comma each) + seq key + 10 digits + "}"
-_BUF = const(16 + MAX_SLOTS * 17 + 8 + 10 + 1)
+# head + slots (longest state + comma each) + boot key + 10 digits + seq key + 10 digits + "}"
+_BUF = const(16 + MAX_SLOTS * 17 + 9 + 10 + 7 + 10 + 1)
 
 
 class Slots:
-    def __init__(self, n, store="oos.txt"):
+    def __init__(self, n, store="oos.txt", boot_store="boot.txt"):
         if not 1 <= n <= MAX_SLOTS:
             raise ValueError("slots: 1 to %d slots" % MAX_SLOTS)
         self.n = n
+        self.boot = 0  # this boot's number (count_boot)
         self.seq = 0  # counts changes of the reported states since boot
         self._store = store  # None: do not persist
+        self._boot_store = boot_store  # None: do not count boots (boot stays 0)
         self._occupied = bytearray(n)
         self._reserved = bytearray(n)
         self._oos = bytearray(n)
@@ -139,6 +148,31 @@ class Slots:
         for i in range(min(len(data), self.n)):
             self._oos[i] = 1 if data[i] == "1" else 0
 
+    def count_boot(self):
+        """Once at start-up: this boot's number is the last one's (from the boot file; 0 if
+        there is none) plus one, written back at once (a small file, one write per boot).
+        A write that fails is logged; the number holds for this boot all the same."""
+        path = self._boot_store
+        if path is None:
+            return self.boot
+        last = 0
+        try:
+            with open(path) as f:
+                text = f.read(12)
+            if text.isdigit():
+                last = int(text)
+        except (OSError, ValueError):
+            pass
+        self.boot = (last + 1) & _SEQ_WRAP
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(str(self.boot))
+            os.rename(tmp, path)
+        except OSError as e:
+            log.error("slots: cannot save boot number", path, e)
+        return self.boot
+
     def save(self):
         """Write the out-of-service flags (to a temporary file, then renamed over the store)."""
         if self._store is None:
@@ -155,8 +189,8 @@ class Slots:
     # ------------------------------------------------------------ status
 
     def status_payload(self):
-        """{"v":1,"slots":[...],"seq":n} built in a preallocated buffer; returns a memoryview
-        of it, valid until the next call."""
+        """{"v":1,"slots":[...],"boot":b,"seq":n} built in a preallocated buffer; returns a
+        memoryview of it, valid until the next call."""
         b = self._mv
         p = len(_HEAD)
         b[0:p] = _HEAD
@@ -167,17 +201,22 @@ class Slots:
             q = _QUOTED[self.state(i)]
             b[p:p + len(q)] = q
             p += len(q)
+        b[p:p + len(_BOOT)] = _BOOT
+        p = _digits(b, p + len(_BOOT), self.boot)
         b[p:p + len(_SEQ)] = _SEQ
-        p += len(_SEQ)
-        s = self.seq
-        digits = 1
-        d = s
-        while d >= 10:
-            d //= 10
-            digits += 1
-        for k in range(p + digits - 1, p - 1, -1):
-            b[k] = 48 + s % 10
-            s //= 10
-        p += digits
+        p = _digits(b, p + len(_SEQ), self.seq)
         b[p] = 125  # }
         return b[:p + 1]
+
+
+def _digits(b, p, value):
+    # value (>= 0) in decimal into b from p on, without making a string; returns the end
+    digits = 1
+    d = value
+    while d >= 10:
+        d //= 10
+        digits += 1
+    for k in range(p + digits - 1, p - 1, -1):
+        b[k] = 48 + value % 10
+        value //= 10
+    return p + digits

@@ -32,6 +32,7 @@ from wifi import Wifi
 _TICK_MS = const(10)
 _GC_EVERY_MS = const(1000)
 STORE = "oos.txt"  # the out-of-service flags, next to config.json
+BOOT_STORE = "boot.txt"  # the boot number the statuses carry (slots.py), next to config.json
 
 
 def check_station(cfg):
@@ -64,12 +65,14 @@ def check_station(cfg):
 
 
 class Station:
-    def __init__(self, cfg, rgb_pins, sensor_pins, status_pin, wlan, store=STORE, client_cls=None):
+    def __init__(self, cfg, rgb_pins, sensor_pins, status_pin, wlan, store=STORE, client_cls=None,
+                 boot_store=BOOT_STORE):
         """cfg: a checked config; rgb_pins: [(red, green, blue), ...] output pins; sensor_pins:
-        input pins (0 = occupied); status_pin: output; wlan: network.WLAN(STA_IF)."""
+        input pins (0 = occupied); status_pin: output; wlan: network.WLAN(STA_IF); store and
+        boot_store: the files of the out-of-service flags and of the boot number."""
         n = len(sensor_pins)
         self.sensors = sensor_pins
-        self.slots = Slots(n, store)
+        self.slots = Slots(n, store, boot_store)
         self.leds = Leds(rgb_pins, status_pin)
         sid = cfg["id"]
         region = cfg["region"]
@@ -83,6 +86,11 @@ class Station:
                                topic(region, "station", sid, "online"), self._on_message, Backoff(),
                                client_cls, inbox=max(8, 2 * n))  # a burst: one cmd per slot, twice
         self.session.subscribe(cmd_topic)
+        if "ca" in b:  # TLS: the CA pinned, the broker's name verified
+            import pinned
+
+            self.session.tls = (pinned.context(b["ca"]), b.get("server_name") or b["host"])
+            sys.modules.pop("pinned")
         self.session.on_connect = self._publish
         self.session.idle = self._idle
         self._debounce = [Debouncer(cfg["debounce_ms"]) for _ in range(n)]
@@ -92,7 +100,9 @@ class Station:
         self._gc_at = 0
 
     def start(self, now_ms):
-        """Read the stored out-of-service flags and the inputs as they are now, light the LEDs."""
+        """Count this boot, read the stored out-of-service flags and the inputs as they are
+        now, light the LEDs."""
+        self.slots.count_boot()
         self.slots.load()
         for i in range(self.slots.n):
             occupied = self.sensors[i].value() == 0

@@ -13,15 +13,17 @@ from pathlib import Path
 
 from recarga import __version__
 from recarga.central import config as C
-from recarga.core import broker_config
+from recarga.core import broker_config, broker_dir, central_broker
+from recarga.core.bridge import bridge_user
 
 
 def _run(args: argparse.Namespace) -> int:
     from recarga.central.service import CentralService
+    from recarga.core.service_manager import ServiceManager
 
     cfg = C.load(args.config)
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = CentralService(cfg)
+    service = CentralService(cfg, service_manager=ServiceManager.from_environment())
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.run()
@@ -88,12 +90,19 @@ def _credential(text: str) -> tuple[str, str]:
 
 
 def _broker_config(args: argparse.Namespace) -> int:
-    users = {args.central_user: args.central_password_file.read_text().strip()}
+    # one broker user per central instance: the broker takes user names as client ids
+    users = {central_broker.central_user(i): Path(f).read_text().strip() for i, f in args.instance}
     for region, password in args.region:
-        users[broker_config.bridge_user(region)] = password
-    conf = broker_config.write_central_broker_dir(
-        args.dir, args.port, users, args.central_user, [r for r, _ in args.region], args.host,
-        run_as=args.run_as, log_stdout=args.log_stdout, dropin=args.dropin)
+        users[bridge_user(region)] = password
+    try:
+        port, tls = broker_config.listeners_from(args)
+        conf = central_broker.write_central_broker_dir(
+            args.dir, port, users, [central_broker.central_user(i) for i, _ in args.instance],
+            [r for r, _ in args.region], args.host,
+            run_as=args.run_as, log_stdout=args.log_stdout, dropin=args.dropin, tls=tls)
+    except broker_dir.BrokerConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(conf)
     return 0
 
@@ -122,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_check)
     p = sub.add_parser("broker-config", help="generate the central broker's conf, password file and ACL")
     p.add_argument("--dir", required=True, type=Path)
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all interfaces)")
-    p.add_argument("--central-user", default="central")
-    p.add_argument("--central-password-file", required=True, type=Path,
-                   help="file holding the central user's password (the central.toml's [broker] password_file)")
+    broker_config.add_listener_arguments(p)
+    p.add_argument("--instance", action="append", required=True, type=_credential, metavar="INSTANCE:PASSWORD_FILE",
+                   help="a central instance (its central.toml's `instance`) and the file holding its broker "
+                        "user's password (that central.toml's [broker] password_file); its user is "
+                        "central-INSTANCE (repeat for each instance)")
     p.add_argument("--region", action="append", default=[], type=_credential, metavar="REGION:PASSWORD",
                    help="a region and the password of its bridge user bridge-REGION (repeat)")
     p.add_argument("--run-as", default="mosquitto")
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (C.ConfigError, broker_config.BrokerConfigError, ValueError, OSError) as e:
+    except (C.ConfigError, broker_dir.BrokerConfigError, ValueError, OSError) as e:
         print(f"recarga-central: {e}", file=sys.stderr)
         return 2
 

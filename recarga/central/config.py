@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recarga.core import config_file
+from recarga.core.central_broker import central_user
 from recarga.core.config_file import (
     ConfigError,
     broker_fields,
@@ -27,7 +28,8 @@ from recarga.core.selection import POLICIES
 
 @dataclass(frozen=True)
 class BrokerConfig(config_file.BrokerConfig):
-    username: str = "central"
+    # load() defaults it to central_user(instance): each instance logs in as a user of its own
+    username: str = ""
     # MQTT 5 session expiry: a restarted instance gets its unacknowledged messages again
     # within this; an instance gone for longer leaves the shared subscription
     session_expiry_s: int = 120
@@ -68,7 +70,8 @@ _NUMBER = (int, float)
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"instance": str, "database": str, "log_level": str, "tick_s": _NUMBER, "synchronous": str},
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
-               "keepalive": int, "session_expiry_s": int, "reconnect_min_s": int, "reconnect_max_s": int},
+               "keepalive": int, "session_expiry_s": int, "reconnect_min_s": int, "reconnect_max_s": int,
+               "tls_ca": str},
     "overflow": {"policy": str, "max_wait_s": _NUMBER, "summary_max_age_s": _NUMBER, "confirm_s": _NUMBER,
                  "relay_s": _NUMBER, "max_attempts": int},
     "selection": {"road_factor": _NUMBER, "speed_kmh": _NUMBER, "safety_margin_soc": _NUMBER, "nearest_k": int},
@@ -131,6 +134,7 @@ def load(path: str | Path) -> CentralConfig:
         raise ConfigError(f"instance {top['instance']!r} must be 1-32 of A-Z a-z 0-9 _ -")
     base = path.parent
     broker = broker_fields(_check("broker", raw.get("broker", {})), base)
+    broker.setdefault("username", central_user(top["instance"]))
     overflow = _check("overflow", raw.get("overflow", {}))
     if overflow.get("policy", "least_completion") not in POLICIES:
         raise ConfigError(f"[overflow] policy {overflow['policy']!r} unknown; one of {', '.join(POLICIES)}")

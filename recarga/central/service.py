@@ -29,8 +29,10 @@ from recarga.central.config import CentralConfig
 from recarga.central.engine import Decision, Overflow
 from recarga.central.store import Store
 from recarga.central.view import NetworkView
+from recarga.core.mqtt_tls import client_context
 from recarga.core.protocol import central as PC
 from recarga.core.protocol import wire as W
+from recarga.core.service_manager import ServiceManager
 
 log = logging.getLogger("recarga.central")
 
@@ -41,8 +43,13 @@ PRUNE_AFTER_S = 7 * 86400  # finished requests and holds are kept this long for 
 
 
 class CentralService:
-    def __init__(self, cfg: CentralConfig, clock: Callable[[], float] = time.time):
+    """One central instance: run() connects and serves until stop(). `service_manager` hears
+    when it is ready and gets the worker loop's watchdog pets (systemd; silent by default)."""
+
+    def __init__(self, cfg: CentralConfig, clock: Callable[[], float] = time.time,
+                 service_manager: ServiceManager | None = None):
         self.cfg = cfg
+        self.service_manager = service_manager or ServiceManager()
         self.clock = clock
         self.store = Store(cfg.database, cfg.synchronous)
         o = cfg.overflow
@@ -57,14 +64,18 @@ class CentralService:
         self._pruned = 0.0
         self.online_topic = PC.central_online_topic(cfg.instance)
         b = cfg.broker
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recarga-central-{cfg.instance}",
+        # the broker uses the user name as client id (its MQTT 5 session is keyed by it)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.username,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         self.client.username_pw_set(b.username, b.password)
+        if b.tls_ca is not None:
+            self.client.tls_set_context(client_context(b.tls_ca))
         self.client.will_set(self.online_topic, W.online_message(False), qos=W.QOS, retain=True)
         self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)
         self.client.max_inflight_messages_set(200)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda client, userdata, msg: self.inbox.put(msg)
         log.info("central instance %s: %d regions configured, %d with a stored summary", cfg.instance,
@@ -90,11 +101,20 @@ class CentralService:
             log.error("broker refused %d of our subscriptions: %s", len(refused), refused)
         else:
             log.info("subscribed: serving overflow")
+            b = self.cfg.broker
+            self.service_manager.ready(f"instance {self.cfg.instance} serving overflow on {b.host}:{b.port}")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata) -> None:
+        # paho keeps the cause (refused, unreachable, TLS verification) to itself
+        b = self.cfg.broker
+        log.warning("cannot connect to broker %s:%d%s; paho retries with backoff", b.host, b.port,
+                    f" (TLS, CA {b.tls_ca})" if b.tls_ca is not None else "")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         if not self.stopping.is_set():
             log.warning("disconnected from broker (%s); paho reconnects with backoff", reason_code)
+            self.service_manager.status(f"disconnected from the broker ({reason_code}); reconnecting")
 
     # ------------------------------------------------------------ the worker thread
 
@@ -184,9 +204,11 @@ class CentralService:
                 self.client.ack(m.mid, m.qos)
 
     def _work(self) -> None:
+        manager = self.service_manager
         while not self.stopping.is_set():
+            manager.pet()  # from the loop that does the work: a hung worker stops the pets
             try:
-                batch = [self.inbox.get(timeout=self.cfg.tick_s)]
+                batch = [self.inbox.get(timeout=min(self.cfg.tick_s, manager.until_pet()))]
             except queue.Empty:
                 batch = []
             while batch and len(batch) < MAX_BATCH:
@@ -214,6 +236,7 @@ class CentralService:
                 pass
         finally:
             self.stopping.set()
+            self.service_manager.stopping()
             worker.join(5)
             if self.connected.is_set():
                 info = self.client.publish(self.online_topic, W.online_message(False), qos=W.QOS, retain=True)

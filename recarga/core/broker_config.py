@@ -6,10 +6,19 @@ acl_station), so the topic tree has one home; passwords are hashed by Mosquitto'
 `mosquitto_passwd`.
 
     python -m recarga.core.broker_config --region berlin --dir /etc/mosquitto/recarga \\
-        --port 1883 --host 0.0.0.0 --gateway-user gateway --gateway-password-file pw.txt \\
+        --tls-cafile /etc/recarga/tls/ca.crt --tls-certfile /etc/recarga/tls/berlin-broker.crt \\
+        --tls-keyfile /etc/recarga/tls/berlin-broker.key \\
+        --gateway-user gateway --gateway-password-file pw.txt \\
         --car car-1:secret --station st-1:secret --dropin
 
+Devices connect to the TLS listener (0.0.0.0:8883); plain TCP listens on 127.0.0.1:1883
+only (the gateway on this machine, development).
+
 docs/deployment.md explains how the result is used with Debian's mosquitto service.
+
+The conf, password file and ACL writers here serve the central broker too
+(recarga.core.central_broker); the directory's file names and reading them back live in
+recarga.core.broker_dir, the bridge section to central in recarga.core.bridge.
 """
 from __future__ import annotations
 
@@ -20,54 +29,92 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
 from recarga.core import resources
+from recarga.core.bridge import BridgeSettings, render_bridge
+from recarga.core.broker_dir import (
+    ACCESS,
+    ACL_NAME,
+    CONF_NAME,
+    LOG_NAME,
+    PASSWD_NAME,
+    PERSISTENCE_NAME,
+    BrokerConfigError,
+    KeptDevices,
+    check_line,
+    check_user,
+    provisioned_devices,
+)
+from recarga.core.config_file import is_loopback
 from recarga.core.protocol import access as ACL
-from recarga.core.protocol import central as PC
 from recarga.core.protocol import device as D
-from recarga.core.protocol import wire as W
 
 TEMPLATE = resources.DEPLOY / "mosquitto" / "recarga-gateway.conf.template"
-
-CONF_NAME = "recarga-gateway.conf"
-PASSWD_NAME = "passwd"
-ACL_NAME = "acl"
-PERSISTENCE_NAME = "persistence"
-LOG_NAME = "mosquitto.log"
 
 # Debian's /etc/mosquitto/mosquitto.conf sets these itself; a conf.d drop-in must not repeat them.
 DEBIAN_PERSISTENCE = "/var/lib/mosquitto/"
 DEBIAN_LOG = "/var/log/mosquitto/mosquitto.log"
 _MAIN_CONF_PREFIX = "#[main conf] "
 
-ACCESS = ("read", "write", "readwrite", "deny")
 DEFAULT_MAX_PACKET_SIZE = 65536
+TLS_PORT = 8883
 
 
-class BrokerConfigError(RuntimeError):
-    """The broker configuration cannot be generated (bad input or mosquitto_passwd failed)."""
+@dataclass(frozen=True)
+class TlsListener:
+    """A broker's TLS listener: its certificate and key, and the CA that signed them (the
+    file its clients trust), as made by recarga.core.certs or supplied by the operator."""
+
+    cafile: str | Path
+    certfile: str | Path
+    keyfile: str | Path
+    port: int = TLS_PORT
+    host: str = "0.0.0.0"
 
 
-def _check_line(what: str, value: str) -> str:
-    """Mosquitto's files are line-based: no value may break a line or hide in whitespace."""
-    if not value or value != value.strip() or any(c in value for c in "\r\n\0"):
-        raise BrokerConfigError(f"{what} {value!r} is empty, has surrounding whitespace or a line break")
-    return value
+def _listeners(port: int | None, host: str, tls: TlsListener | None) -> str:
+    """The conf's listener lines: the TLS listener first (the one devices are given), then
+    plain TCP if `port` is set."""
+    lines = []
+    if tls is not None:
+        if not 0 < tls.port < 65536:
+            raise BrokerConfigError(f"TLS port {tls.port} outside 1..65535")
+        if tls.port == port:
+            raise BrokerConfigError(f"the TLS listener and the plain one both on port {port}")
+        for what in ("cafile", "certfile", "keyfile"):
+            if not Path(getattr(tls, what)).is_file():
+                raise BrokerConfigError(f"TLS {what} {getattr(tls, what)} not found")
+        lines += [f"listener {tls.port} {check_line('TLS host', tls.host)}",
+                  "protocol mqtt",
+                  f"cafile {check_line('cafile', str(Path(tls.cafile).resolve()))}",
+                  f"certfile {check_line('certfile', str(Path(tls.certfile).resolve()))}",
+                  f"keyfile {check_line('keyfile', str(Path(tls.keyfile).resolve()))}",
+                  "tls_version tlsv1.2"]
+    if port is not None:
+        if not 0 < port < 65536:
+            raise BrokerConfigError(f"port {port} outside 1..65535")
+        lines += [f"listener {port} {check_line('host', host)}", "protocol mqtt"]
+    if not lines:
+        raise BrokerConfigError("no listener: give a plain port, a TLS listener or both")
+    return "\n".join(lines)
 
 
-def _check_user(name: str) -> str:
-    _check_line("user name", name)
-    if ":" in name or any(c.isspace() for c in name):
-        raise BrokerConfigError(f"user name {name!r} must not contain ':' or whitespace")
-    return name
+def check_plain_host(host: str, what: str = "--host") -> str:
+    """Plain MQTT only on loopback: elsewhere passwords would cross the network in clear text."""
+    if not is_loopback(host):
+        raise BrokerConfigError(f"{what} {host!r}: plain MQTT only on a loopback address; devices and "
+                                "other machines connect over TLS (docs/deployment.md)")
+    return host
 
 
 def write_password_file(path: str | Path, users: Mapping[str, str], *,
-                        mosquitto_passwd: str = "mosquitto_passwd") -> Path:
-    """Write a Mosquitto password file holding `users` (name -> plain password), hashed.
+                        mosquitto_passwd: str = "mosquitto_passwd",
+                        hashed: Mapping[str, str] | None = None) -> Path:
+    """Write a Mosquitto password file holding `users` (name -> plain password), hashed,
+    and the lines of `hashed` (name -> its line from a password file) as they are.
 
     Writes `name:password` lines to a temporary file (mode 0600) and hashes them all with one
     `mosquitto_passwd -U`, so a thousand devices take a fraction of a second and no password
@@ -78,8 +125,8 @@ def write_password_file(path: str | Path, users: Mapping[str, str], *,
     """
     path = Path(path)
     for name, password in users.items():
-        _check_user(name)
-        _check_line(f"password of {name!r}", password)
+        check_user(name)
+        check_line(f"password of {name!r}", password)
     tool = shutil.which(mosquitto_passwd)
     if tool is None:
         raise BrokerConfigError(
@@ -109,6 +156,8 @@ def write_password_file(path: str | Path, users: Mapping[str, str], *,
                 f.writelines(f"{name}:{password}\n" for name, password in batch.items())
             names = ", ".join(repr(n) for n in list(batch)[:3]) + (", ..." if len(batch) > 3 else "")
             run(["-U", str(tmp)], f"user {names}" if len(batch) == 1 else f"users {names}")
+        with open(tmp, "a") as f:  # after -U, which would hash the hashes again
+            f.writelines(f"{line}\n" for name, line in (hashed or {}).items() if name not in users)
         for name, password in single.items():
             run(["-b", str(tmp), name, password], f"user {name!r}")
         os.chmod(tmp, 0o640)
@@ -118,13 +167,13 @@ def write_password_file(path: str | Path, users: Mapping[str, str], *,
         backup.unlink(missing_ok=True)
     return path
 
-
-def _user_block(comment: str, user: str, rules: Sequence[tuple[str, str]]) -> list[str]:
-    lines = [f"# {comment}", f"user {_check_user(user)}"]
+def render_user_block(comment: str, user: str, rules: Sequence[tuple[str, str]]) -> list[str]:
+    """One user's ACL block: `# comment`, `user NAME`, its `topic ACCESS TOPIC` lines, a blank line."""
+    lines = [f"# {comment}", f"user {check_user(user)}"]
     for access, topic in rules:
         if access not in ACCESS:
             raise BrokerConfigError(f"access {access!r} for user {user!r} is not one of {ACCESS}")
-        lines.append(f"topic {access} {_check_line('topic', topic)}")
+        lines.append(f"topic {access} {check_line('topic', topic)}")
     return lines + [""]
 
 
@@ -150,18 +199,18 @@ def render_acl(region: str, gateway_user: str, cars: Sequence[str], stations: Se
         "",
     ]
     gateway_rules = ACL.acl_gateway(region) + (ACL.acl_gateway_central(region) if central else [])
-    lines += _user_block("gateway", gateway_user, gateway_rules)
+    lines += render_user_block("gateway", gateway_user, gateway_rules)
     for cid in cars:
-        lines += _user_block(f"car {cid}", cid, ACL.acl_car(region, cid))
+        lines += render_user_block(f"car {cid}", cid, ACL.acl_car(region, cid))
     for sid in stations:
-        lines += _user_block(f"station {sid}", sid, ACL.acl_station(region, sid))
+        lines += render_user_block(f"station {sid}", sid, ACL.acl_station(region, sid))
     for name, rules in extra_users.items():
-        lines += _user_block(f"extra user {name}", name, rules)
+        lines += render_user_block(f"extra user {name}", name, rules)
     return "\n".join(lines)
 
 
 def render_conf(region: str, *, password_file: str | Path, acl_file: str | Path,
-                port: int = 1883, host: str = "127.0.0.1",
+                port: int | None = 1883, host: str = "127.0.0.1", tls: TlsListener | None = None,
                 persistence_location: str | Path = DEBIAN_PERSISTENCE,
                 log_file: str | Path | None = None, run_as: str = "mosquitto",
                 dropin: bool = False, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
@@ -172,10 +221,10 @@ def render_conf(region: str, *, password_file: str | Path, acl_file: str | Path,
     started as root switches to (without effect when started by another user). With
     dropin=True the result is a conf.d drop-in for Debian's /etc/mosquitto/mosquitto.conf:
     user, persistence and log_dest are left to the main file (commented out here).
+    `port` None: no plain listener; `tls`: a TLS listener (listed first).
     """
     D.region_root(region)  # validates the region id
-    if not 0 < port < 65536:
-        raise BrokerConfigError(f"port {port} outside 1..65535")
+    listeners = _listeners(port, host, tls)
     location = str(persistence_location)
     if not location.endswith("/"):
         location += "/"  # as Debian writes it; Mosquitto 1.x appended "mosquitto.db" directly
@@ -183,13 +232,14 @@ def render_conf(region: str, *, password_file: str | Path, acl_file: str | Path,
         "region": region,
         "mode": "conf.d drop-in for Debian's mosquitto.conf" if dropin else "standalone",
         "standalone": _MAIN_CONF_PREFIX if dropin else "",
-        "run_as": _check_user(run_as),
-        "host": _check_line("host", host),
+        "run_as": check_user(run_as),
+        "host": check_line("host", host),
         "port": str(port),
-        "password_file": _check_line("password_file", str(password_file)),
-        "acl_file": _check_line("acl_file", str(acl_file)),
-        "persistence_location": _check_line("persistence_location", location),
-        "log_dest": "stdout" if log_file is None else "file " + _check_line("log file", str(log_file)),
+        "listeners": listeners,
+        "password_file": check_line("password_file", str(password_file)),
+        "acl_file": check_line("acl_file", str(acl_file)),
+        "persistence_location": check_line("persistence_location", location),
+        "log_dest": "stdout" if log_file is None else "file " + check_line("log file", str(log_file)),
         "max_packet_size": str(int(max_packet_size)),
     }
     try:
@@ -202,14 +252,21 @@ def render_conf(region: str, *, password_file: str | Path, acl_file: str | Path,
         raise BrokerConfigError(f"template {template}: bad or unknown placeholder {e}") from None
 
 
-def write_broker_dir(dir: str | Path, region: str, port: int, users: Mapping[str, str],
+def write_broker_dir(dir: str | Path, region: str, port: int | None, users: Mapping[str, str],
                      cars: Sequence[str], stations: Sequence[str], gateway_user: str,
                      host: str = "127.0.0.1", *, run_as: str = "mosquitto", log_stdout: bool = False,
                      dropin: bool = False,
                      extra_acl: Mapping[str, Sequence[tuple[str, str]]] | None = None,
                      max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-                     template: str | Path = TEMPLATE, bridge: BridgeSettings | None = None) -> Path:
+                     template: str | Path = TEMPLATE, bridge: BridgeSettings | None = None,
+                     tls: TlsListener | None = None, keep_devices: bool = True) -> Path:
     """Write conf, password file, ACL and (standalone) persistence dir into `dir`.
+
+    With keep_devices (the default) the cars and stations `dir` already holds (added by
+    `recarga-device provision` or an earlier run; provisioned_devices) stay, with their
+    passwords; a device given again in `cars`/`stations` gets the password now given.
+
+    `port` and `host` are the plain TCP listener (None: none), `tls` the TLS listener.
 
     With `bridge`, the conf ends with the bridge to central (render_bridge; the conf then
     holds the bridge's password and is mode 0640 like the other secrets) and the gateway
@@ -227,19 +284,21 @@ def write_broker_dir(dir: str | Path, region: str, port: int, users: Mapping[str
         raise BrokerConfigError(f"no password given for {missing}")
     d = Path(dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
+    kept = provisioned_devices(d, region, skip=needed) if keep_devices else KeptDevices()
+    cars, stations = [*cars, *kept.cars], [*stations, *kept.stations]
     acl = render_acl(region, gateway_user, cars, stations, extra_acl, central=bridge is not None)
-    persistence, log_file = _state_paths(d, dropin, log_stdout)
+    persistence, log_file = state_paths(d, dropin, log_stdout)
     conf = render_conf(region, password_file=d / PASSWD_NAME, acl_file=d / ACL_NAME, port=port,
-                       host=host, persistence_location=persistence, log_file=log_file,
+                       host=host, tls=tls, persistence_location=persistence, log_file=log_file,
                        run_as=run_as, dropin=dropin, max_packet_size=max_packet_size,
                        template=template)
     if bridge is not None:
         conf += "\n" + render_bridge(region, bridge)
-    return _write_dir(d, conf, CONF_NAME, acl, users, run_as, dropin=dropin, log_file=log_file,
-                      secret_conf=bridge is not None)
+    return write_dir(d, conf, CONF_NAME, acl, users, run_as, dropin=dropin, log_file=log_file,
+                     secret_conf=bridge is not None, hashed=kept.passwd)
 
 
-def _state_paths(d: Path, dropin: bool, log_stdout: bool) -> tuple[str | Path, str | Path | None]:
+def state_paths(d: Path, dropin: bool, log_stdout: bool) -> tuple[str | Path, str | Path | None]:
     """Persistence location and log file: Debian's as a drop-in, else inside `d`."""
     if dropin:
         return DEBIAN_PERSISTENCE, DEBIAN_LOG
@@ -248,9 +307,13 @@ def _state_paths(d: Path, dropin: bool, log_stdout: bool) -> tuple[str | Path, s
     return persistence, None if log_stdout else d / LOG_NAME
 
 
-def _write_dir(d: Path, conf: str, conf_name: str, acl: str, users: Mapping[str, str], run_as: str, *,
-               dropin: bool, log_file: str | Path | None, secret_conf: bool) -> Path:
-    write_password_file(d / PASSWD_NAME, users)
+def write_dir(d: Path, conf: str, conf_name: str, acl: str, users: Mapping[str, str], run_as: str, *,
+              dropin: bool, log_file: str | Path | None, secret_conf: bool,
+              hashed: Mapping[str, str] | None = None, extra_secrets: Sequence[Path] = ()) -> Path:
+    """Write a broker directory's password file, ACL and conf (`conf_name`; mode 0640 with
+    secret_conf) and hand them to the account `run_as` (with `extra_secrets`). Returns the
+    conf's path."""
+    write_password_file(d / PASSWD_NAME, users, hashed=hashed)
     (d / ACL_NAME).write_text(acl)
     os.chmod(d / ACL_NAME, 0o640)
     conf_path = d / conf_name
@@ -258,12 +321,13 @@ def _write_dir(d: Path, conf: str, conf_name: str, acl: str, users: Mapping[str,
         conf_path.unlink(missing_ok=True)
         os.close(os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
     conf_path.write_text(conf)
-    _hand_over(d, run_as, dropin=dropin, log_file=log_file, conf=conf_path if secret_conf else None)
+    _hand_over(d, run_as, dropin=dropin, log_file=log_file,
+               secrets=[*([conf_path] if secret_conf else []), *extra_secrets])
     return conf_path
 
 
 def _hand_over(d: Path, run_as: str, *, dropin: bool, log_file: str | Path | None,
-               conf: Path | None = None) -> None:
+               secrets: Sequence[Path] = ()) -> None:
     """Let the account the broker switches to read its files and write its state.
 
     Mosquitto 2.0 opens the password file, the ACL and its log only after it has dropped
@@ -276,7 +340,7 @@ def _hand_over(d: Path, run_as: str, *, dropin: bool, log_file: str | Path | Non
         entry = pwd.getpwnam(run_as)
     except KeyError:
         raise BrokerConfigError(f"account {run_as!r} (run_as) does not exist on this machine") from None
-    for path in (d / PASSWD_NAME, d / ACL_NAME, *([conf] if conf is not None else [])):
+    for path in (d / PASSWD_NAME, d / ACL_NAME, *secrets):
         os.chown(path, 0, entry.pw_gid)
     if dropin:
         return
@@ -284,137 +348,6 @@ def _hand_over(d: Path, run_as: str, *, dropin: bool, log_file: str | Path | Non
     if log_file is not None:
         Path(log_file).touch()
         os.chown(log_file, entry.pw_uid, entry.pw_gid)
-
-
-# ---------------------------------------------------------------- bridge to central
-
-CENTRAL_TEMPLATE = TEMPLATE.parent / "recarga-central.conf.template"
-CENTRAL_CONF_NAME = "recarga-central.conf"
-
-
-def bridge_user(region: str) -> str:
-    """The central broker's user name for a region's bridge (also its MQTT client id there)."""
-    return f"bridge-{PC.check_region(region)}"
-
-
-@dataclass(frozen=True)
-class BridgeSettings:
-    """Where and how a region's broker reaches the central broker."""
-
-    host: str
-    port: int
-    password: str = field(repr=False)
-    username: str = ""  # default: bridge_user(region)
-    restart_min_s: int = 2  # reconnect backoff (Mosquitto's restart_timeout base cap)
-    restart_max_s: int = 30
-    keepalive_s: int = 30
-
-
-def render_bridge(region: str, b: BridgeSettings) -> str:
-    """The Mosquitto bridge section of a region's broker: its central subtree, each leaf one
-    way at QoS 1 (ACL.bridge_topics), persistent session (cleansession false) so QoS 1
-    messages wait in both brokers while the link is down, and the link state as a retained
-    notification ("1"/"0") on the region's central/link topic for the gateway. The TLS lines
-    are present but commented out."""
-    user = b.username or bridge_user(region)
-    _check_user(user)
-    _check_line("bridge password", b.password)
-    if any(c.isspace() or c == "#" for c in b.password):
-        raise BrokerConfigError("the bridge password must not contain whitespace or '#' (Mosquitto's "
-                                "conf cannot quote it)")
-    if not 0 < b.port < 65536:
-        raise BrokerConfigError(f"bridge port {b.port} outside 1..65535")
-    if not 0 < b.restart_min_s <= b.restart_max_s:
-        raise BrokerConfigError("bridge restart times must satisfy 0 < min <= max")
-    host = _check_line("bridge host", b.host)
-    if any(c.isspace() for c in host):
-        raise BrokerConfigError(f"bridge host {host!r} must not contain whitespace")
-    lines = [
-        "# ---------------------------------------------------------------- bridge to central",
-        f"# Generated by recarga.core.broker_config: the region {region!r} <-> the central broker.",
-        "# Mosquitto's own bridge: this broker connects out to central, so the region needs no",
-        "# inbound port. QoS 1 and persistent sessions both ways: while the link is down the",
-        "# messages wait (here for central, there for the region) and flow once it is back.",
-        f"connection recarga-central-{region}",
-        f"address {host}:{b.port}",
-        "bridge_protocol_version mqttv311",
-        f"remote_clientid {user}",
-        f"local_clientid {user}-local",
-        f"remote_username {user}",
-        f"remote_password {b.password}",
-        "cleansession false",
-        "try_private true",
-        "start_type automatic",
-        f"restart_timeout {b.restart_min_s} {b.restart_max_s}",
-        f"keepalive_interval {b.keepalive_s}",
-        "# The gateway learns from this retained flag that overflow is (un)available.",
-        "notifications true",
-        "notifications_local_only true",
-        f"notification_topic {PC.central_topic(region, PC.LINK_LEAF)}",
-        "# The region's central subtree only (recarga/core/protocol/access.py, bridge_topics); the central",
-        "# broker's ACL lets this bridge's user write and read nothing else.",
-    ]
-    lines += [f"topic {topic} {direction} {W.QOS}" for topic, direction in ACL.bridge_topics(region)]
-    lines += [
-        "# TLS to central: give the central broker a TLS listener (8883), point address at it",
-        "# and uncomment these. bridge_insecure must stay false (it would skip the host name check).",
-        "#bridge_cafile /etc/mosquitto/certs/recarga-central-ca.crt",
-        "#bridge_tls_version tlsv1.2",
-        "#bridge_insecure false",
-        "#bridge_certfile /etc/mosquitto/certs/bridge.crt",
-        "#bridge_keyfile /etc/mosquitto/certs/bridge.key",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def render_central_acl(central_user: str, regions: Sequence[str],
-                       extra_users: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> str:
-    """The central broker's ACL: the central service user over every region's central subtree,
-    each region's bridge user (bridge_user) over its own subtree only."""
-    extra_users = extra_users or {}
-    bridges = [bridge_user(r) for r in regions]
-    names = [central_user, *bridges, *extra_users]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise BrokerConfigError(f"user names used twice (central, bridges, extra): {dupes}")
-    lines = [
-        "# Mosquitto ACL of the Recarga central broker.",
-        "# Generated by recarga.core.broker_config from recarga/core/protocol/access.py; do not edit.",
-        "# A topic no line grants is denied.",
-        "",
-    ]
-    lines += _user_block("central service", central_user, ACL.acl_central())
-    for region, user in zip(regions, bridges):
-        lines += _user_block(f"bridge of region {region}", user, ACL.acl_bridge(region))
-    for name, rules in extra_users.items():
-        lines += _user_block(f"extra user {name}", name, rules)
-    return "\n".join(lines)
-
-
-def write_central_broker_dir(dir: str | Path, port: int, users: Mapping[str, str], central_user: str,
-                             regions: Sequence[str], host: str = "127.0.0.1", *, run_as: str = "mosquitto",
-                             log_stdout: bool = False, dropin: bool = False,
-                             extra_acl: Mapping[str, Sequence[tuple[str, str]]] | None = None,
-                             max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-                             template: str | Path = CENTRAL_TEMPLATE) -> Path:
-    """The central broker's directory, as write_broker_dir does a region's: conf (from
-    deploy/mosquitto/recarga-central.conf.template), password file, ACL. `users` holds the
-    passwords of central_user, of bridge_user(r) for every region r, and of extra users."""
-    needed = [central_user, *(bridge_user(r) for r in regions), *(extra_acl or {})]
-    missing = [n for n in needed if n not in users]
-    if missing:
-        raise BrokerConfigError(f"no password given for {missing}")
-    d = Path(dir).resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    acl = render_central_acl(central_user, regions, extra_acl)
-    persistence, log_file = _state_paths(d, dropin, log_stdout)
-    conf = render_conf(PC.CENTRAL, password_file=d / PASSWD_NAME, acl_file=d / ACL_NAME, port=port,
-                       host=host, persistence_location=persistence, log_file=log_file, run_as=run_as,
-                       dropin=dropin, max_packet_size=max_packet_size, template=template)
-    return _write_dir(d, conf, CENTRAL_CONF_NAME, acl, users, run_as, dropin=dropin, log_file=log_file,
-                      secret_conf=False)
-
 
 # ---------------------------------------------------------------- command line
 
@@ -425,6 +358,30 @@ def _credential(text: str) -> tuple[str, str]:
     return name, password
 
 
+def add_listener_arguments(p: argparse.ArgumentParser) -> None:
+    """The listener options this command and `recarga-central broker-config` share."""
+    p.add_argument("--port", type=int, default=1883, help="plain TCP listener's port (0: none)")
+    p.add_argument("--host", default="127.0.0.1", help="plain TCP listener's address: loopback only")
+    p.add_argument("--tls-cafile", type=Path, help="TLS listener: the CA its clients trust (python -m recarga.core.certs)")
+    p.add_argument("--tls-certfile", type=Path, help="TLS listener: the broker's certificate")
+    p.add_argument("--tls-keyfile", type=Path, help="TLS listener: the broker's key")
+    p.add_argument("--tls-port", type=int, default=TLS_PORT)
+    p.add_argument("--tls-host", default="0.0.0.0", help="TLS listener's address (default: all interfaces)")
+
+
+def listeners_from(args: argparse.Namespace) -> tuple[int | None, TlsListener | None]:
+    """(plain port or None, TLS listener or None) from add_listener_arguments' options;
+    BrokerConfigError for a plain listener off loopback or TLS files given only in part."""
+    files = (args.tls_cafile, args.tls_certfile, args.tls_keyfile)
+    if any(files) and not all(files):
+        raise BrokerConfigError("--tls-cafile, --tls-certfile and --tls-keyfile go together")
+    tls = TlsListener(*files, port=args.tls_port, host=args.tls_host) if all(files) else None
+    port = args.port or None
+    if port is not None:
+        check_plain_host(args.host)
+    return port, tls
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m recarga.core.broker_config",
@@ -432,8 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "region's gateway broker into one directory and print the conf's path.")
     p.add_argument("--region", required=True, help="region id, e.g. berlin")
     p.add_argument("--dir", required=True, type=Path, help="output directory")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all interfaces)")
+    add_listener_arguments(p)
     p.add_argument("--gateway-user", required=True)
     pw = p.add_mutually_exclusive_group(required=True)
     pw.add_argument("--gateway-password")
@@ -442,21 +398,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "[broker] password_file (keeps it out of `ps`)")
     p.add_argument("--car", action="append", default=[], type=_credential, metavar="ID:PASSWORD")
     p.add_argument("--station", action="append", default=[], type=_credential, metavar="ID:PASSWORD")
+    p.add_argument("--forget-devices", action="store_true",
+                   help="drop the cars and stations DIR already holds (added by `recarga-device provision` "
+                        "or an earlier run); without it they stay, with their passwords")
     p.add_argument("--run-as", default="mosquitto", help="account a root-started broker switches to")
     p.add_argument("--log-stdout", action="store_true", help="log to stdout instead of DIR/mosquitto.log")
     p.add_argument("--template", type=Path, default=TEMPLATE, help=f"default: {TEMPLATE}")
     p.add_argument("--dropin", action="store_true",
                    help="write a conf.d drop-in for Debian's mosquitto.conf (docs/deployment.md)")
     p.add_argument("--bridge-host", help="the central broker: write a bridge to it (docs/central.md)")
-    p.add_argument("--bridge-port", type=int, default=1883)
+    p.add_argument("--bridge-port", type=int, default=TLS_PORT)
     p.add_argument("--bridge-password-file", type=Path,
                    help="file holding this region's bridge password on the central broker")
+    p.add_argument("--bridge-cafile", type=Path,
+                   help="the CA of central's TLS listener (needed unless --bridge-host is loopback)")
     args = p.parse_args(argv)
     bridge = None
     if args.bridge_host is not None:
         if args.bridge_password_file is None:
             p.error("--bridge-host needs --bridge-password-file")
-        bridge = BridgeSettings(args.bridge_host, args.bridge_port, args.bridge_password_file.read_text().strip())
+        if args.bridge_cafile is None and not is_loopback(args.bridge_host):
+            p.error(f"--bridge-host {args.bridge_host}: give --bridge-cafile (TLS); plain TCP to central "
+                    "only on loopback")
+        bridge = BridgeSettings(args.bridge_host, args.bridge_port, args.bridge_password_file.read_text().strip(),
+                                cafile=args.bridge_cafile)
 
     if args.gateway_password_file is not None:
         # read as recarga/gateway/config.py reads [broker] password_file, so one file serves both
@@ -469,11 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"user {name!r} given twice")
         users[name] = password
     try:
-        conf = write_broker_dir(args.dir, args.region, args.port, users,
+        port, tls = listeners_from(args)
+        conf = write_broker_dir(args.dir, args.region, port, users,
                                 [c for c, _ in args.car], [s for s, _ in args.station],
                                 args.gateway_user, args.host, run_as=args.run_as,
                                 log_stdout=args.log_stdout, dropin=args.dropin,
-                                template=args.template, bridge=bridge)
+                                template=args.template, bridge=bridge, tls=tls,
+                                keep_devices=not args.forget_devices)
     except (BrokerConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

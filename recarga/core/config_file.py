@@ -2,11 +2,15 @@
 the file, and the MQTT broker connection settings."""
 from __future__ import annotations
 
+import ipaddress
 import math
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from recarga.core.mqtt_tls import client_context
 
 
 class ConfigError(ValueError):
@@ -20,9 +24,15 @@ class BrokerConfig:
     username: str = "gateway"
     password: str = field(default="", repr=False)
     keepalive: int = 30
-    client_id: str = ""  # default: recarga-gateway-<region>
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
+    # TLS with this CA file (PEM) trusted and the broker's name checked against `host`;
+    # None: plain MQTT, which broker_fields allows to a loopback host only
+    tls_ca: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -41,9 +51,26 @@ def check_port(value: int, where: str) -> int:
     return value
 
 
+TLS_PORT = 8883  # the port of the brokers' TLS listener unless configured otherwise
+PLAIN_PORT = 1883
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine (where plain MQTT never crosses a network)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def broker_fields(table: dict[str, Any], base: Path) -> dict[str, Any]:
     """A checked [broker] table as BrokerConfig's fields: `password_file` (relative to the
-    config file's directory `base`) becomes the password it holds (its first line)."""
+    config file's directory `base`) becomes the password it holds (its first line);
+    `tls_ca` (relative to `base` too) must be a readable PEM CA file, and switches the
+    default port to TLS_PORT. Plain MQTT to a host that is not loopback is refused: the
+    password would cross the network in clear text."""
     fields = dict(table)
     if "password_file" in fields:
         pw_path = base / fields.pop("password_file")
@@ -51,7 +78,23 @@ def broker_fields(table: dict[str, Any], base: Path) -> dict[str, Any]:
             fields["password"] = pw_path.read_text().strip()
         except OSError as e:
             raise ConfigError(f"[broker] password_file: {e}") from None
-    check_port(fields.get("port", 1883), "[broker] port")
+    if "tls_ca" in fields:
+        ca = base / fields["tls_ca"]
+        try:
+            client_context(ca)
+        except FileNotFoundError:
+            raise ConfigError(f"[broker] tls_ca: CA file {ca} not found") from None
+        except ssl.SSLError:  # an OSError too: first
+            raise ConfigError(f"[broker] tls_ca: {ca} holds no PEM certificate") from None
+        except OSError as e:
+            raise ConfigError(f"[broker] tls_ca: CA file {ca} cannot be read ({e.strerror or e})") from None
+        fields["tls_ca"] = ca
+    fields.setdefault("port", TLS_PORT if "tls_ca" in fields else PLAIN_PORT)
+    check_port(fields["port"], "[broker] port")
+    host = fields.get("host", BrokerConfig.host)
+    if "tls_ca" not in fields and not is_loopback(host):
+        raise ConfigError(f"[broker] host {host!r} is not loopback: set tls_ca (the broker's CA file) so the "
+                          "connection is TLS; plain MQTT is for a broker on this machine only")
     return fields
 
 

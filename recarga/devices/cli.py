@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--host", required=True, help="broker address the board connects to")
     pr.add_argument("--port", type=_port, default=None,
                     help="broker port (default: the listener in the broker directory's conf, else 1883)")
+    pr.add_argument("--ca", type=Path, dest="ca_file",
+                    help="CA certificate (PEM or DER) to pin in config.json: the board connects over TLS "
+                         "(default: the CA of the broker directory's TLS listener, if it has one)")
+    pr.add_argument("--server-name",
+                    help="the name the broker's certificate must carry (TLS; default: --host)")
     pr.add_argument("--change-kind", action="store_true",
                     help="replace a device of the other kind that has this id (its old config stops working)")
     pr.add_argument("--wifi-ssid", help="Wi-Fi network (default: the template's)")
@@ -113,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ProvisionError(f"--wifi-password-file: {e}") from None
             provision(args.kind, args.device_id, args.region, args.broker_dir, args.host,
                       args.port, args.out, wifi_ssid=args.wifi_ssid, wifi_password=wifi_password,
-                      template=args.template, log=out, change_kind=args.change_kind)
+                      template=args.template, log=out, change_kind=args.change_kind,
+                      ca_file=args.ca_file, server_name=args.server_name)
         else:
             kwargs = {"firmware_dir": args.firmware} if args.firmware else {}
             flash(args.kind, args.config, args.port, mpy=args.mpy, march=args.march,

@@ -15,7 +15,10 @@ For device ID in a region's broker directory (as recarga.core.broker_config writ
   Everything else in the file stays as it was; the new file replaces the old atomically.
 - OUT/ID/config.json from the board's default config (boards/<kind>/config.json, or a
   built-in one following docs/firmware.md) with kind, id, region, broker and Wi-Fi filled
-  in; mode 0600, as it holds the password.
+  in; mode 0600, as it holds the password. When the broker's first listener is TLS (its conf
+  names a `cafile`), or with --ca, the board gets that CA pinned (`broker.ca`: the
+  certificate's DER, base64, as mbedTLS on the board reads it; pinned_ca()) and connects over
+  TLS, checking the broker's certificate for --server-name (default: --host).
 
 Provisioning an id again replaces it: a new password (the old config.json no longer
 connects), a fresh ACL block, a new config.json. The broker directory is locked (flock)
@@ -25,6 +28,7 @@ The password is printed nowhere; it is only in config.json.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import fcntl
 import importlib.util
@@ -34,11 +38,24 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recarga.core import broker_config, resources
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from recarga.core import resources
+from recarga.core.broker_config import render_user_block
+from recarga.core.broker_dir import (
+    ACL_NAME,
+    CONF_NAME,
+    PASSWD_NAME,
+    acl_regions,
+    device_kind_of,
+    parse_acl,
+    passwd_lines,
+)
 from recarga.core.protocol import access as ACL
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
@@ -143,16 +160,51 @@ def load_template(kind: str, template: str | Path | None = None,
     return data, str(path)
 
 
+def pinned_ca(path: str | Path) -> str:
+    """config.json's `broker.ca` for the CA certificate in `path` (PEM or DER): its DER,
+    base64 on one line (MicroPython's mbedTLS reads DER; docs/firmware.md). Refuses a file
+    that is not one X.509 certificate of a CA."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ProvisionError(f"CA certificate {path}: {e.strerror or e}") from None
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError as e:
+        raise ProvisionError(f"{path} is not an X.509 certificate (PEM or DER): {e}") from None
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ProvisionError(f"{path} is not a CA certificate (no basicConstraints CA:TRUE): pin the CA "
+                             "that signed the broker's certificate (python -m recarga.core.certs ca)")
+    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode("ascii")
+
+
 def build_config(template: dict, *, kind: str, device_id: str, region: str, host: str,
                  port: int, password: str, wifi_ssid: str | None = None,
-                 wifi_password: str | None = None) -> tuple[dict, list[str]]:
-    """The device's config.json (a new dict) and notes for the operator."""
+                 wifi_password: str | None = None, ca: str | None = None,
+                 server_name: str | None = None) -> tuple[dict, list[str]]:
+    """The device's config.json (a new dict) and notes for the operator. `ca` (pinned_ca())
+    makes the board connect over TLS, checking the broker's certificate for `server_name`
+    (None: the host); without it the board speaks plain TCP."""
     notes: list[str] = []
     cfg = copy.deepcopy(template)
     cfg["kind"], cfg["id"], cfg["region"] = kind, device_id, region
     broker = cfg.get("broker") if isinstance(cfg.get("broker"), dict) else {}
     broker.update({"host": host, "port": port, "user": device_id, "password": password})
     broker.setdefault("keepalive", 30)
+    for key in ("ca", "server_name"):
+        broker.pop(key, None)
+    if ca is not None:
+        broker["ca"] = ca
+        if server_name is not None and server_name != host:
+            broker["server_name"] = server_name
+    else:
+        notes.append(f"plain TCP to {host}:{port}: the broker password crosses the network in clear "
+                     "(development on loopback only; a broker with a TLS listener, or --ca, gives TLS)")
     cfg["broker"] = broker
     wifi = cfg.get("wifi") if isinstance(cfg.get("wifi"), dict) else {}
     if wifi_ssid is not None:
@@ -249,14 +301,14 @@ class BrokerFiles:
 
 def broker_files(directory: str | Path) -> BrokerFiles:
     """The password file and ACL of a broker directory: those its recarga-gateway.conf names
-    (password_file, acl_file), else DIR/passwd and DIR/acl (recarga.core.broker_config's names)."""
+    (password_file, acl_file), else DIR/passwd and DIR/acl (recarga.core.broker_dir's names)."""
     d = Path(directory)
     if not d.is_dir():
         raise ProvisionError(f"broker directory {d} does not exist (or is not a directory): "
                              "create it with `python -m recarga.core.broker_config --dir ...` "
                              "(docs/deployment.md)")
     d = d.resolve()
-    conf = d / broker_config.CONF_NAME
+    conf = d / CONF_NAME
     found: dict[str, Path] = {}
     if conf.is_file():
         for line in conf.read_text(errors="replace").splitlines():
@@ -264,94 +316,19 @@ def broker_files(directory: str | Path) -> BrokerFiles:
             if len(parts) == 2 and parts[0] in ("password_file", "acl_file"):
                 p = Path(parts[1].strip())
                 found[parts[0]] = p if p.is_absolute() else d / p
-    return BrokerFiles(d, found.get("password_file", d / broker_config.PASSWD_NAME),
-                       found.get("acl_file", d / broker_config.ACL_NAME),
+    return BrokerFiles(d, found.get("password_file", d / PASSWD_NAME),
+                       found.get("acl_file", d / ACL_NAME),
                        conf if conf.is_file() else None)
 
 
 # ---------------------------------------------------------------- ACL file
-
-@dataclass(frozen=True)
-class AclBlock:
-    user: str
-    start: int  # first line: the block's generated comment ("# car ID") or its `user` line
-    head: int  # the `user` line
-    end: int  # one past its last topic line (blank lines and comments before the next block
-    #           belong to the next block)
-    comment: str | None
-    rules: tuple[tuple[str, str], ...]
-
-
-def _directive(line: str) -> tuple[str | None, str]:
-    parts = line.strip().split(None, 1)
-    if len(parts) == 2 and parts[0] in ("user", "pattern", "topic"):
-        return parts[0], parts[1].strip()
-    return None, ""
-
-
-def _filler(line: str) -> bool:
-    s = line.strip()
-    return not s or s.startswith("#")
-
-
-def parse_acl(lines: Sequence[str]) -> list[AclBlock]:
-    """The `user` blocks of a Mosquitto ACL (lines without line ends), in file order."""
-    heads = [i for i, ln in enumerate(lines) if _directive(ln)[0] in ("user", "pattern")]
-    blocks = []
-    for n, i in enumerate(heads):
-        kind, user = _directive(lines[i])
-        if kind != "user":
-            continue
-        end = heads[n + 1] if n + 1 < len(heads) else len(lines)
-        while end > i + 1 and _filler(lines[end - 1]):
-            end -= 1
-        rules = []
-        for ln in lines[i + 1:end]:
-            d, arg = _directive(ln)
-            if d == "topic":
-                access, _, topic = arg.partition(" ")
-                if access in broker_config.ACCESS and topic.strip():
-                    rules.append((access, topic.strip()))
-                else:
-                    rules.append(("readwrite", arg))
-        start, comment = i, None
-        if i > 0 and lines[i - 1].strip() in (f"# {k} {user}" for k in KINDS):
-            start, comment = i - 1, lines[i - 1].strip()
-        blocks.append(AclBlock(user, start, i, end, comment, tuple(rules)))
-    return blocks
-
-
-def acl_regions(lines: Sequence[str]) -> set[str]:
-    """The regions whose topics (recarga/v1/<region>/...) an ACL grants."""
-    root = W.ROOT.split("/")
-    regions = set()
-    for ln in lines:
-        d, arg = _directive(ln)
-        if d != "topic":
-            continue
-        parts = arg.split()[-1].split("/")
-        if parts[:len(root)] == root and len(parts) > len(root) and W.ID_RE.match(parts[len(root)]):
-            regions.add(parts[len(root)])
-    return regions
-
-
-def device_kind_of(block: AclBlock, region: str) -> str | None:
-    """"car" / "station" if the block is a device's (its generated comment, or exactly the
-    rules recarga.core.protocol.access gives a car or a station), else None."""
-    if block.comment:
-        return block.comment.split()[1]
-    for kind, rules in (("car", ACL.acl_car), ("station", ACL.acl_station)):
-        if list(block.rules) == rules(region, block.user):
-            return kind
-    return None
-
 
 def upsert_acl(text: str, kind: str, device_id: str, region: str) -> tuple[str, list[str]]:
     """The ACL text with device_id's block added, or replaced where it was (a second block of
     the same user is removed). Returns (new text, kinds of the blocks replaced). Refuses to
     touch a block that is not a device's (the gateway's, an extra user's)."""
     rules = ACL.acl_car(region, device_id) if kind == "car" else ACL.acl_station(region, device_id)
-    new = broker_config._user_block(f"{kind} {device_id}", device_id, rules)[:-1]
+    new = render_user_block(f"{kind} {device_id}", device_id, rules)[:-1]
     lines = text.split("\n") if text else []
     mine = [b for b in parse_acl(lines) if b.user == device_id]
     replaced = []
@@ -383,11 +360,7 @@ def upsert_acl(text: str, kind: str, device_id: str, region: str) -> tuple[str, 
 # ---------------------------------------------------------------- password file
 
 def passwd_users(path: Path) -> set[str]:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return set()
-    return {ln.split(":", 1)[0] for ln in text.splitlines() if ":" in ln and not ln.startswith("#")}
+    return set(passwd_lines(path))
 
 
 def _passwd_line(path: Path, user: str) -> str | None:
@@ -465,14 +438,35 @@ def listener_port(files: BrokerFiles) -> int | None:
     return None
 
 
+def listener_cafile(files: BrokerFiles) -> Path | None:
+    """The CA of the conf's first listener when it is TLS (its `cafile` line before the next
+    `listener`: recarga.core.broker_config writes the TLS listener first), else None."""
+    if files.conf is None:
+        return None
+    seen = 0
+    for line in files.conf.read_text(errors="replace").splitlines():
+        parts = line.split(None, 1)
+        if parts and parts[0] == "listener":
+            seen += 1
+            if seen > 1:
+                return None
+        elif seen == 1 and len(parts) == 2 and parts[0] == "cafile":
+            p = Path(parts[1].strip())
+            return p if p.is_absolute() else files.directory / p
+    return None
+
+
 def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, host: str,
               port: int | None, out_dir: str | Path, *, wifi_ssid: str | None = None,
               wifi_password: str | None = None, template: str | Path | None = None,
               boards_dir: Path = BOARDS_DIR, log: Callable[[str], None] = print,
-              change_kind: bool = False) -> ProvisionResult:
+              change_kind: bool = False, ca_file: str | Path | None = None,
+              server_name: str | None = None) -> ProvisionResult:
     """Create (or replace) a device; see the module's docstring. A device of another kind
-    with this id is replaced only with `change_kind`. Prints what it did with `log`, never
-    the password."""
+    with this id is replaced only with `change_kind`. `ca_file` (default: the CA of the
+    broker's TLS listener, if it has one) is pinned in config.json, `server_name` (default:
+    `host`) is the name the broker's certificate must carry. Prints what it did with `log`,
+    never the password."""
     check_kind(kind)
     check_id(kind, device_id)
     check_id("region", region)
@@ -486,14 +480,21 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
         _check_text("--wifi-password", wifi_password or "", 0, 64)
     elif wifi_password is not None:
         raise ProvisionError("--wifi-password needs --wifi-ssid")
+    if server_name is not None:
+        _check_text("--server-name", server_name, 1, 253)
     files = broker_files(broker_dir)
     if port is None:  # where the broker listens, as its conf says
         port = listener_port(files) or 1883
+    if ca_file is None:
+        ca_file = listener_cafile(files)
+    ca = pinned_ca(ca_file) if ca_file is not None else None
+    if ca is None and server_name is not None:
+        raise ProvisionError("--server-name needs TLS: the broker has no TLS listener; pass --ca")
     tmpl, source = load_template(kind, template, boards_dir)
     password = new_password()
     cfg, notes = build_config(tmpl, kind=kind, device_id=device_id, region=region, host=host,
                               port=int(port), password=password, wifi_ssid=wifi_ssid,
-                              wifi_password=wifi_password)
+                              wifi_password=wifi_password, ca=ca, server_name=server_name)
     _firmware_check(cfg, kind)
     out = Path(out_dir) / device_id
     result = ProvisionResult(kind, device_id, region, out / "config.json", files.passwd,
@@ -518,7 +519,7 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
                                  f"another id, or pass --change-kind to make it a {kind}")
         new_text, result.acl_replaced = upsert_acl(text, kind, device_id, region)
         if files.conf is None and acl_old is None:
-            warn(f"{files.directory} has no {broker_config.CONF_NAME} and no ACL yet: is it a "
+            warn(f"{files.directory} has no {CONF_NAME} and no ACL yet: is it a "
                  "broker directory? (`python -m recarga.core.broker_config` writes one)")
         passwd_old = _stat(files.passwd)
         result.user_existed = set_password(files.passwd, device_id, password,
@@ -549,8 +550,9 @@ def provision(kind: str, device_id: str, region: str, broker_dir: str | Path, ho
         f"{was} in {files.acl}: {len(_rules(kind, region, device_id))} topics under "
         f"{prefix.rsplit('/', 1)[0]}/")
     log(f"  config: {'replaced' if result.config_existed else 'wrote'} {result.config_path} "
-        f"(mode 0600: it holds the broker password) from {source}; broker {host}:{port}, "
-        f"wifi {cfg['wifi']['ssid']!r}")
+        f"(mode 0600: it holds the broker password) from {source}; broker {host}:{port}"
+        + (f" over TLS (CA {ca_file} pinned, server name {server_name or host})" if ca else " (plain TCP)")
+        + f", wifi {cfg['wifi']['ssid']!r}")
     for n in result.notes:
         log(f"  note: {n}")
     log(f"  next: {RELOAD_HINT}")

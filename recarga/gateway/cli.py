@@ -1,5 +1,6 @@
-"""recarga-gateway: run the region's gateway, inspect its state, check its configuration;
-print the shipped example configuration and systemd unit to start a deployment from."""
+"""recarga-gateway: run the region's gateway, inspect its state, end a reservation or take a
+slot out of service through it, check its configuration; print the shipped example
+configuration and systemd unit to start a deployment from."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +10,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from recarga import __version__
 from recarga.core import resources
 from recarga.gateway import config as C
+from recarga.gateway.engine import utc_text
 from recarga.gateway.logbatch import LOG_FORMAT
 from recarga.gateway.store import DatabaseUnusable
 
@@ -33,24 +35,24 @@ class Command:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from recarga.core.service_manager import ServiceManager
     from recarga.gateway.service import EXIT_DB_UNUSABLE, GatewayService
     from recarga.gateway.store import DatabaseUnusable
 
     cfg = C.load(args.config)
     logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT)
+    manager = ServiceManager.from_environment()  # systemd's Type=notify; silent elsewhere
+    manager.status(f"checking and loading the database {cfg.database}")
     try:
-        service = GatewayService(cfg)
+        service = GatewayService(cfg, service_manager=manager)
     except DatabaseUnusable as e:
         logging.getLogger("recarga.gateway").critical("%s; not starting", e)
+        manager.status(f"not starting: {e}")
         return EXIT_DB_UNUSABLE
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.run()
     return 0
-
-
-def _utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _reservations(args: argparse.Namespace) -> int:
@@ -69,7 +71,7 @@ def _reservations(args: argparse.Namespace) -> int:
                 print(json.dumps(asdict(r)))
             else:
                 print(f"{r.id} car={r.car} rid={r.rid} {r.station}/{r.slot} {r.state} "
-                      f"eta={_utc(r.eta)} start={_utc(r.start)} end={_utc(r.end)}")
+                      f"eta={utc_text(r.eta)} start={utc_text(r.start)} end={utc_text(r.end)}")
     finally:
         store.close()
     return 0
@@ -82,6 +84,63 @@ def _backup(args: argparse.Namespace) -> int:
     pages = backup(cfg.database, Path(args.to))
     print(f"backed up {cfg.database} to {args.to} ({pages} pages)")
     return 0
+
+
+EXIT_REFUSED = 1  # the gateway applied the command and refused it (it says why)
+EXIT_NOT_APPLIED = 75  # EX_TEMPFAIL: queued, not applied within --timeout (the gateway applies it when it runs)
+
+
+def _operator_command(args: argparse.Namespace) -> int:
+    """Queue an operator command for the gateway (gateway/admin.py) and wait for its outcome."""
+    from recarga.gateway import admin
+
+    cfg = C.load(args.config)
+    command = admin.submit(cfg.database, args.op, {k: getattr(args, k) for k in args.op_args})
+    if args.no_wait:
+        print(f"queued as command {command}; the gateway applies it with its next tick")
+        return 0
+    outcome = admin.wait(cfg.database, command, args.timeout)
+    if outcome is None:
+        print(f"recarga-gateway: command {command} queued but not applied within {args.timeout:g} s "
+              "(is the gateway running?); it is applied when the gateway runs", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    ok, message = outcome
+    if not ok:
+        print(f"recarga-gateway: refused: {message}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(message)
+    return 0
+
+
+def _add_operator_command(sub: Any, name: str, op: str, help: str,
+                          op_args: Sequence[str]) -> argparse.ArgumentParser:
+    """A subcommand of `sub` (add_subparsers' result) that queues operator command `op`
+    with the parsed arguments named in `op_args`."""
+    p = sub.add_parser(name, help=help, description=help + ". It acts through the running gateway "
+                       "(queued in its database, applied with its next tick, or when it starts).")
+    p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--timeout", type=_wait_seconds, default=10.0, metavar="S",
+                   help=f"wait this long for the gateway's outcome (default 10); exit {EXIT_NOT_APPLIED} if none")
+    p.add_argument("--no-wait", action="store_true", help="queue the command and exit")
+    p.set_defaults(func=_operator_command, op=op, op_args=op_args)
+    return p
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"--timeout must be 0 to 3600 seconds, not {text!r}")
+    return value
+
+
+def _slot_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slot must be a whole number, not {text!r}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -116,6 +175,23 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     p.add_argument("--active", action="store_true", help="only held, confirmed and checked-in ones")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_reservations)
+    p = sub.add_parser("reservation", help="act on one reservation (through the running gateway)")
+    ops = p.add_subparsers(dest="action", required=True)
+    p = _add_operator_command(ops, "end", "reservation_end", "end an active reservation: a checked-in one "
+                              "completes, a held or confirmed one is cancelled; its car is told", ["reservation"])
+    p.add_argument("reservation", metavar="ID", help="the reservation's id (recarga-gateway reservations)")
+    p = sub.add_parser("slot", help="take a slot out of service or put it back (through the running gateway)")
+    ops = p.add_subparsers(dest="action", required=True)
+    p = _add_operator_command(ops, "out-of-service", "slot_out_of_service", "take a slot out of service: "
+                              "never offered, its reservations faulted (cars offered another slot), the "
+                              "station told", ["station", "slot", "reason"])
+    p.add_argument("station", help="the station's id")
+    p.add_argument("slot", type=_slot_number, help="the slot's number (1 = the first)")
+    p.add_argument("--reason", default="", help="why, for the log and the database (at most 200 characters)")
+    p = _add_operator_command(ops, "in-service", "slot_in_service", "put a slot back in service: offered "
+                              "again once its station reports it free", ["station", "slot"])
+    p.add_argument("station", help="the station's id")
+    p.add_argument("slot", type=_slot_number, help="the slot's number (1 = the first)")
     p = sub.add_parser("backup", help="copy the database while the gateway runs (SQLite's online backup)")
     p.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--to", required=True, metavar="FILE", help="the backup's file (must not exist)")

@@ -19,6 +19,7 @@ from recarga.core.protocol import device as D
 from recarga.core.selection import POLICIES
 from recarga.gateway.engine import EngineConfig
 from recarga.gateway.overflow import OverflowSettings
+from recarga.gateway.ratelimit import RateLimit
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,14 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
          "synchronous": str, "sync_thread": bool},
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
-               "keepalive": int, "client_id": str, "reconnect_min_s": int, "reconnect_max_s": int},
+               "keepalive": int, "reconnect_min_s": int, "reconnect_max_s": int, "tls_ca": str},
     "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
                      "min_remaining_s": (int, float), "max_wait_s": (int, float), "request_memory_s": (int, float)},
     "selection": {"policy": str, "road_factor": (int, float), "speed_kmh": (int, float),
                   "safety_margin_soc": (int, float), "nearest_k": int},
     "overflow": {"enabled": bool, "wait_limit_s": (int, float), "answer_within_s": (int, float),
                  "summary_min_interval_s": (int, float), "summary_refresh_s": (int, float)},
+    "rate_limit": {"requests_per_min": (int, float), "burst": int},
 }
 
 
@@ -68,6 +70,9 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("selection", "speed_kmh"): (1, 200),
     ("selection", "safety_margin_soc"): (0, 0.5),
     ("selection", "nearest_k"): (1, 100),
+    # a car's reserve and its confirm come back to back: a burst below 2 would refuse confirms
+    ("rate_limit", "requests_per_min"): (1, 60000),
+    ("rate_limit", "burst"): (2, 10000),
 }
 
 
@@ -77,8 +82,12 @@ def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
     for key, value in table.items():
         if isinstance(value, dict) and not section:
             if key not in _SCHEMA:
-                raise ConfigError(f"unknown section [{key}]; allowed: broker, overflow, reservations, selection")
+                raise ConfigError(f"unknown section [{key}]; allowed: "
+                                  "broker, overflow, rate_limit, reservations, selection")
             continue
+        if (section, key) == ("broker", "client_id"):
+            raise ConfigError("[broker] client_id: remove it; the broker takes the user name (username) "
+                              "as client id, so no client can borrow another's")
         if key not in allowed:
             raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
         if isinstance(value, bool) != (allowed[key] is bool) or not isinstance(value, allowed[key]):
@@ -111,6 +120,7 @@ def load(path: str | Path) -> GatewayConfig:
     if policy not in POLICIES:
         raise ConfigError(f"[selection] policy {policy!r} unknown; one of {', '.join(POLICIES)}")
     engine = EngineConfig(region=top["region"], policy=policy, selection=SelectionParams(**sel),
+                          rate_limit=RateLimit(**_check("rate_limit", raw.get("rate_limit", {}))),
                           **_check("reservations", raw.get("reservations", {})))
     overflow = _overflow(_check("overflow", raw.get("overflow", {})))
     synchronous = top.get("synchronous", "FULL").upper()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -26,6 +27,8 @@ from recarga.core.model import (
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
 from recarga.core.selection import DEFAULT_POLICY, Selector
+from recarga.gateway.floodlog import FloodLog
+from recarga.gateway.ratelimit import Limited, RateLimit, RateLimiter
 
 log = logging.getLogger("recarga.engine")
 
@@ -49,6 +52,7 @@ class EngineConfig:
     max_wait_s: float = 1800.0  # book a busy slot only if it is expected free within this
     request_memory_s: float = 86400.0  # a request id is answered identically for this long
     selection: SelectionParams = SelectionParams()
+    rate_limit: RateLimit = RateLimit()  # per car (gateway/ratelimit.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,29 @@ class StationLive:
     online: bool = False
     slots: list[str] | None = None  # last reported slot states, None until first status
     occupied_since: list[float | None] = field(default_factory=list)
+    numbering: tuple[int, int] | None = None  # (boot, seq) of the latest numbered status applied
+
+
+@dataclass(frozen=True, slots=True)
+class SlotMark:
+    """A slot an operator took out of service (recarga-gateway slot out-of-service)."""
+
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone:
+    """An operator command's outcome, stored with what it changed (gateway/admin.py)."""
+
+    id: int
+    ok: bool
+    message: str
+    at: float
+
+
+class CommandRefused(ValueError):
+    """An operator command that cannot apply (unknown id, wrong state); nothing changed."""
 
 
 @dataclass(slots=True)
@@ -86,6 +113,9 @@ class Result:
     reply: dict[str, Any] | None = None  # the answer to the car's request; None: no request answered
     reservation: Reservation | None = None  # the one a reserve (or central's hold) chose, exact times
     need: CarNeed | None = None  # what a reserve (or central's hold) asked for, also when refused
+    # persisted too: operator out-of-service marks set (SlotMark) or cleared (None), by slot
+    marks: list[tuple[str, int, SlotMark | None]] = field(default_factory=list)
+    command: CommandDone | None = None  # the operator command this applied, marked done with it
 
     def withhold_reply(self) -> None:
         """Take the car's reply out of `messages` (it is answered later); `reply` keeps it."""
@@ -157,19 +187,36 @@ class Engine:
         self.counts: dict[str, int] = dict.fromkeys(_COUNTED, 0)  # car requests since the last summary
         self._counting_since: float | None = None  # start of the summary's window (the first tick)
         self._miscounted: dict[str, int] = {}  # station -> slot count it reported against its metadata
+        self.stale_statuses = 0  # replayed statuses ignored as older than one applied (the service reports them)
+        self.limiter = RateLimiter(config.rate_limit)
+        self.refusals = FloodLog(log)  # a car's refused requests: a line, or a summary in a flood
+        self.out_of_service: dict[str, dict[int, SlotMark]] = {}  # operator's marks: station -> slot -> mark
+        self._back_in_service: set[tuple[str, int]] = set()  # told in_service, not yet seen so
+        # restored reservations on a slot no station has (yet): ended at the first tick unless
+        # a retained meta message brought their station back before it
+        self._unplaced: set[str] = set()
 
     # ------------------------------------------------------------ recovery
 
     def restore(self, active: list[Reservation], requests: list[RequestRecord],
-                live: dict[str, StationLive] | None = None) -> None:
+                live: dict[str, StationLive] | None = None,
+                marks: dict[tuple[str, int], SlotMark] | None = None) -> None:
         """Load what the store kept; retained station messages then bring it up to date."""
         for sid, state in (live or {}).items():
             if sid in self.stations:
                 self.live[sid] = state
+        for (sid, slot), mark in (marks or {}).items():
+            self.out_of_service.setdefault(sid, {})[slot] = mark
         for r in active:
             self._index(r)
+            if not self._slot_exists(r.station, r.slot):
+                self._unplaced.add(r.id)
         for rec in sorted(requests, key=attrgetter("at")):
             self._remember(rec)
+
+    def _slot_exists(self, sid: str, slot: int) -> bool:
+        meta = self.stations.get(sid)
+        return meta is not None and 1 <= slot <= len(meta.slots)
 
     # ------------------------------------------------------------ SlotView for selection
 
@@ -239,10 +286,14 @@ class Engine:
 
     def car_message(self, car: str, payload: bytes, now: float) -> Result:
         res = Result()
+        limited = self.limiter.admit(car, now)  # every message counts, valid or not
+        if limited is not None:
+            self._rate_limited(res, car, payload, limited, now)
+            return res
         try:
             req = D.parse_car_request(car, payload)
         except W.ProtocolError as e:
-            log.warning("car %s: rejected request (%s): %s", car, e.code, e)
+            self.refusals.refused(car, "invalid", now, "car %s: rejected request (%s): %s", car, e.code, e)
             self.counts["invalid"] += 1
             self._reply(res, car, D.error_reply(D.request_rid(payload), e.code, str(e), e.field))
             return res
@@ -259,23 +310,54 @@ class Engine:
         else:
             self.counts["refused"] += 1
             err = reply["error"]
-            log.warning("car %s: refused request %s (%s): %s", car, req.rid, err["code"], err["message"])
+            self.refusals.refused(car, err["code"], now, "car %s: refused request %s (%s): %s", car, req.rid,
+                                  err["code"], err["message"])
         res.request = RequestRecord(car, req.rid, now, reply)
         self._remember(res.request)
         self._reply(res, car, reply)
         return res
 
-    def station_status(self, sid: str, payload: bytes, now: float) -> Result:
+    def _rate_limited(self, res: Result, car: str, payload: bytes, limited: Limited, now: float) -> None:
+        """Over the car's limit: nothing decided, nothing stored (the same rid gets a real answer
+        once the car may ask again); a reply only to the first such request until then."""
+        rl = self.cfg.rate_limit
+        retry_after = max(1, math.ceil(limited.retry_after))
+        self.refusals.refused(car, D.RATE_LIMITED, now, "car %s: request refused (%s): over %g requests a minute "
+                              "(burst %d); may ask again in %d s", car, D.RATE_LIMITED, rl.requests_per_min,
+                              rl.burst, retry_after)
+        if limited.answer:
+            self._reply(res, car, D.error_reply(
+                D.request_rid(payload), D.RATE_LIMITED, f"more than {rl.requests_per_min:g} requests a minute "
+                f"(burst {rl.burst}) from car {car}; ask again in {retry_after} s", retry_after=retry_after))
+
+    def station_status(self, sid: str, payload: bytes, now: float, replayed: bool = False) -> Result:
+        """A station's status. `replayed`: it may be a copy the broker kept (its retained
+        status, or a message queued for the gateway's session, before the gateway has caught
+        up after connecting, possibly restored from an older save after a broker crash); one
+        numbered before the latest applied is then stale and ignored. A status sent while the
+        gateway listens is the station's latest, whatever its numbers (a station whose flash
+        was wiped starts counting again)."""
         res = Result()
         meta = self.stations.get(sid)
         if meta is None:
             log.warning("status from unknown station %s ignored", sid)
             return res
         try:
-            slots = D.parse_station_status(payload)
+            status = D.parse_station_report(payload)
         except W.ProtocolError as e:
             log.warning("station %s: bad status (%s): %s", sid, e.code, e)
             return res
+        known = self.live.get(sid)
+        numbering, seen = status.numbering, known.numbering if known is not None else None
+        if numbering is not None and seen is not None and D.status_before(numbering, seen):
+            if replayed:
+                self.stale_statuses += 1
+                log.debug("station %s: stale status (boot %d seq %d, applied boot %d seq %d) ignored",
+                          sid, *numbering, *seen)
+                return res
+            log.info("station %s numbers its statuses anew (boot %d seq %d after boot %d seq %d)",
+                     sid, *numbering, *seen)
+        slots = status.slots
         if len(slots) != len(meta.slots):
             if self._miscounted.get(sid) != len(slots):  # once, not on every retained replay
                 log.warning("station %s reports %d slots, metadata has %d; using the overlap",
@@ -284,9 +366,15 @@ class Engine:
             slots = (slots + ["out_of_service"] * len(meta.slots))[: len(meta.slots)]
         else:
             self._miscounted.pop(sid, None)
+        marked = self.out_of_service.get(sid)
+        if marked:
+            # an operator's out-of-service stands until in-service, whatever the station shows
+            slots = ["out_of_service" if i in marked else s for i, s in enumerate(slots, 1)]
         self._now = now
         live = self.live.setdefault(sid, StationLive())
         res.station = (sid, live)
+        if numbering is not None:
+            live.numbering = numbering
         if live.slots is None:
             self._selector = None  # now assignable
         old = live.slots or ["free"] * len(slots)
@@ -298,6 +386,8 @@ class Engine:
             key = (sid, i)
             if after in ("free", "reserved"):
                 self.led[key] = after == "reserved"
+            if after != "out_of_service" and self._back_in_service:
+                self._back_in_service.discard(key)
             if after == "out_of_service" and before != "out_of_service":
                 self._fault_slot(key, now, res)
             elif after == "occupied" and before != "occupied":
@@ -332,6 +422,12 @@ class Engine:
             for key in [k for k in self.by_slot if k[0] == sid]:
                 self.led.pop(key, None)
                 self._sync_led(key, res)
+            # ... and what an operator took out of service or put back (a station's session
+            # is clean: commands sent while it was away are lost)
+            for slot in self.out_of_service.get(sid, ()):
+                self._station_cmd(res, sid, "out_of_service", slot)
+            for key in [k for k in self._back_in_service if k[0] == sid]:
+                self._station_cmd(res, sid, "in_service", key[1])
         return res
 
     def station_meta(self, sid: str, payload: bytes, now: float) -> Result:
@@ -357,25 +453,50 @@ class Engine:
             self.stations[sid] = new
             self._selector = None  # rebuilt on the next decision
             log.info("station %s metadata %s", sid, "updated" if old else "added")
+            for key in sorted(k for k in self.by_slot if k[0] == sid and k[1] > len(slots)):
+                log.warning("station %s slot %d no longer exists (its metadata has %d slots); "
+                            "ending its reservations", sid, key[1], len(slots))
+                self._fault_slot(key, now, res)
         return res
 
-    def tick(self, now: float) -> Result:
-        """Expire lapsed holds and no-shows; forget request ids past their memory."""
+    def tick(self, now: float, expire: bool = True) -> Result:
+        """Expire lapsed holds and no-shows, end restored reservations whose slot is gone;
+        forget request ids past their memory. Without `expire` only the latter: the service
+        holds the endings back until it has caught up with what the broker kept (a car may
+        have plugged in meanwhile, a retained meta may bring a station back)."""
         res = Result()
         self._now = now
-        for r in list(self.reservations.values()):
+        for r in list(self.reservations.values()) if expire else ():
             lapsed = (r.state == "held" and now >= r.hold_until) or (r.state == "confirmed" and now >= r.deadline)
             if lapsed:
                 ended = self._end(r, "expired", res)
                 self._event(res, r.car, D.car_event("expired", reservation_view(ended)))
+        if expire and self._unplaced:
+            self._end_unplaced(now, res)
         # oldest first, so a tick costs what it forgets, not a copy of a day's requests
         horizon, old, requests = now - self.cfg.request_memory_s, self._remembered, self.requests
         while old and old[0][0] < horizon:
             rec = requests.get(old.popleft()[1])
             if rec is not None and rec.at < horizon:
                 del requests[(rec.car, rec.rid)]
+        self.refusals.flush(now)
         self._summarise(now)
         return res
+
+    def _end_unplaced(self, now: float, res: Result) -> None:
+        """Fault the restored reservations whose slot no station has now (their station left
+        the station file, or has fewer slots): nothing else would end them, and their cars
+        could never reserve again."""
+        ids, self._unplaced = self._unplaced, set()
+        for rid in sorted(ids):
+            r = self.reservations.get(rid)
+            if r is None or self._slot_exists(r.station, r.slot):
+                continue
+            meta = self.stations.get(r.station)
+            why = "is not in the station file" if meta is None else f"has {len(meta.slots)} slots"
+            log.warning("reservation %s (car %s): station %s %s, so slot %d is gone; ending it",
+                        r.id, r.car, r.station, why, r.slot)
+            self._fault(r, now, res)
 
     def _summarise(self, now: float) -> None:
         """Every SUMMARY_S, an INFO line with the car requests since the last one (none if
@@ -391,6 +512,7 @@ class Engine:
                          sum(c.values()), *(c[k] for k in _COUNTED), len(self.reservations))
             self.counts = dict.fromkeys(_COUNTED, 0)
             self._counting_since = now
+            self.limiter.forget_idle(now)  # here: once a minute is enough to keep it small
 
     def _remember(self, rec: RequestRecord) -> None:
         """Answer (car, rid) with rec.reply from now on, until request_memory_s after rec.at."""
@@ -484,6 +606,81 @@ class Engine:
         self._reply(res, car, reply)
         return res
 
+    # ------------------------------------------------------------ operator commands (gateway/admin.py)
+
+    def end_reservation(self, reservation: str, now: float) -> tuple[Result, str]:
+        """End an active reservation for an operator: a checked-in one completes, a held or
+        confirmed one is cancelled; its car gets that event. CommandRefused if not active."""
+        r = self.reservations.get(reservation)
+        if r is None:
+            raise CommandRefused(f"no active reservation {reservation!r}")
+        res = Result()
+        self._now = now
+        ended = self._end(r, "completed" if r.state == "checked_in" else "cancelled", res)
+        self._event(res, r.car, D.car_event(ended.state, reservation_view(ended)))
+        return res, f"reservation {r.id} (car {r.car}, {r.station} slot {r.slot}, {r.state}) {ended.state}"
+
+    def take_out_of_service(self, sid: str, slot: int, reason: str, now: float) -> tuple[Result, str]:
+        """An operator's out-of-service: the slot is not offered until put back in service,
+        whatever its station reports; its reservations are faulted (their cars offered the
+        next best slot) and the station is told. CommandRefused if there is no such slot or
+        it already is out of service by an operator."""
+        meta = self.stations.get(sid)
+        if meta is None:
+            raise CommandRefused(f"unknown station {sid!r} in region {self.cfg.region}")
+        if not 1 <= slot <= len(meta.slots):
+            raise CommandRefused(f"station {sid} has {len(meta.slots)} slot(s); there is no slot {slot}")
+        mark = self.out_of_service.get(sid, {}).get(slot)
+        if mark is not None:
+            raise CommandRefused(f"station {sid} slot {slot} is already out of service since "
+                                 f"{utc_text(mark.since)} ({mark.reason})")
+        res = Result()
+        self._now = now
+        key = (sid, slot)
+        mark = SlotMark(reason, now)
+        self.out_of_service.setdefault(sid, {})[slot] = mark
+        self._back_in_service.discard(key)
+        res.marks.append((sid, slot, mark))
+        live = self.live.get(sid)
+        if live is not None and live.slots is not None and slot <= len(live.slots):
+            live.slots[slot - 1] = "out_of_service"
+            res.station = (sid, live)
+        self._forget(sid, slot)
+        ended = len(self.by_slot.get(key, ()))
+        self._fault_slot(key, now, res)
+        self._station_cmd(res, sid, "out_of_service", slot)
+        log.info("station %s slot %d out of service by an operator (%s); %d reservation(s) faulted",
+                 sid, slot, reason, ended)
+        return res, f"station {sid} slot {slot} out of service ({reason}); {ended} reservation(s) faulted"
+
+    def put_in_service(self, sid: str, slot: int, now: float) -> tuple[Result, str]:
+        """Back in service: the operator's mark goes and the station is told; the slot is
+        offered again once the station reports it free. CommandRefused if the slot is not
+        out of service."""
+        marks = self.out_of_service.get(sid, {})
+        meta = self.stations.get(sid)
+        if slot not in marks:
+            if meta is None:
+                raise CommandRefused(f"unknown station {sid!r} in region {self.cfg.region}")
+            if not 1 <= slot <= len(meta.slots):
+                raise CommandRefused(f"station {sid} has {len(meta.slots)} slot(s); there is no slot {slot}")
+            live = self.live.get(sid)
+            if live is None or live.slots is None or slot > len(live.slots) \
+                    or live.slots[slot - 1] != "out_of_service":
+                raise CommandRefused(f"station {sid} slot {slot} is not out of service")
+        res = Result()
+        self._now = now
+        if slot in marks:
+            del marks[slot]
+            if not marks:
+                del self.out_of_service[sid]
+            res.marks.append((sid, slot, None))
+        if self._slot_exists(sid, slot):
+            self._back_in_service.add((sid, slot))
+            self._station_cmd(res, sid, "in_service", slot)
+        log.info("station %s slot %d put back in service by an operator", sid, slot)
+        return res, f"station {sid} slot {slot} in service; offered again once the station reports it free"
+
     # ------------------------------------------------------------ car operations
 
     def _reserve(self, req: D.CarRequest, now: float, res: Result) -> dict[str, Any]:
@@ -561,16 +758,20 @@ class Engine:
 
     def _fault_slot(self, key: tuple[str, int], now: float, res: Result) -> None:
         for rid in list(self.by_slot.get(key, ())):
-            r = self.reservations[rid]
-            faulted = self._end(r, "faulted", res)
-            offer = None
-            choice = self._choose(r.need, now, exclude={key})
-            if choice is not None:
-                new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, r.need, choice, now)
-                self._add(new, res)
-                log.info("car %s offered %s slot %d as %s after the fault", r.car, new.station, new.slot, new.id)
-                offer = reservation_view(new)
-            self._event(res, r.car, D.car_event("faulted", reservation_view(faulted), offer))
+            self._fault(self.reservations[rid], now, res)
+
+    def _fault(self, r: Reservation, now: float, res: Result) -> None:
+        """End r as faulted (its slot cannot serve it) and offer its car the next best slot."""
+        key = (r.station, r.slot)
+        faulted = self._end(r, "faulted", res)
+        offer = None
+        choice = self._choose(r.need, now, exclude={key})
+        if choice is not None:
+            new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, r.need, choice, now)
+            self._add(new, res)
+            log.info("car %s offered %s slot %d as %s after the fault", r.car, new.station, new.slot, new.id)
+            offer = reservation_view(new)
+        self._event(res, r.car, D.car_event("faulted", reservation_view(faulted), offer))
 
     # ------------------------------------------------------------ helpers
 
@@ -679,6 +880,9 @@ class Engine:
         live = self.live.get(key[0])
         if live is None or not live.online:
             return  # told when it comes back online
+        if not self._slot_exists(*key):
+            self.led.pop(key, None)  # a slot the station no longer has: nothing to show
+            return
         nxt = self._first_waiting(key)
         want = nxt is not None
         if self.led.get(key) == want:
@@ -690,6 +894,9 @@ class Engine:
         else:
             cmd = D.station_cmd("release", key[1])
         res.messages.append(Outbound(D.station_topic(self.cfg.region, key[0], "cmd"), cmd))
+
+    def _station_cmd(self, res: Result, sid: str, cmd: str, slot: int) -> None:
+        res.messages.append(Outbound(D.station_topic(self.cfg.region, sid, "cmd"), D.station_cmd(cmd, slot)))
 
     def _first_waiting(self, key: tuple[str, int]) -> Reservation | None:
         """The first reservation queued on the slot that is not checked in (the next car)."""
@@ -706,6 +913,11 @@ class Engine:
 
     def _event(self, res: Result, car: str, payload: dict[str, Any]) -> None:
         res.messages.append(Outbound(D.car_topic(self.cfg.region, car, "reply"), payload))
+
+
+def utc_text(t: float) -> str:
+    """Unix seconds as the logs, the CLI and operators read them: 2027-01-15T08:00:00Z."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _outcome(reply: dict[str, Any], results: list[Result]) -> HoldOutcome:

@@ -30,6 +30,7 @@ import select
 import selectors
 import socket
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -41,7 +42,9 @@ import paho.mqtt.client as mqtt
 
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
+from recarga.core.service_manager import ServiceManager
 from recarga.core.stations import load_stations
+from recarga.gateway import admin
 from recarga.gateway.config import GatewayConfig
 from recarga.gateway.engine import Engine, Result
 from recarga.gateway.logbatch import LogBatch
@@ -57,11 +60,12 @@ MAX_BACKLOG = 1024  # messages committed but not yet durable before the loop sto
 EXIT_DB_FAILURE = 70  # EX_SOFTWARE: systemd restarts us; unacknowledged work is redelivered
 EXIT_DB_UNUSABLE = 78  # EX_CONFIG: a restart would not mend it; the unit does not restart on it
 MISC_S = 1.0  # how often paho's keepalive bookkeeping (loop_misc) runs
+CATCH_UP_MAX_S = 30.0  # expiry waits at most this long after a connect for the catch-up marker
 SWITCH_INTERVAL_S = 0.0005  # see run()
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _TOPIC_CACHE_MAX = 100_000  # parsed topics remembered (a region's cars and stations)
 
-Handler = Callable[[str, bytes, float], Result]
+Handler = Callable[[str, bytes, float], Result | None]
 
 
 def freeze_survivors(phase: str, info: dict[str, int]) -> None:
@@ -74,6 +78,11 @@ def freeze_survivors(phase: str, info: dict[str, int]) -> None:
     moment of a freeze stays, a few hundred bytes once per full collection at most."""
     if phase == "stop" and info["generation"] == 2:
         gc.freeze()
+
+
+def _tls_pending(sock: Any) -> bool:
+    """Whether a TLS socket holds decrypted bytes not yet read (a plain socket never does)."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 @dataclass(slots=True)
@@ -99,13 +108,16 @@ class GatewayService:
     whose loop is not running: process() decides a batch, commit() stores it, release()
     publishes and acknowledges what is durable; handle() is the three for one batch, step()
     one pass of the loop. `client_factory` makes the paho client (the service sets its
-    callbacks); `exit_process` ends the process after a database failure.
+    callbacks); `exit_process` ends the process after a database failure; `service_manager`
+    hears when it is ready and gets the loop's watchdog pets (systemd; silent by default).
     """
 
     def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time,
                  client_factory: ClientFactory = gateway_client,
-                 exit_process: Callable[[int], Any] = os._exit):
+                 exit_process: Callable[[int], Any] = os._exit,
+                 service_manager: ServiceManager | None = None):
         self.cfg = cfg
+        self.service_manager = service_manager or ServiceManager()
         self.clock = clock
         self.region = cfg.engine.region
         self._exit_process = exit_process
@@ -114,11 +126,12 @@ class GatewayService:
         self.engine = Engine(cfg.engine, stations)
         now = clock()
         self.engine.restore(self.store.active(), self.store.requests(now - cfg.engine.request_memory_s),
-                            self.store.stations_live())
+                            self.store.stations_live(), self.store.slots_out_of_service())
         self.stopping = threading.Event()
         self._connected = False
         self._next_tick = 0.0
         self._pruned = 0.0
+        self._command_seen = 0  # the last operator command handed to the engine (gateway/admin.py)
         self._batch: list[mqtt.MQTTMessage] = []
         self._topics: dict[str, tuple[Handler, str] | None] = {}
         self._logs = LogBatch()
@@ -137,6 +150,13 @@ class GatewayService:
         self._writing = False  # the selector watches the socket for writability
         self._delay: float | None = None  # reconnect backoff; None after a successful connect
         self._reconnect_at = 0.0  # time.monotonic() of the next connection attempt
+        # Catching up (docs/architecture.md): after each connect the gateway publishes a marker
+        # to itself and expires nothing until it is back, or CATCH_UP_MAX_S passed
+        self._sync_topic = D.gateway_sync_topic(self.region)
+        self._sync_token: str | None = None  # the marker of this connection, until it is back
+        self._connected_at = 0.0  # clock s of the last connect: expiry starts CATCH_UP_MAX_S later at most
+        self._caught_up = False
+        self._subscribed = False  # the broker granted every subscription of this connection
         log.info("region %s: %d stations, %d active reservations restored", self.region,
                  len(stations), len(self.engine.reservations))
         log.info("database %s: synchronous %s%s", cfg.database, cfg.synchronous,
@@ -144,6 +164,7 @@ class GatewayService:
         self.client = client_factory(cfg.broker, self.region)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda client, userdata, msg: self._batch.append(msg)
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
@@ -155,7 +176,7 @@ class GatewayService:
         self.overflow = OverflowLink(self.engine, cfg.overflow) if cfg.overflow.enabled else None
         self._handlers: dict[tuple[str, str], Handler] = {
             ("car", "request"): self.overflow.car_message if self.overflow else self.engine.car_message,
-            ("station", "status"): self.engine.station_status,
+            ("station", "status"): self._station_status,
             ("station", "online"): self.engine.station_online,
             ("station", "meta"): self.engine.station_meta,
         }
@@ -184,6 +205,7 @@ class GatewayService:
             self._sel.unregister(sock)
             self._peek.unregister(sock)
             self._sock, self._writing = None, False
+            self._caught_up, self._sync_token = False, None  # until the next connect's marker is back
             self._schedule_reconnect()
 
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
@@ -194,14 +216,28 @@ class GatewayService:
         # renewed on every connect: a broker that lost its session state still delivers
         topics = D.gateway_subscriptions(self.region) + (self.overflow.subscriptions() if self.overflow else [])
         client.subscribe([(t, W.QOS) for t in topics])
+        # The broker queues the retained messages for these subscriptions, after the session's
+        # queued ones, before anything published after the SUBSCRIBE: once this marker comes
+        # back, the gateway has read everything the broker held for it.
+        self._caught_up, self._sync_token, self._subscribed = False, os.urandom(8).hex(), False
+        self._connected_at = self.clock()
+        self.engine.stale_statuses = 0
+        client.publish(self._sync_topic, W.encode(D.sync_message(self._sync_token)), qos=W.QOS)
         client.publish(D.gateway_online_topic(self.region), W.online_message(True), qos=W.QOS, retain=True)
         self._connected = True
         log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [rc for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused %d of our subscriptions: %s", len(refused), refused)
+        self._subscribed = not refused
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected = False
         if not self.stopping.is_set():
             log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
+            self.service_manager.status(f"disconnected from the broker ({reason_code}); reconnecting")
 
     def _schedule_reconnect(self) -> None:
         """Next attempt after reconnect_min_s, doubling up to reconnect_max_s until one succeeds."""
@@ -211,8 +247,33 @@ class GatewayService:
 
     # ------------------------------------------------------------ one batch
 
+    def _station_status(self, sid: str, payload: bytes, now: float) -> Result:
+        # before the marker is back, a status may be a stale copy the broker kept
+        return self.engine.station_status(sid, payload, now, replayed=not self._caught_up)
+
+    def _synced(self, ident: str, payload: bytes, now: float) -> None:
+        """The catch-up marker came back: expiry may run (at once: _next_tick)."""
+        token = D.parse_sync(payload)
+        if token is None or token != self._sync_token:
+            log.debug("catch-up marker of an earlier connection ignored")
+            return None
+        self._sync_token = None
+        self._catch_up(now, f"caught up with the broker in {now - self._connected_at:.1f} s")
+        return None
+
+    def _catch_up(self, now: float, why: str, level: int = logging.INFO) -> None:
+        self._caught_up = True
+        self._next_tick = now
+        stale = self.engine.stale_statuses
+        log.log(level, "%s; expiry runs%s", why, f" ({stale} stale station statuses ignored)" if stale else "")
+        if self._subscribed:  # serving: subscribed and up to date with what the broker held
+            b = self.cfg.broker
+            self.service_manager.ready(f"serving region {self.region} on {b.host}:{b.port}")
+
     def _route(self, topic: str) -> tuple[Handler, str] | None:
         route = self._topics.get(topic, False)
+        if route is False and topic == self._sync_topic:
+            route = self._topics[topic] = (self._synced, "")
         if route is False:
             ref = D.parse_topic(self.region, topic)
             handler = self._handlers.get((ref.kind, ref.leaf)) if ref else None
@@ -252,9 +313,14 @@ class GatewayService:
         now = self.clock()
         results = [r for r in (self._decide(m, now) for m in batch) if r is not None]
         prune = None
+        if self._sync_token is not None and now - self._connected_at >= CATCH_UP_MAX_S:
+            self._sync_token = None
+            self._catch_up(now, f"catch-up marker not back within {CATCH_UP_MAX_S:.0f} s of connecting "
+                                f"(may the gateway's user read and write {self._sync_topic}?)", logging.WARNING)
         if now >= self._next_tick:
             self._next_tick = now + self.cfg.tick_s
-            results.append(self.engine.tick(now))
+            results.append(self.engine.tick(now, expire=self._caught_up))
+            results += self._operator_commands(now)
             if now - self._pruned > 3600:
                 self._pruned = now
                 prune = now - self.cfg.engine.request_memory_s
@@ -274,6 +340,19 @@ class GatewayService:
         u.acks += [m.mid for m in batch if m.qos > 0]
         u.messages += len(batch)
         u.prune = prune if prune is not None else u.prune
+
+    def _operator_commands(self, now: float) -> list[Result]:
+        """Apply the operator commands queued in the database since the last tick, in order
+        (gateway/admin.py); each is marked done in the commit that stores what it changed."""
+        results = []
+        for command, op, args in self.store.pending_commands(self._command_seen):
+            self._command_seen = command
+            res = admin.apply(self.engine, command, op, args, now, self.store.reservation)
+            done = res.command
+            log.log(logging.INFO if done.ok else logging.WARNING, "operator command %d (%s): %s%s",
+                    command, op, "" if done.ok else "refused: ", done.message)
+            results.append(res)
+        return results
 
     def commit(self) -> None:
         """Commit what was decided and hand it to the syncer (which gives it straight back
@@ -357,7 +436,8 @@ class GatewayService:
             before = len(batch)
             if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
                 return
-            if len(batch) == before and self._sock is not None and not self._peek.poll(0):
+            if len(batch) == before and self._sock is not None and not self._peek.poll(0) \
+                    and not _tls_pending(self._sock):
                 return
 
     def _flush(self) -> None:
@@ -379,8 +459,9 @@ class GatewayService:
         what was read is dropped unacknowledged (the broker redelivers it). With MAX_BACKLOG
         messages not yet durable it waits for the syncer alone, and reads nothing."""
         full = decide and self.backlog >= MAX_BACKLOG
-        readable = False
-        for key, mask in (self._wake_sel if full else self._sel).select(timeout):
+        # TLS: bytes already decrypted wait in the SSL object, where the selector cannot see them
+        readable = not full and self._sock is not None and _tls_pending(self._sock)
+        for key, mask in (self._wake_sel if full else self._sel).select(0.0 if readable else timeout):
             if key.fileobj is self._wake_r:
                 try:
                     self._wake_r.recv(4096)
@@ -407,6 +488,7 @@ class GatewayService:
         client = self.client
         misc_at = 0.0
         while not self.stopping.is_set():
+            self.service_manager.pet()  # from this loop alone: a hung loop stops the pets
             mono = time.monotonic()
             if self._sock is None and mono >= self._reconnect_at:
                 try:
@@ -420,7 +502,7 @@ class GatewayService:
                 misc_at = mono + MISC_S
             wait = self._next_tick - self.clock()
             wait = min(wait, MISC_S) if self._sock is not None else min(wait, self._reconnect_at - mono)
-            self.step(max(0.0, wait))
+            self.step(max(0.0, min(wait, self.service_manager.until_pet())))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -445,6 +527,7 @@ class GatewayService:
             self._serve()
         finally:
             gc.callbacks.remove(freeze_survivors)
+            self.service_manager.stopping()
             try:
                 self._shutdown()
             finally:

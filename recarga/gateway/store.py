@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from recarga.core.model import CarNeed, Reservation
 from recarga.core.protocol import device as D
-from recarga.gateway.engine import RequestRecord, Result, StationLive
+from recarga.gateway.engine import RequestRecord, Result, SlotMark, StationLive
 
 
 class DatabaseUnusable(RuntimeError):
@@ -64,6 +64,43 @@ def backup(source: Path, target: Path) -> int:
         src.close()
 
 
+def _open_existing(path: Path) -> sqlite3.Connection:
+    """A connection to the gateway's database for a command beside the running gateway;
+    DatabaseUnusable if it does not exist (opening it would create an empty one)."""
+    if not path.exists():
+        raise DatabaseUnusable(f"database {path} does not exist (the gateway creates it when it first runs)")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA busy_timeout=5000")  # the gateway's commits are short
+    return db
+
+
+def queue_command(path: Path, op: str, args: Mapping[str, Any], at: float) -> int:
+    """Append an operator command for the gateway to apply (gateway/operator.py); durable on
+    disk when this returns. Returns its id."""
+    db = _open_existing(path)
+    try:
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_COMMANDS_SCHEMA)  # a database the gateway last ran on before it had them
+        with db:
+            cur = db.execute("INSERT INTO operator_commands (at, op, args) VALUES (?, ?, ?)",
+                             (at, op, json.dumps(dict(args))))
+        return int(cur.lastrowid)
+    finally:
+        db.close()
+
+
+def command_outcome(path: Path, command: int) -> tuple[bool, str] | None:
+    """(ok, message) of an applied operator command; None while it waits."""
+    db = _open_existing(path)
+    try:
+        row = db.execute("SELECT done_at, ok, result FROM operator_commands WHERE id = ?", (command,)).fetchone()
+    finally:
+        db.close()
+    if row is None:
+        raise DatabaseUnusable(f"operator command {command} is not in {path}")
+    return None if row[0] is None else (bool(row[1]), row[2])
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
@@ -100,8 +137,31 @@ CREATE TABLE IF NOT EXISTS stations_live (
     id TEXT PRIMARY KEY,
     online INTEGER NOT NULL,
     slots TEXT,
-    occupied_since TEXT NOT NULL
+    occupied_since TEXT NOT NULL,
+    boot INTEGER,  -- numbering of the latest numbered status applied (NULL: none yet)
+    seq INTEGER
 );
+CREATE TABLE IF NOT EXISTS slots_out_of_service (
+    station TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (station, slot)
+);
+"""
+# Operator commands (gateway/operator.py): the CLI appends, the gateway's loop applies them in
+# order and marks each done (ok, result) in the transaction that stores what it changed.
+_COMMANDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operator_commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    op TEXT NOT NULL,
+    args TEXT NOT NULL,
+    done_at REAL,
+    ok INTEGER,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS operator_commands_pending ON operator_commands(id) WHERE done_at IS NULL;
 """
 
 log = logging.getLogger("recarga.store")
@@ -148,9 +208,17 @@ class Store:
         # Pages read through a memory map rather than a read() each: ~20% less CPU per commit
         # (B-tree pages of the upserts' lookups). Address space only; the file stays as it is.
         self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + _COMMANDS_SCHEMA)
+        self._add_columns("stations_live", ("boot INTEGER", "seq INTEGER"))
         self._checkpointer: Checkpointer | None = None
         self._wal_fd: int | None = self._open_wal() if deferred else None
+
+    def _add_columns(self, table: str, columns: Iterable[str]) -> None:
+        """Columns a database written by an earlier version lacks (NULL in its rows)."""
+        have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def _open_wal(self) -> int:
         """The WAL file, to fsync it from outside SQLite. SQLite keeps it (same inode) while
@@ -219,7 +287,17 @@ class Store:
         encoded: JSON text of reply dicts by id(), from a caller that encodes them for
         publishing anyway (each is encoded once); others are encoded here."""
         rows, requests, stations = [], [], []
+        others: list[tuple[str, tuple]] = []  # operator marks and commands (rare), in order
         for res in results:
+            for sid, slot, mark in res.marks:
+                others.append(("DELETE FROM slots_out_of_service WHERE station = ? AND slot = ?", (sid, slot))
+                              if mark is None else
+                              ("INSERT OR REPLACE INTO slots_out_of_service VALUES (?, ?, ?, ?)",
+                               (sid, slot, mark.reason, mark.since)))
+            if res.command is not None:
+                c = res.command
+                others.append(("UPDATE operator_commands SET done_at = ?, ok = ?, result = ? WHERE id = ?",
+                               (c.at, int(c.ok), c.message, c.id)))
             rows += [_row(r) for r in res.changed]
             if res.request is not None:
                 q = res.request
@@ -227,9 +305,10 @@ class Store:
                 requests.append((q.car, q.rid, q.at, text if text is not None else encode_json(q.reply)))
             if res.station is not None:
                 sid, live = res.station
+                boot, seq = live.numbering or (None, None)
                 stations.append((sid, int(live.online), None if live.slots is None else json.dumps(live.slots),
-                                 json.dumps(live.occupied_since)))
-        if not (rows or requests or stations):
+                                 json.dumps(live.occupied_since), boot, seq))
+        if not (rows or requests or stations or others):
             return
         if self._checkpointer is not None and self._checkpointer.failed:
             self._checkpointer = None
@@ -241,12 +320,30 @@ class Store:
             if requests:
                 self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", requests)
             if stations:
-                self.db.executemany("INSERT OR REPLACE INTO stations_live VALUES (?, ?, ?, ?)", stations)
+                self.db.executemany("INSERT OR REPLACE INTO stations_live (id, online, slots, occupied_since, "
+                                    "boot, seq) VALUES (?, ?, ?, ?, ?, ?)", stations)
+            for sql, params in others:
+                self.db.execute(sql, params)
 
     def stations_live(self) -> dict[str, StationLive]:
-        cur = self.db.execute("SELECT id, online, slots, occupied_since FROM stations_live")
-        return {sid: StationLive(bool(online), None if slots is None else json.loads(slots), json.loads(since))
-                for sid, online, slots, since in cur}
+        cur = self.db.execute("SELECT id, online, slots, occupied_since, boot, seq FROM stations_live")
+        return {sid: StationLive(bool(online), None if slots is None else json.loads(slots), json.loads(since),
+                                 None if seq is None else (boot, seq))
+                for sid, online, slots, since, boot, seq in cur}
+
+    def slots_out_of_service(self) -> dict[tuple[str, int], SlotMark]:
+        cur = self.db.execute("SELECT station, slot, reason, since FROM slots_out_of_service")
+        return {(sid, slot): SlotMark(reason, since) for sid, slot, reason, since in cur}
+
+    def pending_commands(self, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
+        """Operator commands not yet applied, with ids above `after`, oldest first."""
+        cur = self.db.execute("SELECT id, op, args FROM operator_commands WHERE done_at IS NULL AND id > ? "
+                              "ORDER BY id", (after,))
+        return [(cid, op, json.loads(args)) for cid, op, args in cur]
+
+    def reservation(self, rid: str) -> Reservation | None:
+        row = self.db.execute(f"{_SELECT} WHERE id = ?", (rid,)).fetchone()
+        return None if row is None else _reservation(row)
 
     def active(self) -> list[Reservation]:
         cur = self.db.execute(f"{_SELECT} WHERE state IN {_ACTIVE} ORDER BY start")

@@ -2,6 +2,7 @@
 topics, wifi (hardware-free parts; the MQTT session has its own file with a real broker)."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import string
@@ -19,6 +20,22 @@ GOOD = {
     "pins": {"status_led": 2},
     "slots": [{"red": 25, "green": 26, "blue": 27, "sensor": 13}],
 }
+
+
+def _ca() -> tuple[str, str]:
+    """A CA certificate (recarga.core.certs) as PEM text and as config.json's broker.ca."""
+    import tempfile
+    from pathlib import Path
+
+    from recarga.core import certs
+    from recarga.devices.provision import pinned_ca
+
+    d = Path(tempfile.mkdtemp(prefix="lib-ca-"))
+    files = certs.make_ca(d)
+    return files.cert.read_text(), pinned_ca(files.cert)
+
+
+CA_PEM, CA_DER_B64 = _ca()
 
 
 def config_error(cfg_text: str, kind: str = "station", tmp_path=None) -> str:
@@ -116,9 +133,33 @@ except config.ConfigError as e:
     (dict(broker__password=None), "config error: broker.password must be a string"),
     (dict(broker__keepalive=1), "config error: broker.keepalive must be between 5 and 3600, got 1"),
     (dict(log="verbose"), "config error: log must be one of debug, info, warn, error"),
+    (dict(broker__ca=7), "config error: broker.ca must be a string"),
+    (dict(broker__ca=CA_PEM), "config error: broker.ca must be a CA certificate in DER, base64 (not PEM): "
+                              "recarga-device writes it"),
+    (dict(broker__ca=CA_DER_B64[:-8]), "config error: broker.ca must be a CA certificate in DER, base64 (not PEM): "
+                                       "recarga-device writes it"),  # cut short
+    (dict(broker__ca=base64.b64encode(b"\x30\x82\x00\x10" + bytes(16)).decode()),
+     "config error: broker.ca is not a certificate mbedTLS can read"),  # whole DER, not a certificate
+    (dict(broker__ca=CA_DER_B64, broker__server_name=""),
+     "config error: broker.server_name length must be between 1 and 253, got 0"),
+    (dict(broker__server_name="broker.example"), "config error: broker.server_name needs broker.ca (TLS)"),
 ])
 def test_check_common_errors(tmp_path, changes, message):
     assert config_error(with_(**changes), tmp_path=tmp_path) == message
+
+
+def test_a_pinned_ca_and_server_name_pass_and_make_a_verifying_tls_context(tmp_path):
+    """broker.ca (base64 DER, as provisioning writes it) and broker.server_name are accepted;
+    lib pinned.context() makes a CERT_REQUIRED client context trusting that CA."""
+    code = f"""
+import config, json, pinned, tls
+open("config.json", "w").write({with_(broker__ca=CA_DER_B64, broker__server_name="broker.example")!r})
+cfg = config.load()
+config.check_common(cfg, "station")
+c = pinned.context(cfg["broker"]["ca"])
+print(json.dumps([cfg["broker"]["server_name"], c.verify_mode == tls.CERT_REQUIRED]))
+"""
+    assert run_json(code, cwd=tmp_path) == [["broker.example", True]]
 
 
 def test_an_id_is_exactly_a_z_A_Z_0_9_underscore_and_dash_and_checking_it_interns_nothing():

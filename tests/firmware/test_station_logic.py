@@ -142,6 +142,47 @@ print(json.dumps(states()))
     assert third == [["out_of_service", "free", "free"]]
 
 
+def boot_script(boot_store: str, body: str) -> str:
+    return f"""
+import json
+from slots import Slots
+s = Slots(2, None, {boot_store})
+s.count_boot()
+{body}
+print(bytes(s.status_payload()).decode())
+"""
+
+
+def test_status_numbering_goes_on_across_a_reboot_and_wraps(tmp_path):
+    boot_file = tmp_path / "boot.txt"
+    store = json.dumps(str(boot_file))
+    changes = "s.set_occupied(0, True); s.set_occupied(0, False); s.set_occupied(1, True)"
+    (first,) = run(boot_script(store, changes)).splitlines()
+    (second,) = run(boot_script(store, "")).splitlines()  # "reboot": a new process, a new Slots
+    a, b = D.parse_station_report(first.encode()), D.parse_station_report(second.encode())
+    assert (a.numbering, b.numbering) == ((1, 3), (2, 0))
+    assert boot_file.read_text() == "2" and not (tmp_path / "boot.txt.tmp").exists()
+    # the gateway believes the rebooted station though its seq starts again, and takes the
+    # first boot's status for a stale copy once it has the second's
+    assert D.status_before(a.numbering, b.numbering) and not D.status_before(b.numbering, a.numbering)
+    # the boot number wraps as seq does, and compares wrap-safe
+    boot_file.write_text(str(D.SEQ_MASK))
+    (wrapped,) = run(boot_script(store, "")).splitlines()
+    w = D.parse_station_report(wrapped.encode())
+    assert w.numbering == (0, 0) and boot_file.read_text() == "0"
+    assert D.status_before((D.SEQ_MASK, 5), w.numbering) and not D.status_before(w.numbering, (D.SEQ_MASK, 5))
+
+
+def test_missing_or_unwritable_boot_file_is_not_fatal(tmp_path):
+    store = json.dumps(str(tmp_path / "no-such-dir" / "boot.txt"))
+    out = run(boot_script(store, ""))
+    assert "[E] slots: cannot save boot number" in out
+    assert D.parse_station_report(out.splitlines()[-1].encode()).numbering == (1, 0)
+    (tmp_path / "garbled.txt").write_text("x7")
+    out = run(boot_script(json.dumps(str(tmp_path / "garbled.txt")), ""))
+    assert D.parse_station_report(out.splitlines()[-1].encode()).numbering == (1, 0)
+
+
 def test_missing_or_unwritable_store_is_not_fatal(tmp_path):
     store = json.dumps(str(tmp_path / "no-such-dir" / "oos.txt"))
     out = run(slots_script("""
@@ -168,12 +209,15 @@ for combo in {combos!r}:
         s.set_occupied(i, st == 2)
         cmd("reserve" if st == 1 else "release", i)
     s.seq = sum(combo) * 1000003
+    s.boot = combo[0] * 7
     print(json.dumps([combo, bytes(s.status_payload()).decode()]))
 """)
     assert len(got) == 64
     for combo, payload in got:
-        assert D.parse_station_status(payload.encode()) == [NAMES[c] for c in combo]
-        assert json.loads(payload) == {"v": 1, "slots": [NAMES[c] for c in combo], "seq": sum(combo) * 1000003}
+        status = D.parse_station_report(payload.encode())
+        assert status == D.StationStatus([NAMES[c] for c in combo], combo[0] * 7, sum(combo) * 1000003)
+        assert json.loads(payload) == {"v": 1, "slots": [NAMES[c] for c in combo], "boot": combo[0] * 7,
+                                       "seq": sum(combo) * 1000003}
         assert " " not in payload  # compact
 
 
@@ -183,11 +227,12 @@ from slots import Slots, MAX_SLOTS
 s = Slots(MAX_SLOTS, None)
 for i in range(MAX_SLOTS):
     s.command('{"v":1,"cmd":"out_of_service","slot":%d}' % (i + 1))
-s.seq = 0x3FFFFFFF
+s.seq = s.boot = 0x3FFFFFFF
 print(bytes(s.status_payload()).decode())
 """).splitlines()
     assert len(payload) <= D.MAX_PAYLOAD
-    assert D.parse_station_status(payload.encode()) == ["out_of_service"] * 16
+    assert D.parse_station_report(payload.encode()) == D.StationStatus(["out_of_service"] * 16, D.SEQ_MASK,
+                                                                         D.SEQ_MASK)
 
 
 def test_status_payload_allocates_almost_nothing():

@@ -12,6 +12,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.client import ConnectFlags
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from recarga.core.model import SlotMeta, StationMeta
 from recarga.core.stations import dump_stations_json
@@ -20,8 +23,9 @@ from recarga.gateway import service as S
 
 
 class Outbox:
-    """Stands in for the service's paho client: publish() and ack() append to `events`
-    ((topic, payload) and "ack <mid>"); the service sets its callbacks on it as on paho's."""
+    """Stands in for the service's paho client: publish(), ack() and subscribe() append to
+    `events` ((topic, payload), "ack <mid>" and ("subscribe", [topic, ...])); the service sets
+    its callbacks on it as on paho's."""
 
     def __init__(self, events: list[Any]) -> None:
         self.events = events
@@ -33,6 +37,14 @@ class Outbox:
     def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
         self.events.append(f"ack {mid}")
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def subscribe(self, topics: list[tuple[str, int]]) -> tuple[mqtt.MQTTErrorCode, int]:
+        self.events.append(("subscribe", [t for t, _ in topics]))
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS, 0
+
+    def connected(self) -> None:
+        """The broker accepted the connection: paho calls on_connect."""
+        self.on_connect(self, None, ConnectFlags(False), ReasonCode(PacketTypes.CONNACK, "Success"), None)
 
     def deliver(self, msg: mqtt.MQTTMessage) -> None:
         """The message as paho hands it over when it has read it."""

@@ -15,10 +15,10 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from recarga.core.config_file import BrokerConfig
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
 from recarga.gateway import service as S
-from recarga.core.config_file import BrokerConfig
 from recarga.gateway.logbatch import LOG_FORMAT, LogBatch, SecondFormatter
 from recarga.gateway.mqtt_client import gateway_client
 

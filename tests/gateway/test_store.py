@@ -10,7 +10,14 @@ import pytest
 from test_engine import T0, make, reserve
 
 from recarga.gateway.engine import RequestRecord
-from recarga.gateway.store import MMAP_BYTES, Checkpointer, DatabaseUnusable, Store, backup, is_permanent
+from recarga.gateway.store import (
+    MMAP_BYTES,
+    Checkpointer,
+    DatabaseUnusable,
+    Store,
+    backup,
+    is_permanent,
+)
 
 
 def test_round_trip_of_engine_results(tmp_path):

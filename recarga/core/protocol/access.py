@@ -2,7 +2,8 @@
 topics a region broker's bridge to central carries.
 
 docs/protocol.md, "Broker ACL (per device)" and "Across regions" / "ACLs", is the
-human-readable form; recarga.core.broker_config writes these into Mosquitto's files.
+human-readable form; recarga.core.broker_config (a region's broker), recarga.core.bridge
+and recarga.core.central_broker write these into Mosquitto's files.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def acl_gateway(region: str) -> list[tuple[str, str]]:
         ("read", D.station_filter(region, "online")),
         ("write", D.station_filter(region, "cmd")),
         ("readwrite", D.gateway_online_topic(region)),
+        ("readwrite", D.gateway_sync_topic(region)),  # its catch-up marker, to itself
     ]
 
 

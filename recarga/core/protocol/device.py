@@ -41,15 +41,18 @@ UNKNOWN_STATION = "unknown_station"
 UNKNOWN_RESERVATION = "unknown_reservation"
 CAR_MISMATCH = "car_mismatch"
 BAD_STATE = "bad_state"
+RATE_LIMITED = "rate_limited"  # with "retry_after": whole seconds until the car may ask again
 ERROR_CODES = (
     W.BAD_JSON, W.BAD_TYPE, W.MISSING_FIELD, W.UNKNOWN_FIELD, W.OUT_OF_RANGE, W.TOO_LARGE, W.BAD_VERSION,
-    W.UNKNOWN_OP, UNKNOWN_STATION, UNKNOWN_RESERVATION, CAR_MISMATCH, W.NO_CAPACITY, BAD_STATE,
+    W.UNKNOWN_OP, UNKNOWN_STATION, UNKNOWN_RESERVATION, CAR_MISMATCH, W.NO_CAPACITY, BAD_STATE, RATE_LIMITED,
 )
 
-# Events the gateway pushes to a car's reply topic without a request.
-CAR_EVENTS = ("checked_in", "completed", "expired", "faulted")
-# reserve/release come from the gateway's engine; out_of_service/in_service from an operator
-# (recarga-gateway slot ...), the station then reports the new state in its status.
+# Events the gateway pushes to a car's reply topic without a request ("cancelled": an
+# operator ended a held or confirmed reservation, recarga-gateway reservation end).
+CAR_EVENTS = ("checked_in", "completed", "expired", "faulted", "cancelled")
+# reserve/release come from the gateway's engine, out_of_service/in_service from the gateway
+# on an operator's `recarga-gateway slot out-of-service|in-service`; the station then
+# reports the new state in its status.
 STATION_CMDS = ("reserve", "release", "out_of_service", "in_service")
 
 
@@ -93,10 +96,30 @@ def gateway_online_topic(region: str) -> str:
     return f"{region_root(region)}/gateway/online"
 
 
+def gateway_sync_topic(region: str) -> str:
+    """The gateway's catch-up marker: it publishes one after subscribing and reads it back
+    (docs/protocol.md, "Catching up")."""
+    return f"{region_root(region)}/gateway/sync"
+
+
 def gateway_subscriptions(region: str) -> list[str]:
-    """What the gateway subscribes to (all QoS 1)."""
+    """What the gateway subscribes to (all QoS 1); the sync topic last."""
     return [car_filter(region, "request"), station_filter(region, "status"),
-            station_filter(region, "meta"), station_filter(region, "online")]
+            station_filter(region, "meta"), station_filter(region, "online"), gateway_sync_topic(region)]
+
+
+def sync_message(token: str) -> dict[str, Any]:
+    return {"v": W.VERSION, "sync": token}
+
+
+def parse_sync(payload: bytes) -> str | None:
+    """The token of a catch-up marker; None for anything else."""
+    try:
+        msg = W.decode(payload, MAX_PAYLOAD)
+    except W.ProtocolError:
+        return None
+    token = msg.get("sync")
+    return token if isinstance(token, str) and set(msg) == {"v", "sync"} else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +213,45 @@ def parse_car_request(topic_car: str, payload: bytes) -> CarRequest:
     return CarRequest(op, msg["rid"], msg["car"], fields)
 
 
-def parse_station_status(payload: bytes) -> list[str]:
-    """recarga/v1/<region>/station/<sid>/status (retained): {"v":1,"slots":["free",...]}"""
+# A station numbers its statuses: `boot` counts its boots (kept in flash), `seq` its state
+# changes since that boot. Both wrap to 0 after SEQ_MASK (firmware slots.py's _SEQ_WRAP) and
+# are compared in serial-number arithmetic (RFC 1982): b is after a if (b - a) mod 2**30 is
+# below 2**29.
+SEQ_MASK = 0x3FFFFFFF
+_SEQ_HALF = (SEQ_MASK + 1) >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class StationStatus:
+    slots: list[str]
+    boot: int | None  # None without seq (the station does not number its statuses), or counted as 0
+    seq: int | None
+
+    @property
+    def numbering(self) -> tuple[int, int] | None:
+        """(boot, seq), or None for a status without seq."""
+        return None if self.seq is None else (self.boot or 0, self.seq)
+
+
+def serial_before(a: int, b: int) -> bool:
+    """a comes before b, counting modulo SEQ_MASK + 1 (wrap-safe)."""
+    return a != b and ((b - a) & SEQ_MASK) < _SEQ_HALF
+
+
+def status_before(got: tuple[int, int], seen: tuple[int, int]) -> bool:
+    """A status numbered `got` (boot, seq) is older than one numbered `seen`: from an earlier
+    boot, or from the same boot with an earlier seq."""
+    if got[0] != seen[0]:
+        return serial_before(got[0], seen[0])
+    return serial_before(got[1], seen[1])
+
+
+def parse_station_report(payload: bytes) -> StationStatus:
+    """recarga/v1/<region>/station/<sid>/status (retained):
+    {"v":1,"slots":["free",...],"boot":3,"seq":17}; boot and seq optional (boot only with seq)."""
     msg = W.decode(payload, MAX_PAYLOAD)
     for name in msg:
-        if name not in ("v", "slots", "seq"):
+        if name not in ("v", "slots", "seq", "boot"):
             raise W.ProtocolError(W.UNKNOWN_FIELD, f"unknown field {name!r} in station status", name)
     if "slots" not in msg:
         raise W.ProtocolError(W.MISSING_FIELD, "missing field 'slots'", "slots")
@@ -204,9 +261,19 @@ def parse_station_status(payload: bytes) -> list[str]:
     for s in slots:
         if s not in SLOT_STATES:
             raise W.ProtocolError(W.OUT_OF_RANGE, f"slot state {s!r} not one of {SLOT_STATES}", "slots")
-    if "seq" in msg:
-        W.check_field("seq", msg["seq"], (int,), 0, None)
-    return slots
+    if "boot" in msg and "seq" not in msg:
+        raise W.ProtocolError(W.MISSING_FIELD, "field 'boot' needs field 'seq'", "seq")
+    for name in ("boot", "seq"):
+        if name in msg:
+            W.check_field(name, msg[name], (int,))
+            if not 0 <= msg[name] <= SEQ_MASK:
+                raise W.ProtocolError(W.OUT_OF_RANGE, f"field '{name}'={msg[name]} outside 0..{SEQ_MASK}", name)
+    return StationStatus(slots, msg.get("boot"), msg.get("seq"))
+
+
+def parse_station_status(payload: bytes) -> list[str]:
+    """The slot states of a station status (parse_station_report has its numbering too)."""
+    return parse_station_report(payload).slots
 
 
 CAR_STATES = ("driving", "low", "heading", "waiting", "charging", "done")
@@ -306,8 +373,10 @@ def station_cmd(cmd: str, slot: int, reservation: str | None = None, until: floa
 
 # ---------------------------------------------------------------- messages devices send
 
-def station_status(slots: list[str], seq: int | None = None) -> dict[str, Any]:
+def station_status(slots: list[str], seq: int | None = None, boot: int | None = None) -> dict[str, Any]:
     msg: dict[str, Any] = {"v": W.VERSION, "slots": slots}
+    if boot is not None:
+        msg["boot"] = boot
     if seq is not None:
         msg["seq"] = seq
     return msg

@@ -92,7 +92,7 @@ class TargetRegion:
 def central_broker(tmp_path: Path):
     b = CentralBroker.launch(tmp_path / "broker", regions=REGIONS,
                              passwords={**central_passwords(REGIONS), MONITOR_USER: "monitor-secret"},
-                             extra_acl=MONITOR_ACL)
+                             extra_acl=MONITOR_ACL, tls=True)
     try:
         yield b
     finally:

@@ -69,7 +69,8 @@ def active(net: RegionsNet, region: str, car: str | None = None) -> list[dict]:
 def test_a_car_in_a_full_region_is_sent_to_b_hands_over_confirms_and_checks_in(net, tmp_path):
     from harness.car_board import car_config, pot_for, virtual_board
 
-    board = virtual_board(tmp_path / "vb", car_config("car-v", "a", net.brokers["a"].port, telemetry_s=3600))
+    board = virtual_board(tmp_path / "vb", car_config("car-v", "a", net.brokers["a"].port, telemetry_s=3600,
+                                                      ca_file=net.ca_file))
     try:
         board.set_pot("pot1", pot_for(0.6))
         board.start()

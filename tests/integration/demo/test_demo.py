@@ -4,6 +4,7 @@ port; then three bridged regions and central with an overflow), then proof that 
 everything it started, the boards' micropython processes, every broker, gateway and central."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,11 +18,13 @@ import pytest
 pytestmark = pytest.mark.integration
 
 from harness import ROOT
+from recarga.core.broker_dir import CONF_NAME
 
 TIMEOUT_S = 150  # the fast demo takes about 35 s (15 s without the boards)
 
 # What a reader must see: every step of the reservation lifecycle, and the protocol's answers.
 KEY_EVENTS = [
+    "tick 0.5 s, TLS trusting the demo's CA alone",
     "<- gateway  reserved r",
     "<- gateway  confirmed r",
     "<- gateway  checked_in r",
@@ -64,12 +67,14 @@ BOARD_EVENTS = [
     "⇠  pot1 turned down to",
     "⇠  btn1 pressed",
     "✓ every board ran on one boot, without a traceback or MemoryError",
+    "✓ every board connected over TLS, the demo's CA pinned, the broker's certificate checked for localhost",
 ]
 
 
 # The regions act (demo/regions.py), with or without boards: the messages between gateways and
 # central as the taps print them, the answers, and the databases' checks.
 REGION_EVENTS = [
+    "(TLS only, certificate from the demo's CA",
     "bridged to central (Mosquitto's bridge as bridge-west",
     "[overflow] enabled",
     ("central's view from the regions' summaries: west 2 stations online, 0 slots free; mitte 2 stations "
@@ -135,6 +140,18 @@ def _started(out: str) -> tuple[list[tuple[int, str]], list[tuple[str, int]]]:
     return pids, [(host, int(port)) for _, host, port in brokers]
 
 
+def assert_tls_only(run_dir: Path, out: str) -> None:
+    """The region's broker has one listener, TLS, with the demo's CA; the gateway trusts that CA."""
+    line = next(x for x in out.splitlines() if x.startswith("  broker   mosquitto pid "))
+    port = int(re.search(r" on 127\.0\.0\.1:(\d+) ", line).group(1))
+    ca = run_dir / "tls" / "ca.crt"
+    assert f"(TLS only, certificate from the demo's CA {ca} for localhost and 127.0.0.1)" in line, line
+    conf = (run_dir / "broker" / CONF_NAME).read_text().splitlines()
+    assert [x for x in conf if x.startswith("listener ")] == [f"listener {port} 127.0.0.1"], conf
+    assert f"cafile {ca}" in conf and any(x.startswith("certfile ") for x in conf), conf
+    assert f"tls_ca = {json.dumps(str(ca))}" in (run_dir / "gateway" / "gateway.toml").read_text()
+
+
 def run_demo(*args: str) -> tuple[int, str]:
     proc = subprocess.Popen([sys.executable, "-m", "demo", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -162,7 +179,12 @@ def test_fast_demo_shows_the_lifecycle_and_cleans_up(tmp_path):
         assert code == 0, out
         missing = [e for e in KEY_EVENTS + BOARD_EVENTS if e not in out]
         assert not missing, f"missing in the demo's output: {missing}\n{out}"
+        assert_tls_only(tmp_path / "demo", out)
         boards = out.split("── Boards 0", 1)[1].split("── 0 ·", 1)[0]
+        # every board's connect line (to its virtual Wi-Fi's proxy port): TLS, the server name checked
+        for who in ("station 1017746", "station 1017480", "car ev6-1", "car mini-1", "car leaf-1"):
+            assert re.search(rf"^\+ *[\d.]+s  {who} +│  \[I\] mqtt: connecting to 127\.0\.0\.1 \d+ over TLS, "
+                             r"server name localhost$", boards, re.MULTILINE), (who, boards)
 
         # the car board's answer names a station board and slot; that slot's LED (read from the
         # station board) turns blue, red when its button is pressed, green when released
@@ -213,6 +235,7 @@ def test_fast_demo_shows_the_lifecycle_and_cleans_up(tmp_path):
         assert not [e for e in REGION_EVENTS + BOARD_REGION_EVENTS if e not in regions], regions
         port = re.search(r"region mitte, broker 127\.0\.0\.1:(\d+)", regions).group(1)
         assert f"car id3-w        │  [I] car: handing over to region mitte: broker 127.0.0.1:{port}" in regions
+        assert f"car id3-w        │  [I] mqtt: connecting to 127.0.0.1 {port} over TLS, server name localhost" in regions
         assert regions.index("car: handing over to region mitte") < regions.index("car: confirmed r")
 
         # nothing it started is left: every pid gone (boards, brokers, gateways, central), every port closed
@@ -233,6 +256,7 @@ def test_no_boards_skips_the_virtual_board_act(tmp_path):
         assert code == 0, out
         assert "── Boards" not in out and "micropython" not in out, out
         assert not [e for e in KEY_EVENTS + REGION_EVENTS + SCRIPTED_REGION_EVENTS if e not in out], out
+        assert_tls_only(tmp_path / "demo", out)
         assert not (tmp_path / "demo" / "boards").exists() and not (tmp_path / "demo" / "regions" / "boards").exists()
         assert not [p for p in pids if _alive(*p)], pids
         assert not [b for b in brokers if _accepts(*b)], brokers

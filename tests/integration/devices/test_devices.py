@@ -32,6 +32,7 @@ from harness.broker import Broker
 from harness.clients import try_connect
 from harness.wait import wait_until
 from recarga.core import broker_config as bc
+from recarga.core.broker_dir import ACL_NAME
 from recarga.core.protocol import access as ACL
 from recarga.core.protocol import device as D
 from recarga.devices import flash as F
@@ -77,7 +78,7 @@ def reload(broker: Broker, user: str, password: str, *, accepted: bool = True, t
 
 
 def acl_text(broker: Broker) -> str:
-    return (broker.directory / bc.ACL_NAME).read_text()
+    return (broker.directory / ACL_NAME).read_text()
 
 
 def acl_block(kind: str, device_id: str, region: str = "test") -> str:
@@ -284,6 +285,75 @@ def test_provisioned_devices_connect_and_the_acl_holds(tmp_path: Path, mqtt_clie
         assert not try_connect(broker, "car-2", car2["broker"]["password"]).is_failure
         # and a password of another device is no key
         assert try_connect(broker, "car-1", car2["broker"]["password"]).is_failure
+
+
+@pytest.mark.integration
+def test_a_station_provisioned_for_a_tls_broker_pins_its_ca_and_connects_over_tls(tmp_path: Path, mqtt_client):
+    """A broker directory whose listener is TLS: provisioning (no --port, no --ca) gives the
+    board that listener's port and the CA of its conf, as base64 DER; the unmodified station
+    firmware on the virtual board connects with that config.json over TLS, checking the
+    broker's certificate for its host."""
+    import base64
+
+    from cryptography import x509
+
+    from harness.micropython import LIB, STATION, virtual_board
+
+    broker = Broker.generate(tmp_path / "broker", region="test", gateway_user=GATEWAY, cars=[], stations=[],
+                             passwords={GATEWAY: GATEWAY_PASSWORD}, tls=True)
+    out = tmp_path / "out"
+    r = recarga_device("provision", "--kind", "station", "--id", "st-1", "--region", "test", "--broker-dir",
+                       broker.directory, "--host", broker.host, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "over TLS (CA " in r.stdout, r.stdout
+    cfg = json.loads((out / "st-1" / "config.json").read_text())
+    assert cfg["broker"]["port"] == broker.port
+    ca = x509.load_pem_x509_certificate(broker.ca_file.read_bytes())
+    assert base64.b64decode(cfg["broker"]["ca"]) == ca.public_bytes(PV.Encoding.DER)
+    assert "server_name" not in cfg["broker"]  # the host (127.0.0.1, in the certificate) is checked
+    with broker:
+        gw = mqtt_client(GATEWAY, GATEWAY_PASSWORD, broker=broker)
+        gw.subscribe(D.station_topic("test", "st-1", "status"))
+        board = virtual_board().VirtualBoard(ROOT / "boards" / "station" / "diagram.json",
+                                             {"": STATION, "lib": LIB, "config.json": out / "st-1" / "config.json"},
+                                             name="st-1")
+        try:
+            board.start()
+            line = board.wait_serial("mqtt: connecting to", timeout=15)
+            assert line.endswith(f"over TLS, server name {broker.host}"), line
+            board.wait_serial("mqtt: connected", timeout=15)
+            gw.expect(D.station_topic("test", "st-1", "status"))
+        finally:
+            board.stop()
+
+
+def test_provision_tls_errors_are_clear(tmp_path: Path):
+    broker = make_broker(tmp_path / "broker")  # plain
+    tls = Broker.generate(tmp_path / "tls-broker", region="test", gateway_user=GATEWAY, cars=[], stations=[],
+                          passwords={GATEWAY: GATEWAY_PASSWORD}, tls=True)
+    [server_cert] = [c for c in tls.ca_file.parent.glob("*.crt") if c != tls.ca_file]  # the broker's own
+    base = ["provision", "--kind", "car", "--id", "car-1", "--region", "test", "--broker-dir", broker.directory,
+            "--host", "127.0.0.1", "--out", tmp_path / "out"]
+    r = recarga_device(*base, "--ca", server_cert)
+    assert r.returncode != 0 and "is not a CA certificate" in r.stderr, r.stdout + r.stderr
+    r = recarga_device(*base, "--ca", tmp_path / "missing.crt")
+    assert r.returncode != 0 and "missing.crt" in r.stderr, r.stdout + r.stderr
+    (tmp_path / "junk.crt").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    r = recarga_device(*base, "--ca", tmp_path / "junk.crt")
+    assert r.returncode != 0 and "is not an X.509 certificate" in r.stderr, r.stdout + r.stderr
+    r = recarga_device(*base, "--server-name", "broker.example")
+    assert r.returncode != 0 and "--server-name needs TLS" in r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "out" / "car-1").exists()
+    # plain TCP is possible, and said to be for loopback development
+    r = recarga_device(*base)
+    assert r.returncode == 0 and "plain TCP" in r.stdout, r.stdout + r.stderr
+    cfg = json.loads((tmp_path / "out" / "car-1" / "config.json").read_text())
+    assert "ca" not in cfg["broker"]
+    # --ca on a plain broker directory: the config pins it (the broker's TLS listener is elsewhere)
+    r = recarga_device(*base, "--ca", tls.ca_file, "--server-name", "localhost")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = json.loads((tmp_path / "out" / "car-1" / "config.json").read_text())
+    assert cfg["broker"]["server_name"] == "localhost" and cfg["broker"]["ca"] == PV.pinned_ca(tls.ca_file)
 
 
 @pytest.mark.integration
@@ -499,7 +569,8 @@ def test_flash_station_onto_a_blank_virtual_board_then_again_as_mpy(berlin, tmp_
         modules = len(expected_files("station", True)) - 2  # all but main.py and config.json
         assert "plain bytecode, no -march" in r.stdout
         assert f"removing {modules} stale .py/.mpy counterpart(s)" in r.stdout
-        assert board.files() == expected_files("station", True)
+        # boot.txt: the boot count the station keeps in flash since its first boot (stays)
+        assert board.files() == sorted(expected_files("station", True) + ["boot.txt"])
         board.wait_serial("station: boot", timeout=30)
         board.wait_serial("mqtt: connected", timeout=30)
         gw.wait(lambda: len(gw.messages(status)) > seen, 15, "a status from the re-flashed station")

@@ -1,5 +1,6 @@
 # Runs on MicroPython: a firmware/lib Session against a real broker, for test_session.py.
-# argv[1] is a JSON file (the unix port cannot take arguments over 255 bytes) with cid host port user password keepalive will subs status base cap timeout run_ms.
+# argv[1] is a JSON file (the unix port cannot take arguments over 255 bytes) with cid host port user password keepalive will subs status base cap timeout run_ms,
+# and for TLS ca (the CA certificate, base64 DER as in config.json) and server_name.
 # Prints one line per event. Control messages arrive on the subscribed topic as payloads:
 #   "handover <port>" (disconnect, then a new Session to that port, as a car's region
 #   hand-over does)  "disconnect"  "publish <text>"  "pid <n>"  "mem"  "exit"
@@ -48,6 +49,10 @@ def session(port):
                 on_message, Backoff(P.get("base", 200), P.get("cap", 2000)), None, P.get("timeout", 5))
     for t in P.get("subs", ()):
         n.subscribe(t)
+    if P.get("ca"):
+        import pinned
+
+        n.tls = (pinned.context(P["ca"]), P["server_name"])
     n.on_connect = on_connect
     return n
 

@@ -22,6 +22,7 @@ from harness.broker import Broker
 from harness.car_board import (
     CAR,
     LIB,
+    MONITOR,
     World,
     car_config,
     pot_for,
@@ -164,9 +165,9 @@ def world(tmp_path):
 def test_low_battery_asks_gets_a_slot_charges_and_completes(world):
     stations = [StationMeta("st-1", 52.52, 13.40, (AC22, AC22), operator="op", price_per_kwh=0.45)]
     broker, gw = world.region("north", ["car-a"], stations)
-    monitor = world.client(broker, "gateway")  # may read car telemetry
+    monitor = world.client(broker, MONITOR)  # reads car telemetry beside the gateway
     monitor.subscribe(D.car_filter("north", "telemetry"))
-    car = world.car(car_config("car-a", "north", broker.port), soc=0.6)
+    car = world.car(car_config("car-a", "north", broker.port, ca_file=broker.ca_file), soc=0.6)
     car.wait_for("mqtt: connected")
     time.sleep(1.0)
     assert "slot reserved" not in car.serial()
@@ -216,7 +217,7 @@ def test_region_hand_over_on_serial_position(world):
     bs, gws = world.region("south", ["car-a"], south_st)
     regions = [{"name": "north", "host": "127.0.0.1", "port": bn.port, "bounds": [52.0, 13.0, 53.0, 14.0]},
                {"name": "south", "host": "127.0.0.1", "port": bs.port, "bounds": [50.5, 13.0, 51.5, 14.5]}]
-    car = world.car(car_config("car-a", "north", bn.port, regions=regions), soc=0.6)
+    car = world.car(car_config("car-a", "north", bn.port, regions=regions, ca_file=bn.ca_file), soc=0.6)
     car.wait_for("mqtt: connected")
     n = len(car.serial())
     car.write("pos 51.06 13.75")
@@ -237,7 +238,7 @@ def test_region_hand_over_on_serial_position(world):
 def test_on_the_virtual_board_lowering_the_pot_gets_a_slot(world, tmp_path):
     stations = [StationMeta("st-1", 52.52, 13.40, (AC22, AC22), operator="op", price_per_kwh=0.45)]
     broker, gw = world.region("north", ["car-a"], stations)
-    board = virtual_board(tmp_path, car_config("car-a", "north", broker.port))
+    board = virtual_board(tmp_path, car_config("car-a", "north", broker.port, ca_file=broker.ca_file))
     try:
         board.set_pot("pot1", pot_for(0.6))  # before power-on: the battery is fine at boot
         board.start()
@@ -267,7 +268,7 @@ def test_on_the_virtual_board_asking_blinks_slowly(world, tmp_path):
     stations = [StationMeta("st-1", 52.52, 13.40, (AC22,), operator="op")]
     broker, gw = world.region("north", ["car-a"], stations)
     gw.stop()
-    board = virtual_board(tmp_path, car_config("car-a", "north", broker.port))
+    board = virtual_board(tmp_path, car_config("car-a", "north", broker.port, ca_file=broker.ca_file))
     try:
         board.set_pot("pot1", pot_for(0.6))
         board.start()
@@ -302,7 +303,7 @@ def test_on_the_virtual_board_many_messages_without_heap_drift(tmp_path):
     Three messages to the car per cycle; the live heap after 400 must be where it was after
     the first 100 (bench/ runs the long version)."""
     b = Broker.launch(tmp_path / "broker", region="north", cars=["car-a"], stations=[],
-                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"})
+                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"}, tls=True)
     gw = connect_client(b, "gateway")
     board = None
     try:
@@ -326,7 +327,7 @@ def test_on_the_virtual_board_many_messages_without_heap_drift(tmp_path):
         gw.paho.message_callback_add(D.car_topic("north", "car-a", "request"), on_request)
         gw.subscribe(D.car_topic("north", "car-a", "request"))
         (tmp_path / "vb").mkdir()
-        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600))
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600, ca_file=b.ca_file))
         board.set_pot("pot1", pot_for(0.15))
         board.start()
 
@@ -357,7 +358,7 @@ def test_on_the_virtual_board_what_the_gateway_sends_while_the_car_is_away_arriv
     Wi-Fi off: the connection is cut) and delivers them when it is back: the reply to its
     reserve, then a faulted event with an offer for the slot it took."""
     b = Broker.launch(tmp_path / "broker", region="north", cars=["car-a"], stations=[],
-                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"})
+                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"}, tls=True)
     gw = connect_client(b, "gateway")
     board = None
     try:
@@ -366,7 +367,7 @@ def test_on_the_virtual_board_what_the_gateway_sends_while_the_car_is_away_arriv
         gw.subscribe(req_t)
         gw.subscribe(online_t)
         (tmp_path / "vb").mkdir()
-        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600))
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, telemetry_s=3600, ca_file=b.ca_file))
         board.set_pot("pot1", pot_for(0.6))
         board.start()
         board.wait_serial("mqtt: connected", timeout=15)
@@ -405,12 +406,12 @@ def test_on_the_virtual_board_the_led_keeps_blinking_while_a_connect_waits(tmp_p
     connect attempt waits its timeout (5 s). The status LED keeps its pattern meanwhile (low
     and offline: 5 Hz) instead of freezing with the loop."""
     b = Broker.launch(tmp_path / "broker", region="north", cars=["car-a"], stations=[],
-                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"})
+                      passwords={"gateway": "gw-pw", "car-a": "car-a-pw"}, tls=True)
     board = None
     os.kill(b.pid, signal.SIGSTOP)
     try:
         (tmp_path / "vb").mkdir()
-        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port))
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", b.port, ca_file=b.ca_file))
         board.set_pot("pot1", pot_for(0.15))
         board.start()
         board.wait_serial("battery low", timeout=15)

@@ -21,6 +21,7 @@ import pytest
 
 from harness import micropython as mp
 from harness.car_board import (
+    MONITOR,
     ScriptedGateway,
     World,
     car_config,
@@ -47,8 +48,8 @@ def board_ok(board) -> None:
 
 
 def test_overflow_answer_hands_over_to_the_other_regions_broker_and_confirms_there(tmp_path):
-    north = region_broker(tmp_path / "north", "north", ["car-a"])
-    south = region_broker(tmp_path / "south", "south", ["car-a"])
+    north = region_broker(tmp_path / "north", "north", ["car-a"], tls=tmp_path / "ca")  # one CA signs both
+    south = region_broker(tmp_path / "south", "south", ["car-a"], tls=tmp_path / "ca")
     held = reservation("r-south-1", station="st-s", slot=2)
     gws: list[ScriptedGateway] = []
     board = None
@@ -67,7 +68,8 @@ def test_overflow_answer_hands_over_to_the_other_regions_broker_and_confirms_the
         gws.append(ScriptedGateway(north, "north", "car-a", north_answers))
         gws.append(ScriptedGateway(south, "south", "car-a", south_answers))
         gw_n, gw_s = gws
-        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", north.port, telemetry_s=3600))
+        board = virtual_board(tmp_path / "vb", car_config("car-a", "north", north.port, telemetry_s=3600,
+                                                              ca_file=north.ca_file))
         board.set_pot("pot1", pot_for(0.6))
         board.start()
         board.wait_serial("mqtt: connected", timeout=15)
@@ -127,8 +129,8 @@ def world(tmp_path):
 def test_a_car_crossing_a_boundary_keeps_its_confirmed_reservation_and_its_region(world, tmp_path):
     bn, gwn = world.region("north", ["car-a"], [StationMeta("st-n", 52.52, 13.40, (AC22,), operator="op")])
     bs, gws = world.region("south", ["car-a"], [StationMeta("st-s", 51.05, 13.74, (AC22,), operator="op")])
-    on_n = world.client(bn, "gateway")  # the gateway user may read the cars' online flags
-    on_s = world.client(bs, "gateway")
+    on_n = world.client(bn, MONITOR)  # reads the cars' online flags beside the gateway
+    on_s = world.client(bs, MONITOR)
     for c, region in ((on_n, "north"), (on_s, "south")):
         c.subscribe(D.car_topic(region, "car-a", "online"))
 
@@ -138,7 +140,7 @@ def test_a_car_crossing_a_boundary_keeps_its_confirmed_reservation_and_its_regio
 
     regions = [{"name": "north", "host": "127.0.0.1", "port": bn.port, "bounds": [52.0, 13.0, 53.0, 14.0]},
                {"name": "south", "host": "127.0.0.1", "port": bs.port, "bounds": [50.5, 13.0, 51.5, 14.5]}]
-    board = virtual_board(tmp_path / "vb", car_config("car-a", "north", bn.port, regions=regions))
+    board = virtual_board(tmp_path / "vb", car_config("car-a", "north", bn.port, regions=regions, ca_file=world.ca_file))
     world.cars.append(board)
     board.set_pot("pot1", pot_for(0.6))
     board.start()

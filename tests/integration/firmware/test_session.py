@@ -1,6 +1,8 @@
 """firmware/lib/session.py (umqtt.simple underneath) on MicroPython with a 96 KB heap against
-a real Mosquitto with auth and ACL: Last Will, online, resubscribe, reconnect with backoff,
-bounded connect, dead-link detection, region hand-over; plus the inbox with a fake client."""
+a real Mosquitto with auth and ACL, over TLS with the broker's CA pinned (plain TCP where a
+test says so): Last Will, online, resubscribe, reconnect with backoff, bounded connect,
+dead-link detection, region hand-over, a broker of another CA or another name refused; plus
+the inbox with a fake client."""
 from __future__ import annotations
 
 import json
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.broker import REGION, Broker
+from harness.broker import REGION, Broker, make_tls
 from harness.micropython import MicroPython, run, umqtt_available
 from harness.wait import wait_until
 from recarga.core.protocol import device as D
+from recarga.devices.provision import pinned_ca
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,15 +35,28 @@ CMD = D.station_topic(REGION, SID, "cmd")
 
 
 def driver(broker: Broker | None, tmp_path: Path, **over) -> MicroPython:
-    """session_driver.py as st-1 against `broker` (host/port/password overridable)."""
+    """session_driver.py as st-1 against `broker` (host/port/password/ca/server_name
+    overridable; TLS with the broker's CA pinned when it has one)."""
     params = dict(cid=SID, user=SID, keepalive=30, will=ONLINE, subs=[CMD], status=STATUS,
                   base=200, cap=2000, timeout=5)
     if broker is not None:
         params.update(host=broker.host, port=broker.port, password=broker.password(SID))
+        if broker.ca_file is not None:
+            params.update(ca=pinned_ca(broker.ca_file), server_name=broker.server_name)
     params.update(over)
     path = tmp_path / "session_params.json"
     path.write_text(json.dumps(params))
     return MicroPython(DRIVER, cwd=tmp_path, args=[str(path)])
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """The suite's region broker (tests/conftest.py's), its listener TLS."""
+    b = Broker.launch(tmp_path / "broker", tls=True)
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 def online_payloads(client, topic=ONLINE) -> list[bool]:
@@ -154,6 +170,45 @@ def test_connect_to_a_silent_server_times_out(tmp_path):
     assert all("OSError 110" in l for l in failed), failed
 
 
+def test_an_answer_that_is_not_a_connack_fails_the_connect_and_says_why(tmp_path):
+    """A server that answers CONNECT with a PUBACK: every attempt fails at once and says why
+    (an explicit check, which holds also where the firmware is compiled without asserts)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c = srv.accept()[0]
+            except OSError:
+                continue
+            held.append(c)
+            c.sendall(b"\x40\x02\x00\x01")  # PUBACK, packet id 1
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        with driver(None, tmp_path, host="127.0.0.1", port=port, password="x", timeout=5, base=100, cap=100,
+                    run_ms=1500) as mp:
+            mp.wait_line("END", timeout=15)
+            out = mp.output()
+    finally:
+        stop.set()
+        t.join(2)
+        for c in held:
+            c.close()
+        srv.close()
+    failed = [l for l in out.splitlines() if "mqtt: connect failed" in l]
+    assert len(failed) >= 2, out  # at once each time (timeout_s is 5 s, the run 1.5 s)
+    assert all("ValueError no CONNACK" in l for l in failed), failed
+    assert "CONNECTED" not in out
+
+
 def test_dead_link_detected_by_keepalive_when_broker_freezes(broker, mqtt_client, tmp_path):
     """SIGSTOP the broker: the TCP connection stays open but nothing answers. The session sees
     no PINGRESP within its keepalive and reconnects once the broker runs again."""
@@ -171,7 +226,7 @@ def test_dead_link_detected_by_keepalive_when_broker_freezes(broker, mqtt_client
 
 
 def test_hand_over_to_another_broker_says_goodbye_to_the_first(broker, mqtt_client, tmp_path):
-    other = Broker.launch(tmp_path / "other")
+    other = Broker.launch(tmp_path / "other", tls=broker.ca_file.parent)  # one CA signs both
     try:
         gw1 = mqtt_client("gateway")
         gw1.subscribe(ONLINE)
@@ -251,6 +306,8 @@ from backoff import Backoff
 from session import Session
 s = Session({SID!r}, {broker.host!r}, {broker.port}, {SID!r}, {broker.password(SID)!r}, 30, {ONLINE!r},
             lambda t, m: None, Backoff())
+import pinned
+s.tls = (pinned.context({pinned_ca(broker.ca_file)!r}), {broker.server_name!r})
 end = time.ticks_add(time.ticks_ms(), 5000)
 while not s.poll(time.ticks_ms()) and time.ticks_diff(end, time.ticks_ms()) > 0:
     time.sleep_ms(10)
@@ -267,3 +324,40 @@ print("class as imported", len(u.MQTTClient.__dict__) == len(cls)
     assert "connected True" in lines, out
     assert "published True pid 1" in lines, out
     assert "subclass True" in lines and "module as imported True" in lines and "class as imported True" in lines, out
+
+
+# ---------------------------------------------------------------- TLS
+
+def test_a_broker_whose_certificate_another_ca_signed_is_refused_and_said_so(broker, mqtt_client, tmp_path):
+    """The board pins one CA: a broker showing a certificate of another CA (here: the board
+    pins another CA than the broker's) gets no CONNECT, so no password; the board says why and
+    retries with its backoff, and stays alive."""
+    other = make_tls(tmp_path / "other")
+    gw = mqtt_client("gateway")
+    gw.subscribe(ONLINE)
+    with driver(broker, tmp_path, ca=pinned_ca(other.cafile), base=100, cap=300, run_ms=4000) as mp:
+        mp.wait_line("END", timeout=10)
+        lines = mp.lines()
+    refused = [ln for ln in lines if "connect failed" in ln]
+    assert len(refused) >= 2 and all("ValueError The certificate is not correctly signed by the trusted CA" in ln
+                                     for ln in refused), lines
+    assert "[I] mqtt: connected" not in lines and "CONNECTED" not in lines
+    assert online_payloads(gw) == []  # never logged in
+
+
+def test_a_broker_certificate_for_another_name_is_refused_and_said_so(broker, mqtt_client, tmp_path):
+    with driver(broker, tmp_path, server_name="broker.elsewhere.example", base=100, cap=300, run_ms=3000) as mp:
+        mp.wait_line("END", timeout=10)
+        lines = mp.lines()
+    assert "[I] mqtt: connecting to 127.0.0.1 %d over TLS, server name broker.elsewhere.example" % broker.port in lines
+    refused = [ln for ln in lines if "connect failed" in ln]
+    assert len(refused) >= 2 and all("Common Name (CN) does not match" in ln for ln in refused), lines
+    assert "CONNECTED" not in lines
+
+
+def test_a_plain_session_is_refused_by_a_tls_listener(broker, tmp_path):
+    """Plain TCP (no CA in config) to a TLS port: no session, and the board keeps retrying."""
+    with driver(broker, tmp_path, ca=None, base=100, cap=300, run_ms=2500) as mp:
+        mp.wait_line("END", timeout=10)
+        lines = mp.lines()
+    assert "CONNECTED" not in lines and sum("connect failed" in ln for ln in lines) >= 2, lines

@@ -1,6 +1,7 @@
 """The station firmware (firmware/station + firmware/lib, unmodified) on the virtual board
 (boards/virtual: MicroPython unix port, 96 KB heap, emulated machine/network wired by a
-Wokwi diagram) against a real Mosquitto with auth and ACL, observed as the gateway user."""
+Wokwi diagram) against a real Mosquitto with auth and ACL over TLS (the station pins the
+broker's CA, as provisioning writes it), observed as the gateway user."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,13 @@ import time
 
 import pytest
 
-from harness.broker import REGION, Broker
+from harness.broker import PASSWORDS, REGION, Broker
+from harness.car_board import MONITOR
 from harness.clients import connect_client
 from harness.micropython import LIB, ROOT, STATION, umqtt_available, virtual_board
 from harness.wait import wait_until
 from recarga.core.protocol import device as D
+from recarga.devices.provision import pinned_ca
 
 VIRTUAL = ROOT / "boards" / "virtual" / "board.py"
 DIAGRAM = ROOT / "boards" / "station" / "diagram.json"  # the station board's wiring (docs/firmware.md)
@@ -37,7 +40,8 @@ def station_config(b: Broker, **changes) -> dict:
         "kind": "station", "id": SID, "region": REGION,
         "wifi": {"ssid": "recarga", "password": "wifi-secret"},
         "broker": {"host": b.host, "port": b.port, "user": SID,
-                   "password": b.password(SID), "keepalive": 30},
+                   "password": b.password(SID), "keepalive": 30,
+                   **({"ca": pinned_ca(b.ca_file), "server_name": b.server_name} if b.ca_file else {})},
         "log": "debug",
         "pins": {"status_led": 2},
         "slots": [{"red": 25, "green": 26, "blue": 27, "sensor": 13},
@@ -47,6 +51,19 @@ def station_config(b: Broker, **changes) -> dict:
     }
     cfg.update(changes)
     return cfg
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """The suite's region broker (tests/conftest.py's), its listener TLS, plus a MONITOR user
+    that may read the region (a client id is bound to its user: a second `gateway` would
+    take the gateway fixture's connection over)."""
+    b = Broker.launch(tmp_path / "broker", tls=True, passwords={**PASSWORDS, MONITOR: "monitor-pw"},
+                      extra_acl={MONITOR: [("read", f"recarga/v1/{REGION}/#")]})
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 @pytest.fixture
@@ -104,7 +121,7 @@ def onlines(client) -> list[bool]:
 
 def retained_status(broker: Broker) -> list[str]:
     """What a subscriber arriving now gets: the retained status."""
-    late = connect_client(broker, "gateway")
+    late = connect_client(broker, MONITOR)
     try:
         late.subscribe(STATUS)
         msg = late.expect(STATUS)

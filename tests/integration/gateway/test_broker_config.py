@@ -3,6 +3,7 @@ template, and the generated files are accepted by a real Mosquitto, standalone a
 drop-in."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 from harness import ROOT
 from harness.broker import PASSWORDS, REGION, Broker, free_port, run_as_me
 from recarga.core import broker_config as bc
+from recarga.core import broker_dir
 from recarga.core.protocol import access as ACL
 from recarga.core.protocol import device as D
+from recarga.devices.provision import provision
 
 
 def parse_acl(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -50,7 +53,7 @@ def test_acl_is_exactly_the_protocol_lists():
     ("berlin", "x", ["x"], []),  # gateway user named like a car
 ])
 def test_acl_rejects_a_user_name_used_twice(args):
-    with pytest.raises(bc.BrokerConfigError, match="used twice"):
+    with pytest.raises(broker_dir.BrokerConfigError, match="used twice"):
         bc.render_acl(*args)
 
 
@@ -59,7 +62,7 @@ def test_acl_rejects_bad_ids_and_access():
         bc.render_acl("berlin", "gw", ["car/1"], [])
     with pytest.raises(ValueError):
         bc.render_acl("ber lin", "gw", [], [])
-    with pytest.raises(bc.BrokerConfigError, match="access"):
+    with pytest.raises(broker_dir.BrokerConfigError, match="access"):
         bc.render_acl("berlin", "gw", [], [], {"m": [("admin", "x")]})
 
 
@@ -87,12 +90,12 @@ def test_dropin_leaves_main_conf_settings_out():
 
 
 def test_write_broker_dir_needs_every_password(tmp_path: Path):
-    with pytest.raises(bc.BrokerConfigError, match="no password"):
+    with pytest.raises(broker_dir.BrokerConfigError, match="no password"):
         bc.write_broker_dir(tmp_path, "berlin", 1883, {"gw": "x"}, ["car-1"], [], "gw")
 
 
 def test_missing_mosquitto_passwd_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(bc.BrokerConfigError, match="not found on PATH"):
+    with pytest.raises(broker_dir.BrokerConfigError, match="not found on PATH"):
         bc.write_password_file(tmp_path / "passwd", {"a": "b"}, mosquitto_passwd="no-such-mosquitto_passwd")
 
 
@@ -102,7 +105,7 @@ def test_password_file_holds_hashes_not_passwords(tmp_path: Path):
     assert [l.split(":", 1)[0] for l in text.splitlines()] == ["gw", "car-1"]
     assert "s3cret" not in text and "other" not in text
     assert path.stat().st_mode & 0o777 == 0o640
-    with pytest.raises(bc.BrokerConfigError):
+    with pytest.raises(broker_dir.BrokerConfigError):
         bc.write_password_file(tmp_path / "passwd", {"bad:name": "x"})
 
 
@@ -118,9 +121,9 @@ def test_cli_writes_a_broker_directory(tmp_path: Path):
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     conf = Path(done.stdout.strip())
-    assert conf == out.resolve() / bc.CONF_NAME and conf.is_file()
-    assert parse_acl((out / bc.ACL_NAME).read_text())["car-1"] == ACL.acl_car("berlin", "car-1")
-    assert (out / bc.PERSISTENCE_NAME).is_dir()
+    assert conf == out.resolve() / broker_dir.CONF_NAME and conf.is_file()
+    assert parse_acl((out / broker_dir.ACL_NAME).read_text())["car-1"] == ACL.acl_car("berlin", "car-1")
+    assert (out / broker_dir.PERSISTENCE_NAME).is_dir()
     bad = subprocess.run([sys.executable, "-m", "recarga.core.broker_config", "--region", "berlin",
                           "--dir", str(out), "--gateway-user", "gw", "--gateway-password", "x",
                           "--car", "car/1:pw"], cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -139,7 +142,7 @@ def test_dropin_works_under_a_debian_style_main_conf(tmp_path: Path, mqtt_client
                                  "gateway", run_as=me, dropin=True)
     conf_d = tmp_path / "etc-mosquitto" / "conf.d"
     conf_d.mkdir()
-    (conf_d / bc.CONF_NAME).symlink_to(dropin)
+    (conf_d / broker_dir.CONF_NAME).symlink_to(dropin)
     (tmp_path / "var").mkdir()
     main = tmp_path / "etc-mosquitto" / "mosquitto.conf"
     log = tmp_path / "var" / "mosquitto.log"
@@ -156,3 +159,38 @@ def test_dropin_works_under_a_debian_style_main_conf(tmp_path: Path, mqtt_client
         gw.expect_nothing(D.car_topic(REGION, "car-b", "request"), within=0.5)
     # persistence came from the main conf: the broker saved its database there on SIGTERM
     assert (tmp_path / "var" / "mosquitto.db").is_file()
+
+
+@pytest.mark.integration
+def test_a_rerun_keeps_the_devices_provisioned_since(tmp_path: Path, mqtt_client):
+    """broker_config over a directory that `recarga-device provision` added a car to: the car
+    stays (ACL block and password), and still logs in; --forget-devices drops it."""
+    pw = tmp_path / "gw.password"
+    pw.write_text(PASSWORDS["gateway"] + "\n")
+    out, port = tmp_path / "broker", free_port()
+    args = [sys.executable, "-m", "recarga.core.broker_config", "--region", REGION, "--dir", str(out),
+            "--port", str(port), "--gateway-user", "gateway", "--gateway-password-file", str(pw),
+            "--car", f"car-a:{PASSWORDS['car-a']}", "--run-as", run_as_me()]
+    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 0, first.stderr
+    provision("car", "car-9", REGION, out, "127.0.0.1", port, tmp_path / "devices", wifi_ssid="lab",
+              wifi_password="", log=lambda line: None)
+    car_pw = json.loads((tmp_path / "devices" / "car-9" / "config.json").read_text())["broker"]["password"]
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0, again.stderr
+    assert parse_acl((out / broker_dir.ACL_NAME).read_text())["car-9"] == ACL.acl_car(REGION, "car-9")
+    conf = Path(again.stdout.strip())
+    broker = Broker(conf, "127.0.0.1", port, region=REGION,
+                    passwords={"car-9": car_pw, "car-a": PASSWORDS["car-a"]},
+                    log_path=out / broker_dir.LOG_NAME).start()
+    try:
+        car = mqtt_client("car-9", broker=broker)  # logs in with the password provisioning gave it
+        car.publish(D.car_topic(REGION, "car-9", "online"), b"1")
+        mqtt_client("car-a", broker=broker)  # and the car the command names
+    finally:
+        broker.stop()
+    forget = subprocess.run([*args, "--forget-devices"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert forget.returncode == 0, forget.stderr
+    assert "car-9" not in parse_acl((out / broker_dir.ACL_NAME).read_text())
+    assert "car-9" not in broker_dir.passwd_lines(out / broker_dir.PASSWD_NAME)

@@ -4,7 +4,8 @@ real gateway process.
 One region "berlin" for the whole module (booting seven boards once keeps it fast):
 
 - Mosquitto with a broker user per device (each board logs in as itself, with its own
-  password from its own config.json) and the gateway user;
+  password from its own config.json) and the gateway user, its one listener TLS (a CA of its
+  own: the boards pin it in config.json and check the server name, the gateway verifies it);
 - the gateway (`python -m recarga.gateway.cli run`) with a small JSON station file: the two virtual
   stations' ids at Alexanderplatz and Gendarmenmarkt, two 22 kW slots each;
   `hold_s` 3 and `grace_s` 4, so that a car that never arrives expires in seconds (the cars
@@ -36,6 +37,7 @@ from harness.broker import Broker
 from harness.services import GatewayProcess
 from harness.wait import wait_until
 from recarga.core.model import SlotMeta, StationMeta
+from recarga.devices.provision import pinned_ca
 
 CAR_DIR = ROOT / "boards" / "car"
 STATION_DIR = ROOT / "boards" / "station"
@@ -113,10 +115,10 @@ class Region:
 
     def start(self) -> Region:
         self.broker = Broker.launch(self.tmp / "broker", region=REGION, cars=list(CARS),
-                                    stations=[s.id for s in STATIONS], passwords=self.passwords)
+                                    stations=[s.id for s in STATIONS], passwords=self.passwords, tls=True)
         self.gw = GatewayProcess(self.tmp / "gw", REGION, self.broker.port, "gateway",
                                  self.passwords["gateway"], STATIONS, hold_s=HOLD_S, grace_s=GRACE_S,
-                                 tick_s=0.2)
+                                 tick_s=0.2, tls_ca=self.broker.ca_file)
         self.gw.start().wait_connected()
         jobs: list[tuple[str, str, Callable[[], object]]] = []
         for s in STATIONS:
@@ -174,7 +176,8 @@ class Region:
         cfg = json.loads(json.dumps(base))
         cfg.update(id=dev, region=REGION, log="info")
         cfg["broker"].update(host="127.0.0.1", port=self.broker.port, user=dev,
-                             password=self.passwords.get(dev, "none"), keepalive=30)
+                             password=self.passwords.get(dev, "none"), keepalive=30,
+                             ca=pinned_ca(self.broker.ca_file), server_name=self.broker.server_name)
         return cfg
 
     def _station_cfg(self, sid: str) -> dict:
@@ -340,6 +343,21 @@ def _memory_checked_after_each_test(request):
 
 
 # ---------------------------------------------------------------- tests
+
+
+def test_every_link_is_tls_with_the_ca_pinned(region):
+    broker = region.broker
+    assert broker.ca_file is not None, "the broker has no TLS listener"
+    conf = broker.conf_path.read_text().splitlines()
+    listeners = [line for line in conf if line.startswith("listener ")]
+    assert listeners == [f"listener {broker.port} {broker.host}"], listeners  # no plain one beside it
+    assert f"cafile {broker.ca_file.resolve()}" in conf and any(line.startswith("certfile ") for line in conf)
+    assert f"tls_ca = {json.dumps(str(broker.ca_file))}" in region.gw.config.read_text()
+    for b in region.boards():
+        connects = [line for line in b.serial_lines() if "mqtt: connecting to" in line]
+        assert connects and all(line.endswith(f"over TLS, server name {broker.server_name}") for line in connects), \
+            f"{b.name}: {connects}"
+
 
 
 def test_low_battery_gets_a_slot_led_reserved_check_in_and_unplug(region):

@@ -5,103 +5,17 @@ import json
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from harness.broker import Broker
-from harness.clients import MqttClient, connect_client
-from harness.services import GatewayProcess
+from harness.broker import MONITOR_USER, REGION
+from harness.clients import MqttClient
+from harness.region import ask, reserve_msg, station_set
 from harness.wait import wait_until
-from recarga.core.model import SlotMeta, StationMeta
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
 
 pytestmark = pytest.mark.integration
-
-REGION = "test"
-AC22 = SlotMeta(22.0, False)
-
-
-def station_set(n_stations: int, slots_each: int) -> list[StationMeta]:
-    # a small grid around Berlin-Mitte, about 300 m apart
-    return [StationMeta(f"st-{i + 1}", 52.52 + 0.003 * (i // 10), 13.40 + 0.004 * (i % 10),
-                        (AC22,) * slots_each, operator="op", price_per_kwh=0.45)
-            for i in range(n_stations)]
-
-
-class Region:
-    """A broker + gateway + station clients for one test; closed by the fixture."""
-
-    def __init__(self, tmp: Path, cars: list[str], stations: list[StationMeta],
-                 initial: list[str] | None = None, **gw):
-        self.cars = cars
-        self.initial = initial
-        self.stations = stations
-        passwords = {"gateway": "gw-pw", **{c: f"{c}-pw" for c in cars},
-                     **{s.id: f"{s.id}-pw" for s in stations}}
-        self.broker = Broker.launch(tmp / "broker", region=REGION, cars=cars,
-                                    stations=[s.id for s in stations], passwords=passwords)
-        self.clients: list[MqttClient] = []
-        self.gw = GatewayProcess(tmp / "gw", REGION, self.broker.port, "gateway", "gw-pw", stations, **gw)
-
-    def start(self) -> "Region":
-        for s in self.stations:
-            self.station_up(s.id, self.initial or ["free"] * len(s.slots))
-        self.gw.start().wait_connected()
-        return self
-
-    def client(self, user: str, **kw) -> MqttClient:
-        c = connect_client(self.broker, user, **kw)
-        self.clients.append(c)
-        return c
-
-    def station_up(self, sid: str, slots: list[str]) -> MqttClient:
-        c = self.client(sid)
-        c.subscribe(D.station_topic(REGION, sid, "cmd"))
-        c.publish(D.station_topic(REGION, sid, "online"), W.online_message(True), retain=True)
-        c.publish(D.station_topic(REGION, sid, "status"), W.encode(D.station_status(slots)), retain=True)
-        return c
-
-    def reservations(self, *args: str) -> list[dict]:
-        return self.gw.reservations(*args)
-
-    def close(self) -> None:
-        for c in self.clients:
-            c.close()
-        self.gw.stop()
-        self.broker.stop()
-
-
-@pytest.fixture
-def region_factory(tmp_path):
-    made: list[Region] = []
-
-    def make(cars: list[str], stations: list[StationMeta], **kw) -> Region:
-        r = Region(tmp_path, cars, stations, **kw)
-        made.append(r)
-        return r.start()
-
-    try:
-        yield make
-    finally:
-        for r in made:
-            r.close()
-
-
-def reserve_msg(car: str, rid: str, lat: float = 52.521, lon: float = 13.401, **over) -> bytes:
-    fields = dict(lat=lat, lon=lon, soc=0.2, battery_kwh=58, consumption_kwh_100km=16.6,
-                  max_ac_kw=11, max_dc_kw=100, target_soc=0.8)
-    fields.update(over)
-    return W.encode(D.reserve_request(rid, car, **fields))
-
-
-def ask(car: MqttClient, payload: bytes, timeout: float = 10) -> dict:
-    reply_topic = D.car_topic(REGION, car.username, "reply")
-    before = len(car.messages(reply_topic))
-    car.publish(D.car_topic(REGION, car.username, "request"), payload)
-    got = car.wait(lambda: car.messages(reply_topic)[before:], timeout, "a reply")
-    return json.loads(got[0].payload)
 
 
 def test_request_reply_reservation_and_station_command(region_factory):
@@ -153,9 +67,15 @@ def test_bad_input_error_replies_log_nothing_stored_and_keeps_serving(region_fac
         assert reply["ok"] is False and reply["error"]["code"] == code, (payload, reply)
         assert reply["error"]["message"]
     assert region.reservations() == []
+    # the car's first refusal is a line of its own; the others within 10 s are counted (the
+    # ones that failed validation as "invalid"), and summarised at the end of those 10 s
+    summary = f"car car-a: {len(BAD)} requests refused ("
+    region.gw.wait_log(summary, timeout=20)
     log = region.gw.log_text()
-    for _, code in BAD:
-        assert f"request ({code})" in log or f"({code}):" in log
+    assert f"rejected request ({BAD[0][1]})" in log
+    [line] = [line for line in log.splitlines() if summary in line]
+    refused = sum(code == D.UNKNOWN_STATION for _, code in BAD)  # valid, refused by the engine
+    assert f"(invalid {len(BAD) - refused}, unknown_station {refused}) in the last 10 s" in line, line
     # still serving
     assert ask(car, reserve_msg("car-a", "good"))["ok"] is True
     assert region.gw.proc.poll() is None
@@ -269,8 +189,7 @@ def online_flags(monitor: MqttClient) -> list[bool]:
 
 def test_online_flag_clean_stop_is_prompt_and_last_will_on_kill(region_factory):
     region = region_factory(["car-a"], station_set(1, 1))
-    # the gateway's own user may read its flag; a second connection with another client id
-    monitor = region.client("gateway", password="gw-pw")
+    monitor = region.client(MONITOR_USER)
     monitor.subscribe(D.gateway_online_topic(REGION))
     wait_until(lambda: online_flags(monitor) == [True], 5, "the retained online flag")
     t0 = time.monotonic()

@@ -12,13 +12,18 @@ from typing import Any
 from recarga.core import config_file
 from recarga.core.central_broker import central_user
 from recarga.core.config_file import (
+    BROKER_BOUNDS,
+    SELECTION_BOUNDS,
+    TICK_BOUNDS,
+    Bounds,
     ConfigError,
+    Schema,
     broker_fields,
-    check_number,
     check_port,
+    check_reconnect,
+    check_table,
     log_level,
     read_toml,
-    tick_seconds,
 )
 from recarga.core.model import SelectionParams
 from recarga.core.protocol import central as PC
@@ -67,7 +72,7 @@ class CentralConfig:
 
 
 _NUMBER = (int, float)
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+_SCHEMA: Schema = {
     "": {"instance": str, "database": str, "log_level": str, "tick_s": _NUMBER, "synchronous": str},
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
                "keepalive": int, "session_expiry_s": int, "reconnect_min_s": int, "reconnect_max_s": int,
@@ -78,24 +83,24 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "region": {"broker_host": str, "broker_port": int, "neighbours": list},
 }
 
+# (section, key) -> inclusive bounds where "not negative" is not enough: what central can
+# sensibly run with (a summary older than a day says nothing of a region's slots now)
+_BOUNDS: Bounds = {
+    **TICK_BOUNDS, **BROKER_BOUNDS, **SELECTION_BOUNDS,
+    ("broker", "session_expiry_s"): (10, 86400),
+    ("overflow", "max_wait_s"): (0, 7 * 86400),
+    ("overflow", "summary_max_age_s"): (1, 86400),
+    ("overflow", "confirm_s"): (1, 3600),
+    ("overflow", "relay_s"): (0, 60),
+    ("overflow", "max_attempts"): (1, 20),
+}
+
+
+_SECTIONS = ("broker", "overflow", "selection", "regions")  # [regions.<name>] tables are checked as "region"
+
 
 def _check(section: str, table: Any, where: str | None = None) -> dict[str, Any]:
-    where = where or (f"[{section}]" if section else "top level")
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table")
-    allowed = _SCHEMA[section]
-    for key, value in table.items():
-        if isinstance(value, dict) and not section:
-            if key not in ("broker", "overflow", "selection", "regions"):
-                raise ConfigError(f"unknown section [{key}]; allowed: broker, overflow, selection, regions")
-            continue
-        if key not in allowed:
-            raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
-        if isinstance(value, bool) or not isinstance(value, allowed[key]):
-            raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
-        if isinstance(value, (int, float)):
-            check_number(value, f"{where} {key}")
-    return {k: v for k, v in table.items() if not isinstance(v, dict)}
+    return check_table(section, table, _SCHEMA, _BOUNDS, where, _SECTIONS)
 
 
 def _regions(raw: Any) -> dict[str, RegionInfo]:
@@ -134,12 +139,11 @@ def load(path: str | Path) -> CentralConfig:
         raise ConfigError(f"instance {top['instance']!r} must be 1-32 of A-Z a-z 0-9 _ -")
     base = path.parent
     broker = broker_fields(_check("broker", raw.get("broker", {})), base)
+    check_reconnect(broker)
     broker.setdefault("username", central_user(top["instance"]))
     overflow = _check("overflow", raw.get("overflow", {}))
     if overflow.get("policy", "least_completion") not in POLICIES:
         raise ConfigError(f"[overflow] policy {overflow['policy']!r} unknown; one of {', '.join(POLICIES)}")
-    if overflow.get("max_attempts", 1) < 1:
-        raise ConfigError("[overflow] max_attempts must be at least 1")
     selection = SelectionParams(**_check("selection", raw.get("selection", {})))
     synchronous = top.get("synchronous", "FULL").upper()
     if synchronous not in ("FULL", "NORMAL"):
@@ -151,6 +155,6 @@ def load(path: str | Path) -> CentralConfig:
         overflow=OverflowConfig(selection=selection, **overflow),
         regions=_regions(raw.get("regions")),
         synchronous=synchronous,
-        tick_s=tick_seconds(top.get("tick_s", 1.0)),
+        tick_s=float(top.get("tick_s", 1.0)),  # within _BOUNDS
         log_level=log_level(top.get("log_level", "INFO")),
     )

@@ -6,6 +6,7 @@ import ipaddress
 import math
 import ssl
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,58 @@ def check_number(value: float, where: str) -> float:
     return value
 
 
+Schema = dict[str, dict[str, type | tuple[type, ...]]]  # section ("" top level) -> key -> type(s)
+Bounds = dict[tuple[str, str], tuple[float, float]]  # (section, key) -> inclusive bounds
+
+# bounds both services share: what a broker link and the selection can sensibly run with
+BROKER_BOUNDS: Bounds = {
+    ("broker", "keepalive"): (5, 3600),
+    ("broker", "reconnect_min_s"): (1, 3600),
+    ("broker", "reconnect_max_s"): (1, 3600),
+}
+SELECTION_BOUNDS: Bounds = {
+    ("selection", "road_factor"): (1, 5),  # below 1 a road would be shorter than the line
+    ("selection", "speed_kmh"): (1, 200),
+    ("selection", "safety_margin_soc"): (0, 0.5),
+    ("selection", "nearest_k"): (1, 100),
+}
+TICK_BOUNDS: Bounds = {("", "tick_s"): (0.01, 60)}  # 0 would spin the loop; above a minute timers lag
+
+
+def check_table(section: str, table: Any, schema: Schema, bounds: Bounds, where: str | None = None,
+                sections: Sequence[str] | None = None) -> dict[str, Any]:
+    """One table of a config file checked against `schema[section]`: known keys, the right
+    types (a bool only where a bool is meant), numbers finite and within `bounds` (not
+    negative where no bound is given). Returns its values but the sub-tables; at the top
+    level (section "") a sub-table must be one of `sections` (default: the schema's)."""
+    where = where or (f"[{section}]" if section else "top level")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    allowed = schema[section]
+    for key, value in table.items():
+        if isinstance(value, dict) and not section:
+            sections = sorted(sections or (k for k in schema if k))
+            if key not in sections:
+                raise ConfigError(f"unknown section [{key}]; allowed: {', '.join(sections)}")
+            continue
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
+        if isinstance(value, bool) != (allowed[key] is bool) or not isinstance(value, allowed[key]):
+            raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(value, f"{where} {key}")
+            lo, hi = bounds.get((section, key), (0, math.inf))
+            if not lo <= value <= hi:
+                raise ConfigError(f"{where} {key} = {value} outside {lo:.15g}..{hi:.15g}")
+    return {k: v for k, v in table.items() if not isinstance(v, dict)}
+
+
+def check_reconnect(broker: dict[str, Any]) -> None:
+    if broker.get("reconnect_min_s", BrokerConfig.reconnect_min_s) > broker.get("reconnect_max_s",
+                                                                                 BrokerConfig.reconnect_max_s):
+        raise ConfigError("[broker] reconnect_min_s must not be above reconnect_max_s")
+
+
 def log_level(value: str) -> str:
     """A log level name (any case) as logging knows it."""
     level = value.upper()
@@ -117,9 +170,3 @@ def log_level(value: str) -> str:
         raise ConfigError(f"log_level {value!r} unknown; one of {', '.join(LOG_LEVELS)}")
     return level
 
-
-def tick_seconds(value: float) -> float:
-    """How often a service runs its timers: above 0 (0 would spin the loop)."""
-    if value <= 0:
-        raise ConfigError("tick_s must be above 0")
-    return float(value)

@@ -7,10 +7,16 @@ from typing import Any
 
 from recarga.core import resources
 from recarga.core.config_file import (
+    BROKER_BOUNDS,
+    SELECTION_BOUNDS,
+    TICK_BOUNDS,
+    Bounds,
     BrokerConfig,
     ConfigError,
+    Schema,
     broker_fields,
-    check_number,
+    check_reconnect,
+    check_table,
     log_level,
     read_toml,
 )
@@ -38,7 +44,7 @@ class GatewayConfig:
 
 CAR_REPLY_TIMEOUT_S = 10.0  # the car firmware's wait for a reply (car_logic reply_timeout_ms)
 
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+_SCHEMA: Schema = {
     "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
          "synchronous": str, "sync_thread": bool},
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
@@ -54,50 +60,26 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 # (section, key) -> inclusive bounds where "not negative" is not enough: what a region can
-# sensibly run with (a zero hold lapses at once, a road factor below 1 is shorter than a line)
-_BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
-    ("", "tick_s"): (0.01, 60),
-    ("broker", "keepalive"): (5, 3600),
-    ("broker", "reconnect_min_s"): (1, 3600),
-    ("broker", "reconnect_max_s"): (1, 3600),
+# sensibly run with (a zero hold lapses at once)
+_BOUNDS: Bounds = {
+    **TICK_BOUNDS, **BROKER_BOUNDS, **SELECTION_BOUNDS,
     ("reservations", "hold_s"): (1, 86400),
     ("reservations", "grace_s"): (0, 86400),
     ("reservations", "expected_session_s"): (60, 86400),
     ("reservations", "min_remaining_s"): (0, 86400),
     ("reservations", "max_wait_s"): (0, 7 * 86400),
     ("reservations", "request_memory_s"): (60, 30 * 86400),
-    ("selection", "road_factor"): (1, 5),
-    ("selection", "speed_kmh"): (1, 200),
-    ("selection", "safety_margin_soc"): (0, 0.5),
-    ("selection", "nearest_k"): (1, 100),
     # a car's reserve and its confirm come back to back: a burst below 2 would refuse confirms
     ("rate_limit", "requests_per_min"): (1, 60000),
     ("rate_limit", "burst"): (2, 10000),
 }
 
 
-def _check(section: str, table: dict[str, Any]) -> dict[str, Any]:
-    where = f"[{section}]" if section else "top level"
-    allowed = _SCHEMA[section]
-    for key, value in table.items():
-        if isinstance(value, dict) and not section:
-            if key not in _SCHEMA:
-                raise ConfigError(f"unknown section [{key}]; allowed: "
-                                  "broker, overflow, rate_limit, reservations, selection")
-            continue
-        if (section, key) == ("broker", "client_id"):
-            raise ConfigError("[broker] client_id: remove it; the broker takes the user name (username) "
-                              "as client id, so no client can borrow another's")
-        if key not in allowed:
-            raise ConfigError(f"unknown key {key!r} at {where}; allowed: {', '.join(sorted(allowed))}")
-        if isinstance(value, bool) != (allowed[key] is bool) or not isinstance(value, allowed[key]):
-            raise ConfigError(f"{where} {key} has the wrong type ({type(value).__name__})")
-        if isinstance(value, (int, float)):
-            check_number(value, f"{where} {key}")
-            lo, hi = _BOUNDS.get((section, key), (0, float("inf")))
-            if not lo <= value <= hi:
-                raise ConfigError(f"{where} {key} = {value} outside {lo:.15g}..{hi:.15g}")
-    return {k: v for k, v in table.items() if not isinstance(v, dict)}
+def _check(section: str, table: Any) -> dict[str, Any]:
+    if section == "broker" and isinstance(table, dict) and "client_id" in table:
+        raise ConfigError("[broker] client_id: remove it; the broker takes the user name (username) "
+                          "as client id, so no client can borrow another's")
+    return check_table(section, table, _SCHEMA, _BOUNDS)
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -113,8 +95,7 @@ def load(path: str | Path) -> GatewayConfig:
         raise ConfigError(str(e)) from None
     base = path.parent
     broker = broker_fields(_check("broker", raw.get("broker", {})), base)
-    if broker.get("reconnect_min_s", 1) > broker.get("reconnect_max_s", 30):
-        raise ConfigError("[broker] reconnect_min_s must not be above reconnect_max_s")
+    check_reconnect(broker)
     sel = _check("selection", raw.get("selection", {}))
     policy = sel.pop("policy", "least_completion")
     if policy not in POLICIES:

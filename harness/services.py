@@ -109,3 +109,9 @@ class GatewayProcess(ServiceProcess):
     def reservations(self, *args: str) -> list[dict]:
         """The reservations in its database (gateway_reservations)."""
         return gateway_reservations(self.config, *args)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`recarga-gateway <args> --config <its config>`, as an operator runs it (exit status
+        and output in the result, not raised)."""
+        return subprocess.run([sys.executable, "-m", "recarga.gateway.cli", *args, "--config", str(self.config)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)

@@ -10,12 +10,17 @@ read-only, so the gateway may be running or stopped) with the store's own read f
 
 - no slot has two active reservations whose times overlap;
 - every ok reply a car received matches a stored reservation (id, car, station, slot, and a
-  state the reply's state can have become), every reply to one request is the same, the
+  state the reply's state can have become) in the database of the region it names (an
+  overflow reply names another region; `assert_invariants(..., elsewhere=...)` gives those
+  regions' databases), every reply to one request is the same, the
   stored reply of a remembered request is the one the car got, and a refused request stored
   no reservation;
 - no session ended while its slot is occupied: a reservation that is the last on its slot is
-  not completed or expired while the last status its station published shows the slot
-  occupied;
+  not completed, expired or faulted while the last status its station published shows the
+  slot occupied, except where the gateway documents that it ends one: a reservation an
+  operator ended (`recarga-gateway reservation end`), and a slot that left service (gone
+  from its station's metadata or from the station file, or out of service by an operator),
+  each of which the test declares in the ledger (`operator_ended`, `withdrawn`);
 - nothing acknowledged is lost: every request the broker acknowledged got a reply or is
   stored;
 - no reservation its car was never told of (a request acted on twice makes one).
@@ -25,8 +30,9 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -46,6 +52,7 @@ _LATER = {
     **{s: {s} for s in ("completed", "expired", "cancelled", "faulted")},
 }
 OVERLAP_S = 1e-6  # float slack when one reservation's end is the next one's start
+SESSION_ENDS = ("completed", "expired", "faulted")  # what may not befall a session on an occupied slot
 
 
 @dataclass
@@ -63,11 +70,15 @@ class Sent:
 @dataclass
 class Ledger:
     """The devices' side of a scenario: the cars' clients (subscribed to their reply topics),
-    their requests, and each station's last published slot states."""
+    their requests, each station's last published slot states, and what the test did that
+    may end a session on an occupied slot: reservations an operator ended, slots that left
+    service ((station, slot))."""
 
     cars: dict[str, MqttClient] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)
     statuses: dict[str, list[str]] = field(default_factory=dict)
+    operator_ended: set[str] = field(default_factory=set)
+    withdrawn: set[tuple[str, int]] = field(default_factory=set)
 
     def car(self, client: MqttClient) -> MqttClient:
         """Follow a car's client: subscribe it to its reply topic."""
@@ -135,20 +146,29 @@ def _overlaps(active: Iterable[Reservation]) -> list[str]:
     found = []
     for (station, slot), rs in by_slot.items():
         rs.sort(key=lambda r: r.start)
-        for a, b in zip(rs, rs[1:]):
+        for a, b in pairwise(rs):
             if b.start < a.end - OVERLAP_S:
                 found.append(f"{station} slot {slot} double-booked: {a.id} ({a.state}, {a.start:.0f}-{a.end:.0f}) "
                              f"and {b.id} ({b.state}, {b.start:.0f}-{b.end:.0f})")
     return found
 
 
-def violations(snap: Snapshot, ledger: Ledger) -> list[str]:
-    """Every broken invariant (module docstring), each as one line; [] when all hold."""
+def violations(snap: Snapshot, ledger: Ledger, elsewhere: Mapping[str, Snapshot] | None = None) -> list[str]:
+    """Every broken invariant (module docstring), each as one line; [] when all hold.
+    `elsewhere`: the snapshots of the other regions replies may name (overflow)."""
     stored = {r.id: r for r in snap.reservations}
+    stored_in = {region: {r.id: r for r in other.reservations} for region, other in (elsewhere or {}).items()}
     found = _overlaps(r for r in snap.reservations if r.state in D.ACTIVE_STATES)
     told: dict[str, set[str]] = defaultdict(set)  # car -> reservation ids it was told of
     for car in ledger.cars:
         for m in ledger.messages(car):
+            region = m.get("region", REGION)
+            if region != REGION:
+                if region not in stored_in:
+                    found.append(f"{car} was sent to region {region}, whose database the test did not give")
+                elif isinstance(m.get("reservation"), dict):
+                    found += _matches(car, m["reservation"], stored_in[region])
+                continue
             for view in (m.get("reservation"), m.get("offer")):
                 if isinstance(view, dict):
                     told[car].add(view["id"])
@@ -173,8 +193,10 @@ def violations(snap: Snapshot, ledger: Ledger) -> list[str]:
     for r in snap.reservations:  # ordered by creation
         last_on_slot[(r.station, r.slot)] = r
     for (station, slot), r in last_on_slot.items():
-        states = ledger.statuses.get(station)
-        if r.state in ("completed", "expired") and states is not None and states[slot - 1] == "occupied":
+        states = ledger.statuses.get(station) or []
+        occupied = slot <= len(states) and states[slot - 1] == "occupied"
+        allowed = r.id in ledger.operator_ended or (station, slot) in ledger.withdrawn
+        if r.state in SESSION_ENDS and occupied and not allowed:
             found.append(f"{r.id} ({r.car}) {r.state} while {station} slot {slot} is occupied")
     return found
 
@@ -191,9 +213,10 @@ def _matches(car: str, view: dict, stored: dict[str, Reservation]) -> list[str]:
     return []
 
 
-def assert_invariants(db: Path, ledger: Ledger) -> Snapshot:
-    """Fail listing every broken invariant; otherwise the snapshot checked, for more asserts."""
+def assert_invariants(db: Path, ledger: Ledger, elsewhere: Mapping[str, Path] | None = None) -> Snapshot:
+    """Fail listing every broken invariant; otherwise the snapshot checked, for more asserts.
+    `elsewhere` maps other regions an overflow reply may name to their gateways' databases."""
     snap = snapshot(db)
-    found = violations(snap, ledger)
+    found = violations(snap, ledger, {region: snapshot(other) for region, other in (elsewhere or {}).items()})
     assert not found, "invariants broken:\n" + "\n".join(found)
     return snap

@@ -5,6 +5,7 @@ dead-link detection, region hand-over, a broker of another CA or another name re
 the inbox with a fake client."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,47 +138,13 @@ def test_refused_login_backs_off_and_says_why(broker, tmp_path):
     assert "CONNECTED" not in out
 
 
-def test_connect_to_a_silent_server_times_out(tmp_path):
-    """A server that accepts TCP but never answers CONNECT: the attempt fails after timeout_s."""
+@contextlib.contextmanager
+def tcp_server(answer: bytes = b"") -> Iterator[int]:
+    """A TCP server on a free loopback port (yielded) that accepts every connection and sends
+    it `answer` (nothing: it never answers), for connects that must fail."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
-    port = srv.getsockname()[1]
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(srv.accept()[0])
-            except OSError:
-                pass
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    try:
-        with driver(None, tmp_path, host="127.0.0.1", port=port, password="x", timeout=1, base=100, cap=100, run_ms=4500) as mp:
-            mp.wait_line("END", timeout=15)
-            failed = [l for l in mp.lines() if "mqtt: connect failed" in l]
-    finally:
-        stop.set()
-        t.join(2)
-        for c in held:
-            c.close()
-        srv.close()
-    # each attempt ends after ~1 s (ETIMEDOUT), so ~3-4 attempts in 4.5 s, never stuck
-    assert 2 <= len(failed) <= 5, failed
-    assert all("OSError 110" in l for l in failed), failed
-
-
-def test_an_answer_that_is_not_a_connack_fails_the_connect_and_says_why(tmp_path):
-    """A server that answers CONNECT with a PUBACK: every attempt fails at once and says why
-    (an explicit check, which holds also where the firmware is compiled without asserts)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    port = srv.getsockname()[1]
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -188,21 +156,40 @@ def test_an_answer_that_is_not_a_connack_fails_the_connect_and_says_why(tmp_path
             except OSError:
                 continue
             held.append(c)
-            c.sendall(b"\x40\x02\x00\x01")  # PUBACK, packet id 1
+            if answer:
+                c.sendall(answer)
 
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     try:
-        with driver(None, tmp_path, host="127.0.0.1", port=port, password="x", timeout=5, base=100, cap=100,
-                    run_ms=1500) as mp:
-            mp.wait_line("END", timeout=15)
-            out = mp.output()
+        yield srv.getsockname()[1]
     finally:
         stop.set()
         t.join(2)
         for c in held:
             c.close()
         srv.close()
+
+
+def test_connect_to_a_silent_server_times_out(tmp_path):
+    """A server that accepts TCP but never answers CONNECT: the attempt fails after timeout_s."""
+    with tcp_server() as port, driver(None, tmp_path, host="127.0.0.1", port=port, password="x", timeout=1,
+                                      base=100, cap=100, run_ms=4500) as mp:
+        mp.wait_line("END", timeout=15)
+        failed = [l for l in mp.lines() if "mqtt: connect failed" in l]
+    # each attempt ends after ~1 s (ETIMEDOUT), so ~3-4 attempts in 4.5 s, never stuck
+    assert 2 <= len(failed) <= 5, failed
+    assert all("OSError 110" in l for l in failed), failed
+
+
+def test_an_answer_that_is_not_a_connack_fails_the_connect_and_says_why(tmp_path):
+    """A server that answers CONNECT with a PUBACK: every attempt fails at once and says why
+    (an explicit check, which holds also where the firmware is compiled without asserts)."""
+    puback = b"\x40\x02\x00\x01"  # PUBACK, packet id 1
+    with tcp_server(puback) as port, driver(None, tmp_path, host="127.0.0.1", port=port, password="x", timeout=5,
+                                            base=100, cap=100, run_ms=1500) as mp:
+        mp.wait_line("END", timeout=15)
+        out = mp.output()
     failed = [l for l in out.splitlines() if "mqtt: connect failed" in l]
     assert len(failed) >= 2, out  # at once each time (timeout_s is 5 s, the run 1.5 s)
     assert all("ValueError no CONNACK" in l for l in failed), failed

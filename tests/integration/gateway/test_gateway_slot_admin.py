@@ -6,12 +6,9 @@ running gateway, or on the next start when it is down."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from harness import ROOT
 from harness.broker import REGION
 from harness.clients import MqttClient
 from harness.region import Region, ask, reserve_msg, station_set
@@ -20,12 +17,6 @@ from recarga.core.protocol import wire as W
 from recarga.core.stations import dump_stations_json
 
 pytestmark = pytest.mark.integration
-
-
-def gateway_cli(region: Region, *args: str) -> subprocess.CompletedProcess:
-    """recarga-gateway <args> --config <the region gateway's config>, as an operator runs it."""
-    return subprocess.run([sys.executable, "-m", "recarga.gateway.cli", *args, "--config", str(region.gw.config)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
 
 
 def car(region: Region, name: str) -> MqttClient:
@@ -104,7 +95,7 @@ def test_operator_takes_a_slot_out_of_service_puts_it_back_and_ends_a_reservatio
     ra = ask(a, reserve_msg("car-a", "q1"))["reservation"]
     assert (ra["station"], ra["slot"]) == ("st-1", 1)
 
-    out = gateway_cli(region, "slot", "out-of-service", "st-1", "1", "--reason", "cable broken")
+    out = region.gw.cli("slot", "out-of-service", "st-1", "1", "--reason", "cable broken")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "station st-1 slot 1 out of service (cable broken); 1 reservation(s) faulted\n"
     ev = next_event(a, "faulted")
@@ -119,12 +110,12 @@ def test_operator_takes_a_slot_out_of_service_puts_it_back_and_ends_a_reservatio
     for args, message in [(("st-1", "1"), "station st-1 slot 1 is already out of service since "),
                           (("st-9", "1"), "unknown station 'st-9' in region"),
                           (("st-2", "2"), "station st-2 has 1 slot(s); there is no slot 2")]:
-        out = gateway_cli(region, "slot", "out-of-service", *args)
+        out = region.gw.cli("slot", "out-of-service", *args)
         assert out.returncode == 1 and out.stderr.startswith(f"recarga-gateway: refused: {message}"), out
-    out = gateway_cli(region, "slot", "in-service", "st-2", "1")
+    out = region.gw.cli("slot", "in-service", "st-2", "1")
     assert (out.returncode, out.stderr) == (1, "recarga-gateway: refused: station st-2 slot 1 is not out of service\n")
 
-    out = gateway_cli(region, "slot", "in-service", "st-1", "1")
+    out = region.gw.cli("slot", "in-service", "st-1", "1")
     assert out.returncode == 0 and "station st-1 slot 1 in service" in out.stdout, out.stderr
     st1.wait(lambda: commands(st1, "in_service"), 5, "the in_service command")
     set_status(region, "st-1", ["free"])  # as the station does on the command (the broker passes it on first)
@@ -132,11 +123,11 @@ def test_operator_takes_a_slot_out_of_service_puts_it_back_and_ends_a_reservatio
     assert got["ok"] and got["reservation"]["station"] == "st-1", got
     rb = got["reservation"]
 
-    out = gateway_cli(region, "reservation", "end", rb["id"])
+    out = region.gw.cli("reservation", "end", rb["id"])
     assert out.returncode == 0 and out.stdout == f"reservation {rb['id']} (car car-b, st-1 slot 1, held) cancelled\n"
     assert next_event(b, "cancelled")["reservation"]["id"] == rb["id"]
     assert stored(region, rb["id"])["state"] == "cancelled"
-    out = gateway_cli(region, "reservation", "end", rb["id"])
+    out = region.gw.cli("reservation", "end", rb["id"])
     assert out.returncode == 1
     assert out.stderr == f"recarga-gateway: refused: reservation {rb['id']} already ended (cancelled)\n"
 
@@ -145,7 +136,7 @@ def test_a_command_given_while_the_gateway_is_down_applies_when_it_starts(region
     region = region_factory(["car-a"], station_set(2, 1))
     a = car(region, "car-a")
     region.gw.stop()
-    out = gateway_cli(region, "slot", "out-of-service", "st-1", "1", "--reason", "flooded", "--timeout", "1")
+    out = region.gw.cli("slot", "out-of-service", "st-1", "1", "--reason", "flooded", "--timeout", "1")
     assert out.returncode == 75 and "queued but not applied within 1 s" in out.stderr
     region.gw.start().wait_connected()
     region.gw.wait_log("operator command 1 (slot_out_of_service): station st-1 slot 1 out of service (flooded)")

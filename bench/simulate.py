@@ -1,6 +1,7 @@
-"""City simulation: Recarga's least-completion policy against the baselines on Berlin's
-stations over a simulated day (docs/simulation.md). Prints a table, writes a CSV and plots
-to run/simulation/; the last line is the headline.
+"""City simulation: Recarga's least-completion policy against the baselines on a city's
+stations (Berlin's register unless --stations names another file) over a simulated day
+(docs/simulation.md). Prints a table, writes a CSV and plots to run/simulation/; the last two
+lines are the headlines (mean time lost, then mean wait, against the best baseline).
 
     .venv/bin/python bench/simulate.py            # whole city, a few minutes on 2 cores
     .venv/bin/python bench/simulate.py --quick    # the centre, about a minute

@@ -36,7 +36,7 @@ def test_simulate_reports_a_bad_input_as_the_gateway_s_commands_do(capsys, tmp_p
     rc = gateway(["simulate", "--stations", str(tmp_path / "absent.csv"), "--out", str(tmp_path)])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("recarga-gateway: ") and "absent.csv" in err
+    assert err == f"simulate: stations file {tmp_path / 'absent.csv'}: No such file or directory\n"
 
 
 def test_simulate_options_are_the_simulation_s(capsys):

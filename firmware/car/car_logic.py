@@ -2,7 +2,8 @@
 #
 #   driving  --low episode starts-->  low: one reserve request (fresh rid)
 #   low      no reply in time, no_capacity, refused: ask again after retry floor + backoff
-#            with a fresh rid (LED fast blink until an answer comes)
+#            with a fresh rid (LED fast blink until an answer comes); no_capacity with a
+#            retry_after: not before it
 #   any      rate_limited: the pending request again, same rid, after its retry_after
 #            ok -> heading: one serial line; `confirm` if the slot is held
 #   heading  expired / cancelled / faulted without offer -> low, ask again at once

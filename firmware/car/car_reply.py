@@ -7,7 +7,8 @@
 # logic's confirm goes out (car_app.step). A reply with `overflow` says why overflow did not
 # help; it is printed, the reply is handled as it would be without it.
 # A `rate_limited` refusal decided nothing: the same request (same rid) goes out again after
-# the reply's `retry_after` seconds (at least the backoff's next delay).
+# the reply's `retry_after` seconds (at least the backoff's next delay). A `no_capacity`
+# refusal's `retry_after` says when asking again can succeed: the car waits that long too.
 import json
 
 from micropython import const
@@ -44,6 +45,13 @@ def reservation_line(r):
         round(g("charge_min") or 0), g("price_eur") or 0, hhmm(g("hold_until"), True), g("id"), g("state"))
 
 
+def _after(lg, err):
+    """ms until the car asks again: the reply's retry_after if it is a believable number of
+    seconds, at least the backoff's next delay."""
+    d = err.get("retry_after")
+    return max(lg._delay(), int(d * 1000) if (type(d) is int or type(d) is float) and 0 < d <= _MAX_WAIT_S else 0)
+
+
 def handle(lg, payload, now):
     """Apply one reply / event to the CarLogic lg."""
     try:
@@ -74,7 +82,7 @@ def handle(lg, payload, now):
             lg.served = True
             lg._set("driving")
         elif ev == "faulted" and type(m.get("offer")) is dict:
-            lg._say("slot out of service: taking the offered one")
+            lg._say("slot %s: taking the offered one" % ("still busy" if m.get("reason") == "late" else "out of service"))
             lg._op = None
             lg._adopt(m["offer"], now)
         elif ev in ("expired", "cancelled", "faulted"):
@@ -114,8 +122,7 @@ def handle(lg, payload, now):
     code = err.get("code")
     if code == "rate_limited":
         # asked too often: nothing was decided; the same request again once the gateway allows
-        d = err.get("retry_after")
-        d = max(lg._delay(), int(d * 1000) if (type(d) is int or type(d) is float) and 0 < d <= _MAX_WAIT_S else 0)
+        d = _after(lg, err)
         lg._op = op
         lg._at = None
         lg._due = ticks_add(now, d)
@@ -123,7 +130,7 @@ def handle(lg, payload, now):
         return
     if op == "reserve":
         lg.no_answer = True
-        d = lg._delay()
+        d = _after(lg, err) if code == "no_capacity" else lg._delay()
         lg._ask_at = ticks_add(now, d)
         if code == "no_capacity":
             ef = err.get("earliest_free")

@@ -27,6 +27,8 @@ class CarModel:
     ac_per_point: tuple[tuple[float, float], ...]
     # DC: (state of charge 0..1, kW) by state of charge; empty when max_dc_kw is 0
     dc_curve: tuple[tuple[float, float], ...]
+    model_id: str = ""  # Open EV Data's id
+    phev: bool = False  # plug-in hybrid: AC only, small battery
 
     def ac_power(self, slot_kw: float) -> float:
         """What the car draws on an AC point of this rating: on-board charger and phases
@@ -38,12 +40,14 @@ class CarModel:
             limit = self.ac_per_point[max(j, 0)][1]
         return min(slot_kw, limit)
 
-    def power_curve(self, slot_kw: float, dc: bool) -> tuple[tuple[float, float], ...]:
-        """Piecewise-linear (soc, kW) the car draws on this slot, capped by the slot."""
+    def power_curve(self, slot_kw: float, dc: bool,
+                    limit_kw: float = math.inf) -> tuple[tuple[float, float], ...]:
+        """Piecewise-linear (soc, kW) the car draws on this slot, capped by the slot and by
+        `limit_kw` (the limit a car's request states)."""
         if not dc:
-            p = self.ac_power(slot_kw)
+            p = min(self.ac_power(slot_kw), limit_kw)
             return ((0.0, p), (1.0, p))
-        return _cap(self.dc_curve, slot_kw)
+        return _cap(self.dc_curve, min(slot_kw, limit_kw))
 
 
 def _cap(curve: tuple[tuple[float, float], ...], cap: float) -> tuple[tuple[float, float], ...]:
@@ -107,14 +111,16 @@ def _consumption(raw: float) -> float:
 
 
 def load_models(path: str | os.PathLike[str] = DEFAULT_PATH) -> list[CarModel]:
-    """Battery-electric cars (not motorbikes or plug-in hybrids) whose figures the protocol
-    accepts, in file order."""
+    """Cars (not motorbikes), battery-electric and plug-in hybrid, whose figures the protocol
+    accepts, in file order. A plug-in hybrid charges on AC only (its DC figures, if any, are
+    ignored: few have an inlet and none that public fast chargers serve)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)["data"]
     models = []
     for x in data:
-        if x.get("vehicle_type") != "car" or x.get("type") != "bev":
+        if x.get("vehicle_type") != "car" or x.get("type") not in ("bev", "phev"):
             continue
+        phev = x["type"] == "phev"
         cons = _consumption(float(x["energy_consumption"]["average_consumption"]))
         battery = float(x["usable_battery_size"])
         if not (_CONSUMPTION_RANGE[0] <= cons <= _CONSUMPTION_RANGE[1] and 1.0 <= battery <= 300.0):
@@ -123,7 +129,7 @@ def load_models(path: str | os.PathLike[str] = DEFAULT_PATH) -> list[CarModel]:
         max_ac = float(ac.get("max_power") or 0.0)
         per_point = tuple(sorted((float(k), float(v)) for k, v in
                                  (ac.get("power_per_charging_point") or {}).items()))
-        dc = x.get("dc_charger") or {}
+        dc = {} if phev else x.get("dc_charger") or {}
         max_dc = float(dc.get("max_power") or 0.0)
         curve: tuple[tuple[float, float], ...] = ()
         if max_dc > 0:
@@ -138,5 +144,17 @@ def load_models(path: str | os.PathLike[str] = DEFAULT_PATH) -> list[CarModel]:
         if max_ac <= 0 and max_dc <= 0 or max_ac > 50.0 or max_dc > 500.0:
             continue
         name = " ".join(p for p in (x.get("brand", ""), x.get("model", ""), x.get("variant", "")) if p)
-        models.append(CarModel(name, battery, cons, max_ac, max_dc, per_point, curve))
+        models.append(CarModel(name, battery, cons, max_ac, max_dc, per_point, curve,
+                               str(x.get("id", "")), phev))
     return models
+
+
+def by_id(models: list[CarModel]) -> dict[str, CarModel]:
+    """Models by their Open EV Data id (what a car's reserve request names as `model`)."""
+    return {m.model_id: m for m in models if m.model_id}
+
+
+def describe(models: list[CarModel]) -> str:
+    """What a models file gave, e.g. "196 battery-electric, 61 plug-in hybrid"."""
+    phev = sum(m.phev for m in models)
+    return f"{len(models) - phev} battery-electric, {phev} plug-in hybrid"

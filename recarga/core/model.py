@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from recarga.core.evmodels import CarModel
 
 # Slot is DC (fast) when its rated power is above this; AC wallboxes top out at 22 kW.
 AC_MAX_KW = 22.0
@@ -26,6 +29,12 @@ class StationMeta:
     operator: str = ""
     price_per_kwh: float = 0.49
     name: str = ""
+    site: str = ""  # the site (devices a driver sees as one place) it belongs to; "" = not grouped
+    access: str = "public"  # one of ACCESS
+
+
+# Who may charge at a station: anyone, or only some (customers, residents, fleets).
+ACCESS: tuple[str, ...] = ("public", "restricted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,10 @@ class CarNeed:
     max_ac_kw: float  # 0 = cannot charge on AC
     max_dc_kw: float  # 0 = cannot charge on DC
     target_soc: float  # 0..1, > soc
+    # the car's model, when its request named one the gateway knows: charge times follow
+    # its curves (limited by the figures above) instead of a constant power; not sent across
+    # regions (to_fields)
+    model: CarModel | None = None
 
     @classmethod
     def from_fields(cls, f: Mapping[str, float]) -> CarNeed:

@@ -13,6 +13,8 @@ Charge model (shared by all policies, so their offers compare):
   drive_s   = road km / speed;  eta = now + drive_s;  wait_s = max(0, busy_until - eta)
   energy    = (target_soc - soc on arrival) x battery, >= 0;  price = energy x station price
   power     = min(slot power, car's AC or DC limit);  charge_s = energy / power
+  with the car's model known (CarNeed.model): charge_s follows its curve on the slot (DC
+  taper, AC phases) within the same limits, never shorter; power is then the mean power
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Callable, Collection, Iterator, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
+from recarga.core.evmodels import charge_seconds
 from recarga.core.model import CarNeed, Choice, SelectionParams, SlotView, StationMeta
 
 POLICIES: tuple[str, ...] = ("least_completion", "nearest", "most_free", "shortest_queue")
@@ -184,6 +187,17 @@ class _Trip:
 
     def max_power(self, dc: bool) -> float:
         return self.car.max_dc_kw if dc else self.car.max_ac_kw
+
+    def charge_s(self, soc_arr: float, slot_kw: float, dc: bool, energy_s: float, draw: float) -> float:
+        """Seconds to charge from soc_arr to the target on this slot: along the car model's
+        curve if it has one for the slot's kind, else energy_s (kWs) / draw (kW). The curve
+        is capped by draw's limits, so it is never shorter (the lower bounds hold)."""
+        car = self.car
+        m = car.model
+        if m is None or (dc and not m.dc_curve):
+            return energy_s / draw
+        curve = m.power_curve(slot_kw, dc, self.max_power(dc))
+        return max(charge_seconds(curve, car.battery_kwh, soc_arr, car.target_soc), energy_s / draw)
 
 
 class Selector:
@@ -416,11 +430,14 @@ class Selector:
         meta = station.slots[slot - 1]
         power = min(meta.power_kw, trip.max_power(meta.dc))
         energy = trip.energy_kwh(dist)
+        charge_s = trip.charge_s(trip.soc_on_arrival(dist), meta.power_kw, meta.dc, energy * 3600.0, power)
+        if charge_s > 0:
+            power = energy * 3600.0 / charge_s  # the mean along a curve (or the constant power)
         drive_s = dist * trip.s_per_km
         eta = trip.now + drive_s
         return Choice(
             station_id=station.id, slot=slot, distance_km=dist * trip.rf, drive_s=drive_s,
-            wait_s=max(0.0, busy_until - eta), charge_s=energy / power * 3600.0,
+            wait_s=max(0.0, busy_until - eta), charge_s=charge_s,
             energy_kwh=energy, price_eur=energy * station.price_per_kwh, power_kw=power)
 
     def _within_reach(self, trip: _Trip) -> tuple[np.ndarray, np.ndarray]:
@@ -496,6 +513,9 @@ class Selector:
         best: tuple[int, int, float, float] | None = None  # station, slot, dist, busy_until
         bound = math.inf
 
+        by_curve = car.model is not None
+        slots_of = self.stations
+
         def evaluate(cands: list[tuple[float, int, int, float, float, float, float, float]]) -> None:
             nonlocal best_key, best, bound
             cands.sort()
@@ -507,7 +527,12 @@ class Selector:
                 if bu is None:
                     continue
                 wait_s = bu - eta if bu > eta else 0.0
-                total = drive_s + wait_s + energy_s / draw
+                if by_curve:
+                    sl = slots_of[i].slots[k - 1]
+                    total = drive_s + wait_s + trip.charge_s(trip.soc_on_arrival(d), sl.power_kw, sl.dc,
+                                                             energy_s, draw)
+                else:
+                    total = drive_s + wait_s + energy_s / draw
                 if total <= bound:
                     key = (total, sid, k)
                     if best_key is None or key < best_key:
@@ -640,6 +665,7 @@ class Selector:
         t_lat, t_lon, t_cos = trip.lat, trip.lon, trip.cos_lat
         sin, asin, sqrt = math.sin, math.asin, math.sqrt
         per_station: dict[int, tuple[float, float, float, float] | None] = {}
+        by_curve = car.model is not None
         best_key: tuple[float, str, int] | None = None
         best: tuple[int, int, float, float] | None = None  # station, slot, dist, busy_until
         bound = math.inf
@@ -680,7 +706,11 @@ class Selector:
             if floor is not None:
                 floor[j] = bu  # learnt, as _asker does (flat slot j is station i's slot k)
             wait_s = bu - eta if bu > eta else 0.0
-            total = drive_s + wait_s + energy_s / draw_j
+            if by_curve:
+                total = drive_s + wait_s + trip.charge_s(trip.soc_on_arrival(d), kw, bool(dc_of[j]), energy_s,
+                                                         draw_j)
+            else:
+                total = drive_s + wait_s + energy_s / draw_j
             if total <= bound:
                 key = (total, sid, k)
                 if best_key is None or key < best_key:

@@ -1,6 +1,8 @@
-"""Station metadata: the Bundesnetzagentur register (CSV), a small JSON format, synthetic sets.
+"""Station metadata: the Bundesnetzagentur register (CSV), the project's JSON format, OCPI
+Locations (recarga.core.ocpi_locations), synthetic sets; load_stations picks the format.
 
-Pure loading and validation; nothing here knows about live slot state.
+Pure loading and validation; nothing here knows about live slot state. docs/stations.md
+describes the formats; data/stations.schema.json is the JSON format's schema.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from recarga.core.model import AC_MAX_KW, SlotMeta, StationMeta
+from recarga.core.model import AC_MAX_KW, ACCESS, SlotMeta, StationMeta
 from recarga.core.protocol import wire as W
+from recarga.core.sites import DEFAULT_SITE_DISTANCE_M, group_sites
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,12 @@ MAX_POINTS = 6  # the register has six plug column groups per device
 MIN_SLOT_KW, MAX_SLOT_KW = W.MIN_CHARGE_KW, W.MAX_SLOT_KW  # a charging point's power
 
 JSON_VERSION = 1
+JSON_SHAPE = ('{"v": 1, "stations": [{"id": "A1", "lat": 52.5, "lon": 13.4, '
+              '"slots": [{"power_kw": 22}]}]}')
+
+# The register's "Informationen zum Parkraum" values that keep a device from the public.
+_BNETZA_RESTRICTED = ("nur für kunden",)
+_BNETZA_REQUIRED = ("Ladeeinrichtungs-ID", "Breitengrad", "Längengrad")
 
 # Berlin: 4,528 devices in the register over the city's 891 km^2 -> ~5.1 stations/km^2.
 # Synthetic sets keep this density by default so that scale benchmarks see as many
@@ -86,6 +95,10 @@ def load_bnetza_csv(path: str | os.PathLike[str]) -> list[StationMeta]:
     # utf-8-sig strips the BOM; newline='' lets csv handle line breaks inside quotes.
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=";")
+        missing = [c for c in _BNETZA_REQUIRED if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}: not the Bundesnetzagentur register: no column(s) {missing} "
+                             f"in the header (a ';'-separated CSV; see docs/stations.md)")
         for row in reader:
             line = reader.line_num
             sid = (row.get("Ladeeinrichtungs-ID") or "").strip()
@@ -120,11 +133,13 @@ def load_bnetza_csv(path: str | os.PathLike[str]) -> list[StationMeta]:
             name = _one_line(row.get("Anzeigename (Karte)") or "")
             if not name:
                 name = _one_line(f"{row.get('Straße') or ''} {row.get('Hausnummer') or ''}")
+            parking = (row.get("Informationen zum Parkraum") or "").strip().casefold()
             seen.add(sid)
             stations.append(StationMeta(
                 id=sid, lat=lat, lon=lon, slots=slots,
                 operator=_one_line(row.get("Betreiber") or ""),
                 price_per_kwh=default_price(slots), name=name,
+                access="restricted" if parking.startswith(_BNETZA_RESTRICTED) else "public",
             ))
     return stations
 
@@ -181,12 +196,25 @@ def _text(value: Any, where: str, field: str) -> str:
     return value
 
 
+_STATION_FIELDS = {"id", "lat", "lon", "operator", "name", "price_per_kwh", "slots", "site", "access"}
+
+
 def stations_from_dict(doc: Any) -> list[StationMeta]:
     """Validate a parsed JSON document; ValueError names the station and field at fault."""
+    if isinstance(doc, list):
+        raise ValueError(f"stations document must be a JSON object like {JSON_SHAPE}, "
+                         "not a bare list (see docs/stations.md)")
     if not isinstance(doc, dict):
-        raise ValueError("stations document must be a JSON object")
-    if doc.get("v") != JSON_VERSION:
-        raise ValueError(f"stations document: v must be {JSON_VERSION}, got {doc.get('v')!r}")
+        raise ValueError(f"stations document must be a JSON object like {JSON_SHAPE}")
+    if "stations" not in doc and "slots" in doc:
+        raise ValueError("this is a station's meta message (station/<sid>/meta), not a station "
+                         f"file; a station file lists stations with their ids: {JSON_SHAPE}")
+    v = doc.get("v")
+    if isinstance(v, bool) or v != JSON_VERSION:
+        raise ValueError(f"stations document: v must be {JSON_VERSION}, got {v!r}")
+    unknown = set(doc) - {"v", "stations"}
+    if unknown:
+        raise ValueError(f"stations document: unknown field(s) {sorted(unknown)}; known: ['stations', 'v']")
     entries = doc.get("stations")
     if not isinstance(entries, list):
         raise ValueError("stations document: 'stations' must be a list")
@@ -199,12 +227,15 @@ def stations_from_dict(doc: Any) -> list[StationMeta]:
         sid = entry.get("id")
         if not isinstance(sid, str) or not W.ID_RE.match(sid):
             raise _fail(where, f"id must be 1-32 of A-Z a-z 0-9 _ - (it names MQTT topics), got {sid!r}")
-        where = f"station {sid!r}"
+        where = f"stations[{n}] (station {sid!r})"
         if sid in seen:
             raise _fail(where, "duplicate id")
-        unknown = set(entry) - {"id", "lat", "lon", "operator", "name", "price_per_kwh", "slots"}
+        if "v" in entry:
+            raise _fail(where, "field 'v' belongs to a station's meta message, not to a station "
+                               "file's entry; drop it (the file's version is its top-level v)")
+        unknown = set(entry) - _STATION_FIELDS
         if unknown:
-            raise _fail(where, f"unknown field(s) {sorted(unknown)}")
+            raise _fail(where, f"unknown field(s) {sorted(unknown)}; known: {sorted(_STATION_FIELDS)}")
         if "lat" not in entry or "lon" not in entry:
             raise _fail(where, "lat and lon are required")
         lat = _number(entry["lat"], where, "lat")
@@ -239,12 +270,19 @@ def stations_from_dict(doc: Any) -> list[StationMeta]:
             price = _number(entry["price_per_kwh"], where, "price_per_kwh")
             if price < 0:
                 raise _fail(where, f"price_per_kwh must be >= 0, got {price}")
+        site = _text(entry.get("site", ""), where, "site")
+        if "site" in entry and not W.ID_RE.match(site):
+            raise _fail(where, f"site must be 1-32 of A-Z a-z 0-9 _ -, got {site!r}")
+        access = entry.get("access", "public")
+        if access not in ACCESS:
+            raise _fail(where, f"access must be one of {list(ACCESS)}, got {access!r}")
         seen.add(sid)
         stations.append(StationMeta(
             id=sid, lat=lat, lon=lon, slots=slots_t,
             operator=_text(entry.get("operator", ""), where, "operator"),
             price_per_kwh=price,
             name=_text(entry.get("name", ""), where, "name"),
+            site=site, access=access,
         ))
     return stations
 
@@ -252,21 +290,41 @@ def stations_from_dict(doc: Any) -> list[StationMeta]:
 def stations_to_dict(stations: Sequence[StationMeta]) -> dict[str, Any]:
     return {"v": JSON_VERSION, "stations": [
         {"id": s.id, "lat": s.lat, "lon": s.lon, "operator": s.operator, "name": s.name,
-         "price_per_kwh": s.price_per_kwh,
+         "price_per_kwh": s.price_per_kwh, "access": s.access, **({"site": s.site} if s.site else {}),
          "slots": [{"power_kw": p.power_kw, "dc": p.dc} for p in s.slots]}
         for s in stations]}
 
 
-def load_stations_json(path: str | os.PathLike[str]) -> list[StationMeta]:
+def _read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as f:
         try:
-            doc = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON: {e}") from e
+
+
+def load_stations_json(path: str | os.PathLike[str]) -> list[StationMeta]:
+    """Stations from the project's JSON format (docs/stations.md)."""
+    doc = _read_json(path)
     try:
         return stations_from_dict(doc)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def _is_project_json(doc: Any) -> bool:
+    """The project's format, or a mistake close to it (a bare list of its entries, a meta
+    message): stations_from_dict explains what is wrong. False for OCPI Locations; a
+    ValueError for a document that is neither."""
+    if isinstance(doc, list):
+        return any(isinstance(e, dict) and ("slots" in e or "lat" in e) for e in doc)
+    if isinstance(doc, dict) and "data" in doc:
+        return False
+    if isinstance(doc, dict) and not {"v", "stations", "slots"} & set(doc):
+        raise ValueError(f"unknown station document (keys {sorted(doc)[:8]}): expected the "
+                         f"project's {JSON_SHAPE} or OCPI Locations (a list of Locations, or the "
+                         "locations endpoint's {\"data\": [...]}); see docs/stations.md")
+    return True
 
 
 def dump_stations_json(stations: Sequence[StationMeta], path: str | os.PathLike[str]) -> None:
@@ -275,14 +333,32 @@ def dump_stations_json(stations: Sequence[StationMeta], path: str | os.PathLike[
         f.write("\n")
 
 
-def load_stations(path: str | os.PathLike[str]) -> list[StationMeta]:
-    """Load by file suffix: .csv is the BNetzA register, .json the small JSON format."""
+def load_stations(path: str | os.PathLike[str],
+                  site_distance_m: float = DEFAULT_SITE_DISTANCE_M) -> list[StationMeta]:
+    """Stations of any supported format, each with its site (recarga.core.sites).
+
+    .csv is the BNetzA register; .json is the project's format ({"v": 1, "stations": [...]})
+    or OCPI Locations (a list of Locations or the locations endpoint's {"data": [...]}),
+    told apart by content. Stations whose file names no site are grouped: devices of one
+    operator within site_distance_m of each other form one site.
+    """
+    from recarga.core import ocpi_locations  # it imports this module's helpers
+
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
-        return load_bnetza_csv(path)
-    if suffix == ".json":
-        return load_stations_json(path)
-    raise ValueError(f"{path}: unknown station file type {suffix!r} (expected .csv or .json)")
+        stations = load_bnetza_csv(path)
+    elif suffix == ".json":
+        doc = _read_json(path)
+        try:
+            stations = (stations_from_dict(doc) if _is_project_json(doc)
+                        else ocpi_locations.stations_from_ocpi(doc, source=str(path)))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+    else:
+        raise ValueError(f"{path}: unknown station file type {suffix!r} (expected .csv: the "
+                         "BNetzA register, or .json: the project's format or OCPI Locations; "
+                         "see docs/stations.md)")
+    return group_sites(stations, site_distance_m)
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -10,11 +10,13 @@ import hashlib
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any
+from typing import Any, Mapping
 
+from recarga.core import evmodels
+from recarga.core.evmodels import CarModel
 from recarga.core.model import (
     AC_MAX_KW,
     CarNeed,
@@ -40,6 +42,11 @@ log = logging.getLogger("recarga.engine")
 SUMMARY_S = 60.0
 _COUNTED = ("reserved", "confirmed", "cancelled", "refused", "invalid", "repeated")
 
+# Why a reservation faulted (the `reason` of its car's faulted event, docs/protocol.md)
+FAULT_OUT_OF_SERVICE = "out_of_service"  # the slot went out of service
+FAULT_GONE = "gone"  # the slot no longer exists
+FAULT_LATE = "late"  # confirmed, deadline passed while the slot was still busy: re-planned
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -50,6 +57,10 @@ class EngineConfig:
     expected_session_s: float = 3600.0  # unknown car on a slot: assume it charges this long
     min_remaining_s: float = 600.0  # ... and at least this much longer once overdue
     max_wait_s: float = 1800.0  # book a busy slot only if it is expected free within this
+    # a refused car (no_capacity) is told to ask again when the earliest slot comes within
+    # max_wait_s, but no sooner than retry_min_s and no later than retry_max_s
+    retry_min_s: float = 60.0
+    retry_max_s: float = 1800.0
     request_memory_s: float = 86400.0  # a request id is answered identically for this long
     selection: SelectionParams = SelectionParams()
     rate_limit: RateLimit = RateLimit()  # per car (gateway/ratelimit.py)
@@ -171,8 +182,12 @@ def reservation_view(r: Reservation) -> dict[str, Any]:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, stations: list[StationMeta]):
+    def __init__(self, config: EngineConfig, stations: list[StationMeta],
+                 models: Mapping[str, CarModel] | None = None):
+        """models: the car models a reserve request may name, by id (evmodels.by_id); None:
+        those of the shipped EV models data, read when a request first names one."""
         self.cfg = config
+        self._models = models
         self.stations: dict[str, StationMeta] = {s.id: s for s in stations}
         self.live: dict[str, StationLive] = {}
         self.reservations: dict[str, Reservation] = {}  # active ones only
@@ -389,7 +404,7 @@ class Engine:
             if after != "out_of_service" and self._back_in_service:
                 self._back_in_service.discard(key)
             if after == "out_of_service" and before != "out_of_service":
-                self._fault_slot(key, now, res)
+                self._fault_slot(key, now, res, FAULT_OUT_OF_SERVICE)
             elif after == "occupied" and before != "occupied":
                 live.occupied_since[i - 1] = now
                 self._check_in(key, now, res)
@@ -456,7 +471,7 @@ class Engine:
             for key in sorted(k for k in self.by_slot if k[0] == sid and k[1] > len(slots)):
                 log.warning("station %s slot %d no longer exists (its metadata has %d slots); "
                             "ending its reservations", sid, key[1], len(slots))
-                self._fault_slot(key, now, res)
+                self._fault_slot(key, now, res, FAULT_GONE)
         return res
 
     def tick(self, now: float, expire: bool = True) -> Result:
@@ -466,9 +481,15 @@ class Engine:
         have plugged in meanwhile, a retained meta may bring a station back)."""
         res = Result()
         self._now = now
-        for r in list(self.reservations.values()) if expire else ():
-            lapsed = (r.state == "held" and now >= r.hold_until) or (r.state == "confirmed" and now >= r.deadline)
-            if lapsed:
+        lapsed = [r for r in self.reservations.values() if expire and (
+            (r.state == "held" and now >= r.hold_until) or (r.state == "confirmed" and now >= r.deadline))]
+        # whether a car could have plugged in is judged before any of them ends
+        late = {r.id for r in lapsed if r.state == "confirmed" and self._blocked(r)}
+        for r in lapsed:
+            r = self.reservations.get(r.id, r)  # as a requeue left it
+            if r.id in late:
+                self._fault(r, now, res, FAULT_LATE, exclude=False)
+            else:
                 ended = self._end(r, "expired", res)
                 self._event(res, r.car, D.car_event("expired", reservation_view(ended)))
         if expire and self._unplaced:
@@ -483,6 +504,17 @@ class Engine:
         self._summarise(now)
         return res
 
+    def _blocked(self, r: Reservation) -> bool:
+        """r's car cannot have plugged in: its slot is occupied, or another reservation is
+        next on it. Such a car may be waiting on site; at its deadline it is re-planned, not
+        taken for a no-show. A station the gateway cannot see (offline, no status yet) gives
+        no such evidence."""
+        live = self.live.get(r.station)
+        if live is None or not live.online or live.slots is None or r.slot > len(live.slots):
+            return False
+        key = (r.station, r.slot)
+        return live.slots[r.slot - 1] == "occupied" or self._first_waiting(key) is not r
+
     def _end_unplaced(self, now: float, res: Result) -> None:
         """Fault the restored reservations whose slot no station has now (their station left
         the station file, or has fewer slots): nothing else would end them, and their cars
@@ -496,7 +528,7 @@ class Engine:
             why = "is not in the station file" if meta is None else f"has {len(meta.slots)} slots"
             log.warning("reservation %s (car %s): station %s %s, so slot %d is gone; ending it",
                         r.id, r.car, r.station, why, r.slot)
-            self._fault(r, now, res)
+            self._fault(r, now, res, FAULT_GONE)
 
     def _summarise(self, now: float) -> None:
         """Every SUMMARY_S, an INFO line with the car requests since the last one (none if
@@ -647,7 +679,7 @@ class Engine:
             res.station = (sid, live)
         self._forget(sid, slot)
         ended = len(self.by_slot.get(key, ()))
-        self._fault_slot(key, now, res)
+        self._fault_slot(key, now, res, FAULT_OUT_OF_SERVICE)
         self._station_cmd(res, sid, "out_of_service", slot)
         log.info("station %s slot %d out of service by an operator (%s); %d reservation(s) faulted",
                  sid, slot, reason, ended)
@@ -683,8 +715,26 @@ class Engine:
 
     # ------------------------------------------------------------ car operations
 
+    @property
+    def models(self) -> Mapping[str, CarModel]:
+        if self._models is None:
+            self._models = evmodels.by_id(evmodels.load_models())
+        return self._models
+
     def _reserve(self, req: D.CarRequest, now: float, res: Result) -> dict[str, Any]:
-        need = res.need = CarNeed.from_fields(req.fields)
+        need = CarNeed.from_fields(req.fields)
+        notice: dict[str, Any] = {}
+        model_id = req.fields.get("model")
+        if model_id is not None:
+            model = self.models.get(model_id)
+            if model is not None:
+                need = replace(need, model=model)
+            else:
+                # an id from a newer models table than the gateway's must not stop the car
+                notice["notice"] = {"code": D.UNKNOWN_MODEL, "field": "model", "message":
+                                    f"model {model_id!r} is not in the gateway's EV models; "
+                                    "charge time estimated at constant power"}
+        res.need = need
         only = req.fields.get("station")
         if only is not None and only not in self.stations:
             return D.error_reply(req.rid, D.UNKNOWN_STATION, f"station {only!r} is not in region {self.cfg.region}", "station")
@@ -707,7 +757,7 @@ class Engine:
         res.reservation = r
         log.debug("car %s rid %s -> %s slot %d (drive %.0fs wait %.0fs charge %.0fs)", req.car, req.rid,
                  r.station, r.slot, choice.drive_s, choice.wait_s, choice.charge_s)
-        return D.ok_reply(req.rid, "reserve", reservation_view(r))
+        return D.ok_reply(req.rid, "reserve", reservation_view(r), **notice)
 
     def _confirm(self, req: D.CarRequest, now: float, res: Result) -> dict[str, Any]:
         r = self._own(req)
@@ -756,22 +806,36 @@ class Engine:
                 ended = self._end(r, "completed", res)
                 self._event(res, r.car, D.car_event("completed", reservation_view(ended)))
 
-    def _fault_slot(self, key: tuple[str, int], now: float, res: Result) -> None:
+    def _fault_slot(self, key: tuple[str, int], now: float, res: Result, reason: str) -> None:
         for rid in list(self.by_slot.get(key, ())):
-            self._fault(self.reservations[rid], now, res)
+            self._fault(self.reservations[rid], now, res, reason)
 
-    def _fault(self, r: Reservation, now: float, res: Result) -> None:
-        """End r as faulted (its slot cannot serve it) and offer its car the next best slot."""
+    def _fault(self, r: Reservation, now: float, res: Result, reason: str, exclude: bool = True) -> None:
+        """End r as faulted (its slot cannot serve it, or not in time: FAULT_LATE) and offer
+        its car the best slot now: another one (`exclude`), or any, its own again included."""
         key = (r.station, r.slot)
         faulted = self._end(r, "faulted", res)
         offer = None
-        choice = self._choose(r.need, now, exclude={key})
+        need = r.need if exclude else self._at_station(r)
+        choice = self._choose(need, now, exclude={key} if exclude else frozenset())
         if choice is not None:
-            new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, r.need, choice, now)
+            new = self._new_reservation(reservation_id(r.id, "faulted"), r.car, r.rid, need, choice, now)
             self._add(new, res)
-            log.info("car %s offered %s slot %d as %s after the fault", r.car, new.station, new.slot, new.id)
+            log.info("car %s offered %s slot %d as %s after the fault (%s)", r.car, new.station, new.slot,
+                     new.id, reason)
             offer = reservation_view(new)
-        self._event(res, r.car, D.car_event("faulted", reservation_view(faulted), offer))
+        self._event(res, r.car, D.car_event("faulted", reservation_view(faulted), offer, reason=reason))
+
+    def _at_station(self, r: Reservation) -> CarNeed:
+        """r's car as it is expected by its deadline: at r's station, with the charge it
+        arrives with (at least selection's safety margin, which the choice guaranteed)."""
+        meta = self.stations.get(r.station)
+        need = r.need
+        if meta is None:
+            return need
+        used = r.distance_km * need.consumption_kwh_per_100km / 100.0 / need.battery_kwh
+        soc = min(max(need.soc - used, self.cfg.selection.safety_margin_soc), need.soc)
+        return replace(need, lat=meta.lat, lon=meta.lon, soc=soc)
 
     # ------------------------------------------------------------ helpers
 
@@ -802,7 +866,16 @@ class Engine:
         else:
             at = datetime.fromtimestamp(earliest, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
             msg = f"every slot {where} is busy beyond {self.cfg.max_wait_s / 60:.0f} min; the earliest frees up at {at}"
-        return D.error_reply(rid, W.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest))
+        return D.error_reply(rid, W.NO_CAPACITY, msg, earliest_free=None if earliest is None else round(earliest),
+                             retry_after=self._retry_after(earliest, now))
+
+    def _retry_after(self, earliest: float | None, now: float) -> int:
+        """Whole seconds until a refused car should ask again: when the earliest slot comes
+        within max_wait_s (asking sooner only gets the same answer), bounded; with nothing
+        usable in reach, the upper bound."""
+        lo, hi = self.cfg.retry_min_s, self.cfg.retry_max_s
+        wait = hi if earliest is None else earliest - self.cfg.max_wait_s - now
+        return max(1, math.ceil(min(max(wait, lo), hi)))
 
     def _new_reservation(self, rid_: str, car: str, rid: str, need: CarNeed, c: Choice, now: float) -> Reservation:
         eta = now + c.drive_s

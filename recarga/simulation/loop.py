@@ -36,10 +36,11 @@ RESERVING = "least_completion"
 
 # Car states. Final: finished, stranded, no_show. The rest are "in progress".
 PENDING, DRIVING, ASKING, HEADING, WAITING, CHARGING = "pending", "driving", "asking", "heading", "waiting", "charging"
-FINISHED, STRANDED, NO_SHOW = "finished", "stranded", "no_show"
-FINAL = frozenset((FINISHED, STRANDED, NO_SHOW))
+FINISHED, STRANDED, NO_SHOW, GAVE_UP = "finished", "stranded", "no_show", "gave_up"
+FINAL = frozenset((FINISHED, STRANDED, NO_SHOW, GAVE_UP))
 
-_APPEAR, _ASK, _ARRIVE, _UNPLUG, _DEADLINE, _CHECK, _HOUSEKEEP = range(7)
+_APPEAR, _ASK, _ARRIVE, _UNPLUG, _DEADLINE, _CHECK, _HOUSEKEEP, _PATIENCE = range(8)
+_LEAVE = 8  # a car that stayed plugged in after charging (dwell) frees its slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class SimConfig:
     retry_max_s: float = 600.0
     housekeeping_s: float = 3600.0  # periodic engine tick (request memory)
     day_s: float | None = None  # the day cars appear in (utilisation's window); None: to the last
+    # a driver who has waited this long (parked after refusals or queueing on site, driving
+    # not counted) leaves without charging and counts as gave up; math.inf: nobody gives up
+    patience_s: float = 1800.0
 
 
 def engine_config(policy: str, base: EngineConfig | None = None) -> EngineConfig:
@@ -77,7 +81,8 @@ class CarRun:
     ask_s: float | None = None  # first request
     arrive_s: float | None = None
     plug_s: float | None = None
-    leave_s: float | None = None
+    leave_s: float | None = None  # unplugged, or gave up
+    charge_end_s: float | None = None  # the battery reached its target
     drive_s: float = 0.0  # driving after the first request
     drive_km: float = 0.0  # road km, all legs
     energy_driven_kwh: float = 0.0
@@ -237,7 +242,7 @@ class Simulation:
         stop = self.day_s + self.cfg.drain_s
         handlers = {_APPEAR: self._appear, _ASK: self._ask, _ARRIVE: self._arrive,
                     _UNPLUG: self._unplug, _DEADLINE: self._deadline, _CHECK: self._check,
-                    _HOUSEKEEP: self._housekeep}
+                    _HOUSEKEEP: self._housekeep, _PATIENCE: self._patience, _LEAVE: self._leave}
         open_cars = len(self.cars)
         last_report = -math.inf
         while self.heap:
@@ -283,13 +288,21 @@ class Simulation:
             self._drive(c, c.plan.leg_km)
             c.lat, c.lon = c.plan.ask_at
             c.ask_s = self.now
+            if math.isfinite(self.cfg.patience_s):
+                self._push(self.now + self.cfg.patience_s, _PATIENCE, i)
+        if not c.plan.app:
+            self._go_without_app(i)
+            return
         m = c.plan.model
         c.state = ASKING
-        c.requests += 1
-        reply = self._request(i, D.reserve_request(
-            self._next_rid(), c.plan.car, lat=c.lat, lon=c.lon, soc=c.soc,
-            battery_kwh=m.battery_kwh, consumption_kwh_100km=m.consumption_kwh_100km,
-            max_ac_kw=m.max_ac_kw, max_dc_kw=m.max_dc_kw, target_soc=c.plan.target_soc), decision=True)
+        if isinstance(why, dict):  # a faulted event's offer: the app takes it as its answer
+            reply = {"ok": True, "reservation": why}
+        else:
+            c.requests += 1
+            reply = self._request(i, D.reserve_request(
+                self._next_rid(), c.plan.car, lat=c.lat, lon=c.lon, soc=c.soc,
+                battery_kwh=m.battery_kwh, consumption_kwh_100km=m.consumption_kwh_100km,
+                max_ac_kw=m.max_ac_kw, max_dc_kw=m.max_dc_kw, target_soc=c.plan.target_soc), decision=True)
         if not reply["ok"]:
             err = reply["error"]
             if err["code"] != W.NO_CAPACITY:
@@ -341,7 +354,7 @@ class Simulation:
         if c.arrive_s is None:
             c.arrive_s = self.now
         site = self.sites[c.station]
-        if self.reserving:
+        if self.reserving and c.plan.app:
             site.present.setdefault(c.slot - 1, []).append(i)
             self._check(site, c.slot - 1)
             return
@@ -421,18 +434,59 @@ class Simulation:
                                      slot.power_kw, energy))
         c.energy_charged_kwh += energy
         c.soc = target
-        c.state, c.leave_s = FINISHED, self.now
+        c.state, c.leave_s, c.charge_end_s = FINISHED, self.now, self.now
         c.reservation = None
+        if c.plan.dwell_s > 0:  # stays plugged in: the slot stays occupied, the board says so
+            c.leave_s = self.now + c.plan.dwell_s
+            self._push(c.leave_s, _LEAVE, i)
+            return
+        self._free(site, k)
+
+    def _leave(self, i: int, _: object) -> None:
+        c = self.cars[i]
+        self._free(self.sites[c.station], c.slot - 1)
+
+    def _free(self, site: Site, k: int) -> None:
+        """Slot k is unplugged: the board reports it free; the next car waiting takes it (a
+        reserving car whose reservation is next, else the first on-site queuer who can use it:
+        a car without the app, or any car under an advisory app)."""
         site.occupant[k] = None
         self._status(site)
         if self.reserving:
             self._check(site, k)
-            return
+            if site.occupant[k] is not None:
+                return
         for n, j in enumerate(site.fcfs):  # first in the queue that can use this slot
             if self._usable(self.cars[j], k, site):
                 del site.fcfs[n]
                 self._plug(j, site, k)
                 return
+
+    def _go_without_app(self, i: int) -> None:
+        """A driver without the app asks nobody: drives to the nearest station with a slot the
+        car can use within its range and takes a free slot there (reservations unseen), else
+        queues on site. The gateway learns of it only from the station's status."""
+        c = self.cars[i]
+        m = c.plan.model
+        reach_km = (c.soc - self.params.safety_margin_soc) * m.battery_kwh * 100.0 / m.consumption_kwh_100km
+        best = None
+        for sid, site in self.sites.items():
+            if not any((m.max_dc_kw if sl.dc else m.max_ac_kw) > 0 for sl in site.meta.slots):
+                continue
+            d_road = haversine_km(c.lat, c.lon, site.meta.lat, site.meta.lon) * self.params.road_factor
+            if d_road <= reach_km and (best is None or d_road < best[0]):
+                best = (d_road, sid)
+        if best is None:
+            c.state = STRANDED
+            return
+        d_road, sid = best
+        site = self.sites[sid]
+        drive = d_road / self.params.speed_kmh * 3600.0
+        c.state, c.station = HEADING, sid
+        c.drive_s += drive
+        self._drive(c, d_road)
+        c.lat, c.lon = site.meta.lat, site.meta.lon
+        self._push(self.now + drive, _ARRIVE, i)
 
     def _deadline(self, i: int, rid: object) -> None:
         c = self.cars[i]
@@ -441,6 +495,30 @@ class Simulation:
             r = self.engine.reservations.get(rid)
             if c.reservation == rid and r is not None and r.deadline + 1.0 > self.now:
                 self._push(r.deadline + 1.0, _DEADLINE, i, rid)  # an engine that moved it
+
+    def _patience(self, i: int, _: object) -> None:
+        """The driver's patience runs out after patience_s of waiting (driving excluded): one
+        still waiting leaves, cancelling any reservation it holds."""
+        c = self.cars[i]
+        if c.state in FINAL or c.state == CHARGING or c.ask_s is None:
+            return
+        due = c.ask_s + c.drive_s + self.cfg.patience_s  # driving since the check moves it on
+        if c.state != WAITING or due > self.now:
+            self._push(max(due, self.now + 1.0), _PATIENCE, i)
+            return
+        if c.station is not None:
+            site = self.sites[c.station]
+            if i in site.fcfs:
+                site.fcfs.remove(i)
+            lst = site.present.get(c.slot - 1, []) if c.slot is not None else []
+            if i in lst:
+                lst.remove(i)
+        rid, c.reservation = c.reservation, None
+        c.state, c.leave_s = GAVE_UP, self.now
+        if rid is not None:
+            canc = self._request(i, D.reservation_request("cancel", self._next_rid(), c.plan.car, rid))
+            if not canc["ok"]:
+                self.anomalies.append(f"{c.plan.car}: cancel on giving up refused {canc['error']}")
 
     def _housekeep(self, _a: object, _b: object) -> None:
         self._tick()
@@ -467,8 +545,25 @@ class Simulation:
                     self.anomalies.append(f"{c.plan.car}: expired while heading")
                 c.state = WAITING
                 self._push(self.now, _ASK, i, "expired")
-        elif ev == "faulted":
-            self.anomalies.append(f"{c.plan.car}: unexpected fault")
+        elif ev == "completed" and c.reservation == rid and c.state in (HEADING, WAITING):
+            # a driver without the app plugged into the slot and the gateway took it for this
+            # car (it cannot tell them apart), then saw it leave: the app asks again
+            c.reservation = None
+            if c.state == WAITING and c.station is not None:
+                lst = self.sites[c.station].present.get(c.slot - 1, [])
+                if i in lst:
+                    lst.remove(i)
+            c.state = WAITING
+            self._push(self.now, _ASK, i, "taken")
+        elif ev == "faulted" and c.reservation == rid and c.state in (HEADING, WAITING):
+            # its slot cannot serve it (in time): the app takes the offered slot, or asks again
+            c.reservation = None
+            if c.state == WAITING and c.station is not None:
+                lst = self.sites[c.station].present.get(c.slot - 1, [])
+                if i in lst:
+                    lst.remove(i)
+            c.state = WAITING
+            self._push(self.now, _ASK, i, msg.get("offer") or "faulted")
 
 
 def simulate(cfg: SimConfig, stations: list[StationMeta], plans: list[CarPlan],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,11 +176,14 @@ def test_json_round_trip(tmp_path):
         StationMeta("A", 52.5, 13.4, (SlotMeta(22.0, False), SlotMeta(150.0, True)),
                     operator="Op", price_per_kwh=0.61, name="Ä-Platz"),
         StationMeta("B", -33.9, 151.2, (SlotMeta(3.7, False),)),
+        StationMeta("C", 52.5, 13.4, (SlotMeta(11.0, False),), site="hub-1", access="restricted"),
     ]
     p = tmp_path / "s.json"
     dump_stations_json(original, p)
     assert load_stations_json(p) == original
-    assert load_stations(p) == original
+    # load_stations also groups the stations that name no site: each is a site of its own here
+    assert load_stations(p) == [replace(original[0], site="A"), replace(original[1], site="B"),
+                                original[2]]
 
 
 def test_json_defaults(tmp_path):
@@ -265,3 +269,84 @@ def test_synthetic_area_grows_with_n():
     assert max(dists) > r * 0.9  # fills the disc, not just its middle
     small = synthetic_stations(100, seed=1, radius_km=1.0)
     assert all(haversine_km(52.52, 13.405, s.lat, s.lon) <= 1.01 for s in small)
+
+
+# ------------------------------------------------------------------ access, sites, formats
+
+def test_berlin_access_from_parking_information(berlin):
+    # data/SOURCES.md's register: 127 devices say "Nur für Kunden/Besucher" (customers only)
+    restricted = [s for s in berlin if s.access == "restricted"]
+    assert len(restricted) == 127
+    assert {s.access for s in berlin} == {"public", "restricted"}
+
+
+def test_csv_without_register_columns_is_refused(tmp_path):
+    p = tmp_path / "sessions.csv"
+    p.write_text("start;end;kwh\n2024-01-01 08:00;2024-01-01 09:00;10\n", encoding="utf-8")
+    with pytest.raises(ValueError) as e:
+        load_stations(p)
+    assert "sessions.csv" in str(e.value) and "Ladeeinrichtungs-ID" in str(e.value)
+    assert "not the Bundesnetzagentur register" in str(e.value)
+
+
+def test_json_bare_list_shows_the_expected_shape(tmp_path):
+    p = _write_json(tmp_path, [_st("A")])
+    with pytest.raises(ValueError) as e:
+        load_stations(p)
+    assert "s.json" in str(e.value) and "bare list" in str(e.value)
+    assert '{"v": 1, "stations": [{"id": ' in str(e.value)
+
+
+def test_json_meta_message_is_named_as_such(tmp_path):
+    meta = {"v": 1, "lat": 52.5, "lon": 13.4, "operator": "Op", "name": "N", "price_per_kwh": 0.49,
+            "slots": [{"power_kw": 22, "dc": False}, {"power_kw": 150, "dc": True}]}
+    with pytest.raises(ValueError, match=r"station's meta message .*not a station file"):
+        load_stations(_write_json(tmp_path, meta))
+    # the meta message pasted into a station file's entry
+    doc = _doc({"id": "A", **meta})
+    with pytest.raises(ValueError) as e:
+        load_stations(_write_json(tmp_path, doc))
+    assert "stations[0] (station 'A')" in str(e.value) and "'v'" in str(e.value)
+    assert "meta message" in str(e.value)
+
+
+def test_json_unknown_field_names_index_and_field(tmp_path):
+    p = _write_json(tmp_path, _doc(_st("A"), _st("B", colour="red")))
+    with pytest.raises(ValueError, match=r"stations\[1\] \(station 'B'\): unknown field\(s\) \['colour'\]"):
+        load_stations_json(p)
+
+
+def test_json_site_and_access(tmp_path):
+    p = _write_json(tmp_path, _doc(_st("A", site="hub", access="restricted"), _st("B")))
+    a, b = load_stations_json(p)
+    assert (a.site, a.access) == ("hub", "restricted")
+    assert (b.site, b.access) == ("", "public")
+    for bad, words in ((_st("C", access="private"), ["'C'", "access", "'private'"]),
+                       (_st("C", site="a/b"), ["'C'", "site", "'a/b'"]),
+                       (_st("C", site=3), ["'C'", "site"])):
+        with pytest.raises(ValueError) as e:
+            load_stations_json(_write_json(tmp_path, _doc(bad)))
+        assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_load_stations_groups_sites_for_every_format(tmp_path):
+    near = _doc(_st("A", operator="Op"), _st("B", lat=52.5002, operator="Op"),  # ~22 m apart
+                _st("C", lat=52.5002, operator="Other"))
+    p = _write_json(tmp_path, near)
+    assert [s.site for s in load_stations(p)] == ["A", "A", "C"]
+    assert [s.site for s in load_stations(p, site_distance_m=10.0)] == ["A", "B", "C"]
+    ocpi = [{"id": "LOC1", "country_code": "DE", "party_id": "ABC",
+             "coordinates": {"latitude": "52.500000", "longitude": "13.400000"},
+             "evses": [{"uid": "1", "status": "AVAILABLE",
+                        "connectors": [{"id": "1", "power_type": "DC", "max_electric_power": 50000}]}]}]
+    p = _write_json(tmp_path, ocpi)
+    (loc,) = load_stations(p)
+    assert (loc.id, loc.site, loc.slots) == ("LOC1", "LOC1", (SlotMeta(50.0, True),))
+    assert {s.site for s in load_stations(BERLIN_CSV)} != {""}
+
+
+def test_load_stations_refuses_a_document_that_is_neither(tmp_path):
+    with pytest.raises(ValueError, match=r"s\.json: unknown station document \(keys \['type'\]\)"):
+        load_stations(_write_json(tmp_path, {"type": "FeatureCollection"}))
+    with pytest.raises(ValueError, match=r"s\.json: .*must be a JSON object"):
+        load_stations(_write_json(tmp_path, 42))

@@ -102,10 +102,12 @@ def reply_overflow(res, region="south", host="127.0.0.1", port=1884):
 def show_res():
     OUT.append({"k": "res", "t": T[0], "res": car.res, "state": car.state})
 
-def event(name, res, offer=None):
+def event(name, res, offer=None, reason=None):
     m = {"v": 1, "event": name, "reservation": res}
     if offer is not None:
         m["offer"] = offer
+    if reason is not None:
+        m["reason"] = reason
     deliver(m)
 
 def res(rid, state="held", station="st-1", slot=1):
@@ -454,3 +456,19 @@ run(5000, 0.15)
     assert reqs[3]["t"] == 4100 and reqs[3]["rid"] != reqs[2]["rid"]
     assert shown(out)[0]["res"]["id"] == "r1" and shown(out)[0]["state"] == "heading"
     assert not any("gave back" in s for s in says(out))
+
+
+def test_a_late_slot_s_offer_is_taken_like_a_fault_s(tmp_path):
+    out = run_car(tmp_path, """
+run(1000, 0.15)
+reply_ok(res("r1"))
+run(2000, 0.15)
+reply_ok(res("r1", "confirmed"))
+run(3000, 0.15)
+event("faulted", res("r1", "faulted"), offer=res("r2"), reason="late")
+run(4000, 0.15)
+""")
+    reqs = requests(out)
+    assert [(r["op"], r.get("reservation")) for r in reqs] == [("reserve", None), ("confirm", "r1"), ("confirm", "r2")]
+    assert "slot still busy: taking the offered one" in says(out)
+    assert [t["state"] for t in telemetry(out)][-1] == "heading"

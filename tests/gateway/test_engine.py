@@ -201,6 +201,30 @@ def test_full_region_no_capacity_names_earliest_free():
     assert e.reservations == {}
 
 
+def test_no_capacity_tells_the_car_to_ask_again_once_the_earliest_slot_is_within_max_wait():
+    e = make(max_wait_s=1900)
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["occupied"], T0)
+    # sessions are assumed to last an hour: the earliest frees at T0 + 3600, bookable from T0 + 1700
+    err = replies(reserve(e, "c1", "q1", now=T0 + 100), "c1")[0]["error"]
+    assert err["earliest_free"] == round(T0 + 3600) and err["retry_after"] == 3600 - 1900 - 100
+
+
+@pytest.mark.parametrize("max_wait_s, expected", [(3590, 60), (0, 1800)])
+def test_no_capacity_retry_after_is_bounded(max_wait_s, expected):
+    e = make(max_wait_s=max_wait_s)
+    for sid, n in (("near", 2), ("far", 1)):
+        status(e, sid, ["occupied"] * n, T0)
+    err = replies(reserve(e, "c1", "q1", now=T0), "c1")[0]["error"]
+    assert err["code"] == W.NO_CAPACITY and err["retry_after"] == expected
+
+
+def test_no_capacity_with_nothing_in_reach_asks_again_after_the_longest_retry():
+    e = make(retry_max_s=900)
+    err = replies(reserve(e, "c2", "q1", soc=0.05, target_soc=0.5), "c2")[0]["error"]
+    assert err["earliest_free"] is None and err["retry_after"] == 900
+
+
 def test_no_capacity_at_a_named_station_says_when_that_station_frees():
     e = make()
     status(e, "near", ["occupied", "occupied"], T0)
@@ -267,6 +291,93 @@ def test_confirmed_no_show_expires_after_grace():
     assert e.tick(deadline - 1).changed == []
     res = e.tick(deadline)
     assert res.changed[0].state == "expired"
+
+
+def confirmed(e: Engine, car: str, now: float = T0, **over) -> dict:
+    r = replies(reserve(e, car, f"{car}-q1", now=now, **over), car)[0]["reservation"]
+    assert replies(e.car_message(car, W.encode(D.reservation_request("confirm", f"{car}-q2", car, r["id"])), now),
+                   car)[0]["ok"]
+    return r
+
+
+def test_a_confirmed_car_whose_slot_is_still_occupied_at_its_deadline_is_offered_the_best_slot_again():
+    e = make(max_wait_s=86400)
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["out_of_service"], T0)
+    r = confirmed(e, "c1")
+    assert r["wait_min"] > 0
+    deadline = e.reservations[r["id"]].deadline
+    # the session ahead overruns its estimate: at the deadline the slot is still occupied
+    res = e.tick(deadline)
+    [ev] = replies(res, "c1")
+    assert ev["event"] == "faulted" and ev["reason"] == "late" and ev["reservation"]["id"] == r["id"]
+    assert ev["reservation"]["state"] == "faulted"  # not expired: the car may be waiting on site
+    offer = ev["offer"]
+    assert offer["state"] == "held" and offer["id"] != r["id"]
+    assert list(e.reservations) == [offer["id"]]
+    # planned from the station it was sent to: nothing more to drive to the same station
+    assert offer["station"] == "near" and offer["distance_km"] == 0
+    new = e.reservations[offer["id"]]
+    assert new.start >= deadline and new.deadline > deadline
+
+
+def test_a_late_reservation_behind_another_waiting_one_is_re_planned_too():
+    e = make(max_wait_s=86400)
+    status(e, "far", ["out_of_service"], T0)
+    status(e, "near", ["free", "out_of_service"], T0)
+    first = confirmed(e, "c1")
+    second = confirmed(e, "c2")
+    assert (first["station"], first["slot"]) == (second["station"], second["slot"])
+    status(e, "near", ["occupied", "out_of_service"], T0 + 1)  # c1 plugs in and overruns
+    res = e.tick(e.reservations[second["id"]].deadline)
+    [ev] = replies(res, "c2")
+    assert ev["event"] == "faulted" and ev["reason"] == "late" and "offer" in ev
+
+
+def test_a_free_slot_at_the_deadline_is_a_no_show():
+    e = make(max_wait_s=86400)
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["out_of_service"], T0)
+    r = confirmed(e, "c1")
+    deadline = e.reservations[r["id"]].deadline
+    slots = ["occupied", "occupied"]
+    slots[r["slot"] - 1] = "free"
+    status(e, "near", slots, deadline - 200)  # the session ended in time; the car never came
+    [ev] = replies(e.tick(deadline), "c1")
+    assert ev["event"] == "expired" and "offer" not in ev
+    assert e.reservations == {}
+
+
+def test_a_held_offer_that_is_not_confirmed_still_expires_when_its_slot_is_busy():
+    e = make(max_wait_s=86400)
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["out_of_service"], T0)
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    [ev] = replies(e.tick(r["hold_until"]), "c1")
+    assert ev["event"] == "expired"
+
+
+def test_a_late_reservation_with_nothing_to_offer_faults_without_offer():
+    e = make(max_wait_s=4000)
+    status(e, "near", ["occupied", "occupied"], T0)
+    status(e, "far", ["out_of_service"], T0)
+    r = confirmed(e, "c1")
+    deadline = e.reservations[r["id"]].deadline
+    # restarted with a short max_wait_s: at the deadline no slot frees up soon enough
+    e2 = Engine(EngineConfig(region=REGION, hold_s=60, grace_s=300, max_wait_s=60), stations())
+    e2.restore(list(e.reservations.values()), [], live=e.live)
+    [ev] = replies(e2.tick(deadline), "c1")
+    assert ev["event"] == "faulted" and ev["reason"] == "late" and "offer" not in ev
+    assert e2.reservations == {}
+
+
+def test_a_slot_out_of_service_faults_with_its_reason():
+    e = make()
+    r = replies(reserve(e, "c1", "q1"), "c1")[0]["reservation"]
+    slots = ["free", "free"]
+    slots[r["slot"] - 1] = "out_of_service"
+    [ev] = replies(status(e, r["station"], slots, T0 + 5), "c1")
+    assert ev["event"] == "faulted" and ev["reason"] == "out_of_service"
 
 
 def test_cancel_and_bad_state():
@@ -445,3 +556,38 @@ def test_retained_flags_and_miscounted_statuses_replayed_on_reconnect_log_once(c
     lines = [r.getMessage() for r in caplog.records]
     assert sum("station near offline" in line for line in lines) == 1
     assert sum("station far reports" in line for line in lines) == 3, lines
+
+
+def test_a_reserve_naming_a_known_model_is_estimated_along_its_curve():
+    from recarga.core.evmodels import CarModel, charge_seconds
+    ac_only = CarModel("Single phase", 50.0, 17.0, 3.7, 0.0, ((3.7, 3.7), (22.0, 3.7)), (), "m-1")
+    e = Engine(EngineConfig(region=REGION), stations(), models={"m-1": ac_only})
+    for s in e.stations.values():
+        e.station_online(s.id, W.online_message(True), T0)
+        e.station_status(s.id, W.encode(D.station_status(["free"] * len(s.slots))), T0)
+    flat = replies(reserve(e, "c1", "q1"), "c1")[0]
+    curved = replies(reserve(e, "c2", "q1", model="m-1"), "c2")[0]
+    assert "notice" not in curved
+    r = e.reservations[curved["reservation"]["id"]]
+    soc_arr = 0.8 - r.energy_kwh / 50.0
+    assert r.charge_s == pytest.approx(charge_seconds(ac_only.power_curve(22.0, False, 11.0), 50.0, soc_arr, 0.8))
+    assert curved["reservation"]["power_kw"] == 3.7 and flat["reservation"]["power_kw"] == 11.0
+    assert r.need.model is ac_only
+
+
+def test_a_reserve_naming_an_unknown_model_is_answered_at_constant_power_with_a_notice():
+    e = make()
+    reply = replies(reserve(e, "c1", "q1", model="no-such-model"), "c1")[0]
+    assert reply["ok"] and reply["reservation"]["power_kw"] == 11.0
+    assert reply["notice"]["code"] == D.UNKNOWN_MODEL and reply["notice"]["field"] == "model"
+    assert "no-such-model" in reply["notice"]["message"]
+    assert e.reservations[reply["reservation"]["id"]].need.model is None
+
+
+def test_the_shipped_ev_models_are_known_by_their_open_ev_data_id():
+    from recarga.core.evmodels import load_models
+    m = next(m for m in load_models() if m.dc_curve and m.model_id)
+    e = make()
+    reply = replies(reserve(e, "c1", "q1", model=m.model_id), "c1")[0]
+    assert reply["ok"] and "notice" not in reply
+    assert e.reservations[reply["reservation"]["id"]].need.model == m

@@ -5,25 +5,21 @@ fraction of a second to a few seconds.
 """
 from __future__ import annotations
 
-import csv
 import math
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from harness import ROOT
 from recarga.core import evmodels
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
 from recarga.core.selection import POLICIES
 from recarga.core.stations import load_stations
 from recarga.gateway.engine import Engine, EngineConfig
-from recarga.simulation import demand, loop, metrics, report
+from recarga.simulation import demand, loop, metrics
 from recarga.simulation.cli import DEFAULT_STATIONS, select_stations
 
 HEADLINE = re.compile(r"^mean wait vs best baseline at high load: [-+]\d+% \(ours \d+\.\d min, "
@@ -160,7 +156,7 @@ def test_every_car_is_accounted_for(results, policy):
     assert len(plugged) == states.count(loop.CHARGING)
     assert not r.anomalies
     m = metrics.measure(r, 1.0)
-    assert m.finished + m.stranded + m.no_show + m.unfinished == m.cars == len(r.cars)
+    assert m.finished + m.stranded + m.gave_up + m.no_show + m.unfinished == m.cars == len(r.cars)
 
 
 def test_a_run_cut_short_counts_cars_still_on_the_road(stations, models):
@@ -170,7 +166,7 @@ def test_a_run_cut_short_counts_cars_still_on_the_road(stations, models):
     assert in_progress  # cars still driving, waiting or charging when the day ended
     m = metrics.measure(r, 1.0)
     assert m.unfinished == len(in_progress)
-    assert m.finished + m.stranded + m.no_show + m.unfinished == len(plans)
+    assert m.finished + m.stranded + m.gave_up + m.no_show + m.unfinished == len(plans)
 
 
 def test_same_seed_same_results(stations, models):
@@ -196,8 +192,9 @@ def test_a_car_that_can_reach_nothing_is_stranded(stations, models):
 # ----------------------------------------------------------------------------- how apps are modelled
 
 @pytest.mark.parametrize("policy", ["nearest", "most_free", "shortest_queue"])
-def test_baselines_hold_nothing_and_serve_first_come_first_served(results, policy):
-    r = results[policy]
+def test_baselines_hold_nothing_and_serve_first_come_first_served(stations, models, policy):
+    # drivers who never give up, so that the queues they join do reach the slots
+    r = run(policy, stations, plans_for(stations, models), patience_s=math.inf)
     assert all(c.expired == 0 for c in r.cars)
     metas = {s.id: s for s in r.stations}
     plugged = [c for c in r.cars if c.plug_s is not None]
@@ -239,52 +236,12 @@ def test_free_slots_speedup_gives_the_engine_s_answer(stations):
         assert [fast.free_slots(s.id) for s in stations] == [plain.free_slots(s.id) for s in stations]
 
 
-# ----------------------------------------------------------------------------- metrics and report
-
-def test_gini():
-    assert metrics.gini(np.array([1.0, 1.0, 1.0])) == pytest.approx(0.0)
-    assert metrics.gini(np.array([0.0, 0.0, 0.0, 4.0])) == pytest.approx(0.75)
-    assert metrics.gini(np.zeros(3)) == 0.0
-
-
-def _point(policy, load, util, wait, stranded=0, cars=100):
-    m = metrics.Metrics(policy, load, cars, cars - stranded, stranded, 0, 0, wait, 2 * wait, 3 * wait,
-                        1, 1, 1, util, 0.5, 0.3, 0, 1.0, 100.0, 1.0)
-    return report.Point(load, m, np.zeros(1))
-
-
-def test_high_load_is_the_busiest_level_without_stranding():
-    pts = [_point("least_completion", 1, 0.1, 1), _point("nearest", 1, 0.2, 10),
-           _point("least_completion", 2, 0.3, 2), _point("nearest", 2, 0.4, 20),
-           _point("least_completion", 3, 0.5, 3), _point("nearest", 3, 0.6, 30, stranded=2)]
-    assert report.high_load(pts) == 2
-    line = report.headline(pts)
-    assert line == "mean wait vs best baseline at high load: -90% (ours 2.0 min, best baseline 20.0 min, p95 ours 4.0 min)"
-    assert HEADLINE.match(line)
-
-
-def test_bench_quick_output_format(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "simulate.py"), "--quick", "--radius-km", "1", "--hours", "3",
-         "--loads", "3,6", "--jobs", "1", "--out", str(tmp_path), "--no-progress"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
-    assert HEADLINE.match(lines[-1]), lines[-1]
-    assert lines[1].split()[:2] == ["policy", "cars/slot/day"]
-    assert sum(line.split()[0] in POLICIES for line in lines if line.strip()) >= 8
-    with open(tmp_path / "simulation.csv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 8 and {r["policy"] for r in rows} == set(POLICIES)
-    assert all(math.isfinite(float(r["mean_wait_min"])) for r in rows)
-    for png in ("wait_vs_utilisation.png", "station_load_map.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
+# ----------------------------------------------------------------------------- command line
 
 def test_gateway_cli_simulate_subcommand(tmp_path, capsys):
     from recarga.commands import gateway as main
 
-    rc = main(["simulate", "--radius-km", "1", "--hours", "2", "--loads", "4", "--jobs", "1",
+    rc = main(["simulate", "--radius-km", "1", "--hours", "2", "--loads", "16", "--jobs", "1",
                "--policies", "least_completion,nearest", "--out", str(tmp_path), "--no-plots", "--no-progress"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()

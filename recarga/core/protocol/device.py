@@ -42,6 +42,9 @@ UNKNOWN_RESERVATION = "unknown_reservation"
 CAR_MISMATCH = "car_mismatch"
 BAD_STATE = "bad_state"
 RATE_LIMITED = "rate_limited"  # with "retry_after": whole seconds until the car may ask again
+# not an error: an ok reserve reply's "notice" when the request's `model` is not one the
+# gateway knows (its charge time is then estimated at constant power)
+UNKNOWN_MODEL = "unknown_model"
 ERROR_CODES = (
     W.BAD_JSON, W.BAD_TYPE, W.MISSING_FIELD, W.UNKNOWN_FIELD, W.OUT_OF_RANGE, W.TOO_LARGE, W.BAD_VERSION,
     W.UNKNOWN_OP, UNKNOWN_STATION, UNKNOWN_RESERVATION, CAR_MISMATCH, W.NO_CAPACITY, BAD_STATE, RATE_LIMITED,
@@ -148,7 +151,7 @@ _CAR_REQUEST_FIELDS: dict[str, W.FieldSpec] = {
     "cancel": {},
 }
 _OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
-    "reserve": {"station": (str,)},
+    "reserve": {"station": (str,), "model": (str,)},
     "confirm": {"reservation": (str,)},
     "cancel": {"reservation": (str,)},
 }
@@ -210,6 +213,8 @@ def parse_car_request(topic_car: str, payload: bytes) -> CarRequest:
         W.check_need(fields)
         if "station" in fields and not W.ID_RE.match(fields["station"]):
             raise W.ProtocolError(W.OUT_OF_RANGE, "field 'station' is not a valid station id", "station")
+        if "model" in fields and not W.RID_RE.match(fields["model"]):
+            raise W.ProtocolError(W.OUT_OF_RANGE, "field 'model' must be 1-64 of A-Z a-z 0-9 . _ : -", "model")
     return CarRequest(op, msg["rid"], msg["car"], fields)
 
 
@@ -347,8 +352,10 @@ def error_reply(rid: str | None, code: str, message: str, field: str | None = No
     return {"v": W.VERSION, "rid": rid, "ok": False, "error": err}
 
 
-def ok_reply(rid: str, op: str, reservation: dict[str, Any]) -> dict[str, Any]:
-    return {"v": W.VERSION, "rid": rid, "ok": True, "op": op, "reservation": reservation}
+def ok_reply(rid: str, op: str, reservation: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    msg = {"v": W.VERSION, "rid": rid, "ok": True, "op": op, "reservation": reservation}
+    msg.update(extra)
+    return msg
 
 
 def car_event(event: str, reservation: dict[str, Any], offer: dict[str, Any] | None = None,
@@ -384,7 +391,7 @@ def station_status(slots: list[str], seq: int | None = None, boot: int | None = 
 
 def reserve_request(rid: str, car: str, *, lat: float, lon: float, soc: float, battery_kwh: float,
                     consumption_kwh_100km: float, max_ac_kw: float, max_dc_kw: float,
-                    target_soc: float, station: str | None = None) -> dict[str, Any]:
+                    target_soc: float, station: str | None = None, model: str | None = None) -> dict[str, Any]:
     """Builder used by simulated cars, the demo and tests (firmware builds the same shape)."""
     msg: dict[str, Any] = {
         "v": W.VERSION, "op": "reserve", "rid": rid, "car": car, "lat": lat, "lon": lon, "soc": soc,
@@ -393,6 +400,8 @@ def reserve_request(rid: str, car: str, *, lat: float, lon: float, soc: float, b
     }
     if station is not None:
         msg["station"] = station
+    if model is not None:
+        msg["model"] = model
     return msg
 
 

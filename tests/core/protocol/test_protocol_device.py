@@ -47,3 +47,15 @@ def test_a_station_s_meta_keeps_slot_powers_within_the_station_files_bounds(powe
         D.parse_station_meta(json.dumps(msg).encode())
     assert e.value.code == W.OUT_OF_RANGE and e.value.field == "power_kw"
     D.parse_station_meta(json.dumps({**msg, "slots": [{"power_kw": 3.7}, {"power_kw": 3750}]}).encode())
+
+
+def test_a_reserve_may_name_the_car_model_by_its_id():
+    msg = D.reserve_request("q1", "c1", lat=52.5, lon=13.4, soc=0.2, battery_kwh=50, consumption_kwh_100km=17,
+                            max_ac_kw=11, max_dc_kw=100, target_soc=0.8,
+                            model="72475a6a-aae2-da13-1d17-94cc07e5104f")
+    req = D.parse_car_request("c1", W.encode(msg))
+    assert req.fields["model"] == "72475a6a-aae2-da13-1d17-94cc07e5104f"
+    for bad, code in (("", W.OUT_OF_RANGE), ("a b", W.OUT_OF_RANGE), ("x" * 65, W.OUT_OF_RANGE), (7, W.BAD_TYPE)):
+        with pytest.raises(W.ProtocolError) as e:
+            D.parse_car_request("c1", W.encode(dict(msg, model=bad)))
+        assert (e.value.code, e.value.field) == (code, "model")

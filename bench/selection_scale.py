@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from recarga.core.geo import offset_deg  # noqa: E402
 from recarga.core.model import CarNeed, StationMeta  # noqa: E402
 from recarga.core.selection import DEFAULT_POLICY, POLICIES, Selector  # noqa: E402
 from recarga.core.stations import (  # noqa: E402
@@ -35,7 +36,6 @@ from recarga.core.stations import (  # noqa: E402
 
 BERLIN_CSV = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
 NOW = 1_800_000_000.0
-KM_PER_DEG = 6371.0088 * math.pi / 180.0
 
 
 class SnapshotView:
@@ -73,14 +73,13 @@ class SnapshotView:
 def random_cars(n: int, rng: random.Random, center: tuple[float, float],
                 radius_km: float) -> list[CarNeed]:
     cars = []
-    km_per_deg_lon = KM_PER_DEG * math.cos(math.radians(center[0]))
     for _ in range(n):
         r = radius_km * math.sqrt(rng.random())
         t = rng.random() * 2 * math.pi
         soc = rng.uniform(0.08, 0.35)
+        lat, lon = offset_deg(*center, r * math.sin(t), r * math.cos(t))
         cars.append(CarNeed(
-            lat=center[0] + r * math.sin(t) / KM_PER_DEG,
-            lon=center[1] + r * math.cos(t) / km_per_deg_lon,
+            lat=lat, lon=lon,
             soc=soc, battery_kwh=rng.uniform(35.0, 100.0),
             consumption_kwh_per_100km=rng.uniform(14.0, 24.0),
             max_ac_kw=rng.choices([7.4, 11.0, 22.0], [0.15, 0.7, 0.15])[0],

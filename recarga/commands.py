@@ -13,7 +13,7 @@ from recarga.gateway import cli as gateway_cli
 from recarga.simulation import cli as simulation_cli
 
 SIMULATE = gateway_cli.Command(
-    "simulate", "city simulation: the policies on a simulated day in Berlin (docs/simulation.md)",
+    "simulate", "city simulation: the policies on a simulated day of any city's stations (docs/simulation.md)",
     simulation_cli.add_arguments, simulation_cli.run)
 
 

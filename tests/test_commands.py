@@ -25,6 +25,14 @@ def test_help_lists_the_gateway_s_commands_and_simulate(capsys):
         assert f"\n    {command} " in out, command
 
 
+def test_simulate_s_help_names_no_city(capsys):
+    with pytest.raises(SystemExit):
+        gateway(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    entry = text.split(" simulate ", 1)[1].split(" options:", 1)[0]
+    assert "any city" in entry and "Berlin" not in entry
+
+
 @pytest.mark.parametrize("command,shipped", [("example-config", "gateway.example.toml"),
                                              ("systemd-unit", "recarga-gateway.service")])
 def test_the_deployment_files_are_printed_as_shipped(capsys, command, shipped):

@@ -5,11 +5,11 @@ import math
 import random
 
 from harness import ROOT
+from recarga.core.geo import offset_deg
 from recarga.core.model import StationMeta
 from recarga.core.stations import load_stations
 
 BERLIN_CSV = ROOT / "data" / "berlin_charging_stations_bnetza.csv"
-KM_PER_DEG = 6371.0088 * math.pi / 180.0
 
 
 def choose_stations(n: int, rng: random.Random) -> tuple[list[StationMeta], list[StationMeta]]:
@@ -25,9 +25,10 @@ def car_fields(rng: random.Random, online: list[StationMeta]) -> dict:
     s = rng.choice(online)
     r = 1.5 * math.sqrt(rng.random())
     t = rng.random() * 2 * math.pi
+    lat, lon = offset_deg(s.lat, s.lon, r * math.sin(t), r * math.cos(t))
     return {
-        "lat": round(s.lat + r * math.sin(t) / KM_PER_DEG, 6),
-        "lon": round(s.lon + r * math.cos(t) / (KM_PER_DEG * math.cos(math.radians(s.lat))), 6),
+        "lat": round(lat, 6),
+        "lon": round(lon, 6),
         "soc": round(rng.uniform(0.1, 0.3), 3),
         "battery_kwh": round(rng.uniform(40.0, 80.0), 1),
         "consumption_kwh_100km": round(rng.uniform(15.0, 20.0), 1),

@@ -3,10 +3,10 @@
 Pure functions over a snapshot: static station facts (StationMeta, indexed once) and the
 live side through a SlotView. No I/O, no clock, no threads.
 
-Distances are great-circle (haversine) kilometres. The spatial index is a k-d tree over
-3-D points on the Earth's sphere: the chord between two points grows monotonically with
-their great-circle distance, so nearest-by-chord is nearest-by-haversine exactly and the
-index needs no local projection that would distort a large region.
+Distances are great-circle (haversine) kilometres (recarga.core.geo). The spatial index is
+a k-d tree over 3-D points on the Earth's sphere: the chord between two points grows
+monotonically with their great-circle distance, so nearest-by-chord is nearest-by-haversine
+exactly and the index needs no local projection that would distort a large region.
 
 Charge model (shared by all policies, so their offers compare):
   road km   = straight km x road_factor; the car must arrive with soc >= safety margin
@@ -28,12 +28,17 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from recarga.core.evmodels import charge_seconds
+from recarga.core.geo import (
+    EARTH_RADIUS_KM,
+    arc_to_chord,
+    chord_to_arc,
+    chord_to_arc_np,
+    sphere_xyz,
+)
 from recarga.core.model import CarNeed, Choice, SelectionParams, SlotView, StationMeta
 
 POLICIES: tuple[str, ...] = ("least_completion", "nearest", "most_free", "shortest_queue")
 DEFAULT_POLICY = "least_completion"
-
-EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 
 # Power classes for the index: a tree per (AC/DC, power bucket) gives each class a tight
 # upper bound on the power a car can draw there, hence a tight lower bound on charge time.
@@ -51,36 +56,23 @@ _SEED_K = 8  # least_completion's first ball holds about this many stations arou
 _DRAW_CACHE = 64  # the scan's power arrays kept, one per (AC, DC) limit of the cars asking
 
 
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in km between two points given in degrees."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = (math.sin((p2 - p1) / 2.0) ** 2
-         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2.0) ** 2)
-    return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a)))
-
-
-def _xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    la, lo = np.radians(lat), np.radians(lon)
-    c = np.cos(la)
-    return EARTH_RADIUS_KM * np.column_stack((c * np.cos(lo), c * np.sin(lo), np.sin(la)))
+def reach_km(soc: float, battery_kwh: float, consumption_kwh_per_100km: float,
+             p: SelectionParams) -> float:
+    """Straight-line km a car can go and still arrive with p.safety_margin_soc (its road is
+    p.road_factor times longer): -1 when below the margin already, inf if it uses nothing."""
+    spare = (soc - p.safety_margin_soc) * battery_kwh
+    if spare < 0:
+        return -1.0
+    kwh_per_km = p.road_factor * consumption_kwh_per_100km / 100.0
+    return math.inf if kwh_per_km == 0 else spare / kwh_per_km
 
 
 @functools.lru_cache(maxsize=4096)
 def _point(lat: float, lon: float) -> np.ndarray:
-    """_xyz of one position (read-only; cached: a car asks again from where it is)."""
-    p = _xyz(np.array([lat]), np.array([lon]))[0]
+    """sphere_xyz of one position (read-only; cached: a car asks again from where it is)."""
+    p = sphere_xyz(np.array([lat]), np.array([lon]))[0]
     p.flags.writeable = False
     return p
-
-
-def _chord_to_arc(chord: float) -> float:
-    return 2.0 * EARTH_RADIUS_KM * math.asin(min(1.0, chord / (2.0 * EARTH_RADIUS_KM)))
-
-
-def _arc_to_chord(arc: float) -> float:
-    if arc >= math.pi * EARTH_RADIUS_KM:
-        return math.inf
-    return 2.0 * EARTH_RADIUS_KM * math.sin(arc / (2.0 * EARTH_RADIUS_KM))
 
 
 def _by_bound(lb: np.ndarray, bound: Callable[[], float]) -> Iterator[tuple[int, float]]:
@@ -165,15 +157,9 @@ class _Trip:
         self.s_per_km = p.road_factor / p.speed_kmh * 3600.0  # drive seconds per straight km
         # kWh used per straight-line km (the road is road_factor times longer).
         self.kwh_per_km = p.road_factor * car.consumption_kwh_per_100km / 100.0
-        spare = (car.soc - p.safety_margin_soc) * car.battery_kwh
-        if spare < 0:
-            self.reach_km = -1.0  # below the margin already: nothing is reachable
-        elif self.kwh_per_km == 0:
-            self.reach_km = math.inf
-        else:
-            self.reach_km = spare / self.kwh_per_km
+        self.reach_km = reach_km(car.soc, car.battery_kwh, car.consumption_kwh_per_100km, p)
         # Slack so the index never misses a point the exact check below accepts.
-        self.chord_bound = (_arc_to_chord(self.reach_km) * (1 + 1e-9) + 1e-9
+        self.chord_bound = (arc_to_chord(self.reach_km) * (1 + 1e-9) + 1e-9
                             if self.reach_km >= 0 else 0.0)
 
     # dist_km is always the straight-line distance.
@@ -234,7 +220,7 @@ class Selector:
                        for s in self.stations]
         lat = np.array([s.lat for s in self.stations], dtype=float)
         lon = np.array([s.lon for s in self.stations], dtype=float)
-        xyz = _xyz(lat, lon) if self.stations else np.zeros((0, 3))
+        xyz = sphere_xyz(lat, lon) if self.stations else np.zeros((0, 3))
         self._xyz = xyz
         self._tree = cKDTree(xyz)
         # Position of each station in id order, for vectorised tie-breaking by id.
@@ -398,7 +384,8 @@ class Selector:
     # ------------------------------------------------------------------ helpers
 
     def _dist(self, trip: _Trip, i: int) -> float:
-        """Straight-line (haversine) km from the car to station i."""
+        """Straight-line (haversine) km from the car to station i: geo.haversine_km over the
+        radians and cosines kept per station and per trip (this runs per candidate)."""
         lat = self._lat[i]
         a = (math.sin((lat - trip.lat) / 2.0) ** 2
              + trip.cos_lat * self._cos[i] * math.sin((self._lon[i] - trip.lon) / 2.0) ** 2)
@@ -447,7 +434,7 @@ class Selector:
         boundary stations in, the exact scalar check (_reach) decides for each.
         """
         chord = np.sqrt(((self._xyz - trip.q) ** 2).sum(axis=1))
-        arc = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.minimum(1.0, chord / (2.0 * EARTH_RADIUS_KM)))
+        arc = chord_to_arc_np(chord)
         idx = np.flatnonzero(arc <= trip.reach_km * (1 + 1e-9) + 1e-9)
         return idx, arc[idx]
 
@@ -562,7 +549,7 @@ class Selector:
         # next ring (twice the radius, at most where lb reaches B) with one ball query.
         s_per_km, kwh_per_km = trip.s_per_km, trip.kwh_per_km
         e0 = (car.target_soc - car.soc) * car.battery_kwh  # energy at distance 0
-        covered = _chord_to_arc(r * (1.0 - 1e-9))  # the seed ball surely held all within
+        covered = chord_to_arc(r * (1.0 - 1e-9))  # the seed ball surely held all within
         heap: list[tuple[float, int, float, float, float]] = []
         for lb0, ci, draw in self._class_order(e0, ac_cap, dc_cap):
             if lb0 > bound:
@@ -583,7 +570,7 @@ class Selector:
             final = nxt >= a_max
             if final:
                 nxt = a_max
-            rc = _arc_to_chord(nxt * (1 + 1e-9) + 1e-9) * (1 + 1e-9) + 1e-9
+            rc = arc_to_chord(nxt * (1 + 1e-9) + 1e-9) * (1 + 1e-9) + 1e-9
             if rc >= reach_chord:
                 rc, final = reach_chord, True
             cls = self._classes[ci]

@@ -18,10 +18,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from recarga.core.geo import arc_to_chord, sphere_xyz
 from recarga.core.model import StationMeta
-
-# the selection index's mapping of positions onto the sphere, shared so both cut alike
-from recarga.core.selection import _arc_to_chord, _xyz
 
 DEFAULT_SITE_DISTANCE_M = 50.0
 
@@ -49,7 +47,7 @@ def group_sites(stations: Sequence[StationMeta],
     if len(todo) > 1 and distance_m > 0:
         lat = np.array([stations[i].lat for i in todo])
         lon = np.array([stations[i].lon for i in todo])
-        pairs = cKDTree(_xyz(lat, lon)).query_pairs(_arc_to_chord(distance_m / 1000.0),
+        pairs = cKDTree(sphere_xyz(lat, lon)).query_pairs(arc_to_chord(distance_m / 1000.0),
                                                     output_type="ndarray")
         keys = [operator_key(stations[i].operator) for i in todo]
         keep = [k for k, (a, b) in enumerate(pairs) if keys[a] and keys[a] == keys[b]]

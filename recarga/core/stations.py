@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from recarga.core.geo import offset_deg
 from recarga.core.model import AC_MAX_KW, ACCESS, SlotMeta, StationMeta
 from recarga.core.protocol import wire as W
 from recarga.core.sites import DEFAULT_SITE_DISTANCE_M, group_sites
@@ -44,8 +45,6 @@ _BNETZA_REQUIRED = ("Ladeeinrichtungs-ID", "Breitengrad", "Längengrad")
 BERLIN_STATIONS = 4528
 BERLIN_AREA_KM2 = 891.0
 BERLIN_DENSITY_PER_KM2 = BERLIN_STATIONS / BERLIN_AREA_KM2
-
-_EARTH_RADIUS_KM = 6371.0088
 
 
 def default_price(slots: Iterable[SlotMeta]) -> float:
@@ -396,8 +395,6 @@ def synthetic_stations(n: int, seed: int, center: tuple[float, float] = (52.52, 
         radius_km = synthetic_radius_km(n)
     rng = random.Random(seed)
     lat0, lon0 = center
-    km_per_deg_lat = math.pi * _EARTH_RADIUS_KM / 180.0
-    km_per_deg_lon = km_per_deg_lat * math.cos(math.radians(lat0))
     weights = [a[0] for a in _ARCHETYPES]
     stations = []
     width = len(str(max(n - 1, 0)))
@@ -405,8 +402,7 @@ def synthetic_stations(n: int, seed: int, center: tuple[float, float] = (52.52, 
         # sqrt(u) makes the points uniform over the disc's area, not bunched at the center.
         r = radius_km * math.sqrt(rng.random())
         theta = rng.random() * 2.0 * math.pi
-        lat = lat0 + r * math.sin(theta) / km_per_deg_lat
-        lon = lon0 + r * math.cos(theta) / km_per_deg_lon
+        lat, lon = offset_deg(lat0, lon0, r * math.sin(theta), r * math.cos(theta))
         _, counts, power, dc = rng.choices(_ARCHETYPES, weights)[0]
         points = rng.choices([c for c, _ in counts], [w for _, w in counts])[0]
         slots = tuple(SlotMeta(power_kw=power, dc=dc) for _ in range(points))

@@ -144,11 +144,14 @@ def _slot_number(text: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from recarga.core.sites import by_site
     from recarga.core.stations import load_stations
 
     cfg = C.load(args.config)
-    stations = load_stations(cfg.stations)
-    print(f"ok: region {cfg.engine.region}, {len(stations)} stations from {cfg.stations}, "
+    stations = load_stations(cfg.stations, cfg.site_distance_m)
+    sites = len(by_site(stations))
+    print(f"ok: region {cfg.engine.region}, {len(stations)} stations at {sites} site{'s' * (sites != 1)} "
+          f"from {cfg.stations}, "
           f"database {cfg.database}, broker {cfg.broker.host}:{cfg.broker.port} as {cfg.broker.username}, "
           f"policy {cfg.engine.policy}")
     return 0

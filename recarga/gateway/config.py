@@ -23,6 +23,7 @@ from recarga.core.config_file import (
 from recarga.core.model import SelectionParams
 from recarga.core.protocol import device as D
 from recarga.core.selection import POLICIES
+from recarga.core.sites import DEFAULT_SITE_DISTANCE_M
 from recarga.gateway.engine import EngineConfig
 from recarga.gateway.overflow import OverflowSettings
 from recarga.gateway.ratelimit import RateLimit
@@ -34,6 +35,8 @@ class GatewayConfig:
     broker: BrokerConfig
     database: Path
     stations: Path
+    # devices of one operator within this distance form a site (recarga.core.sites); 0: none
+    site_distance_m: float = DEFAULT_SITE_DISTANCE_M
     synchronous: str = "FULL"
     sync_thread: bool = False  # fsync the WAL on a thread of its own (group commit; gateway/syncer.py)
     tick_s: float = 1.0
@@ -45,8 +48,8 @@ class GatewayConfig:
 CAR_REPLY_TIMEOUT_S = 10.0  # the car firmware's wait for a reply (car_logic reply_timeout_ms)
 
 _SCHEMA: Schema = {
-    "": {"region": str, "database": str, "stations": str, "log_level": str, "tick_s": (int, float),
-         "synchronous": str, "sync_thread": bool},
+    "": {"region": str, "database": str, "stations": str, "site_distance_m": (int, float), "log_level": str,
+         "tick_s": (int, float), "synchronous": str, "sync_thread": bool},
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
                "keepalive": int, "reconnect_min_s": int, "reconnect_max_s": int, "tls_ca": str},
     "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
@@ -63,6 +66,8 @@ _SCHEMA: Schema = {
 # sensibly run with (a zero hold lapses at once)
 _BOUNDS: Bounds = {
     **TICK_BOUNDS, **BROKER_BOUNDS, **SELECTION_BOUNDS,
+    # a hub's units stand metres apart; beyond a few hundred metres a driver sees other places
+    ("", "site_distance_m"): (0, 500),
     ("reservations", "hold_s"): (1, 86400),
     ("reservations", "grace_s"): (0, 86400),
     ("reservations", "expected_session_s"): (60, 86400),
@@ -113,6 +118,7 @@ def load(path: str | Path) -> GatewayConfig:
         database=base / top["database"],
         # without a station file of its own: the Berlin register shipped with the package
         stations=base / top["stations"] if "stations" in top else resources.BERLIN_STATIONS,
+        site_distance_m=float(top.get("site_distance_m", DEFAULT_SITE_DISTANCE_M)),  # within _BOUNDS
         synchronous=synchronous,
         sync_thread=top.get("sync_thread", False),
         tick_s=float(top.get("tick_s", 1.0)),  # within _BOUNDS

@@ -455,10 +455,12 @@ class Engine:
         slots = tuple(SlotMeta(float(s["power_kw"]), bool(s.get("dc", float(s["power_kw"]) > AC_MAX_KW)))
                       for s in m["slots"])
         old = self.stations.get(sid)
+        # site and access come from the station file only (the meta message has neither)
+        kept = {"site": old.site, "access": old.access} if old else {}
         new = StationMeta(sid, float(m["lat"]), float(m["lon"]), slots,
                           operator=m.get("operator", old.operator if old else ""),
                           price_per_kwh=float(m.get("price_per_kwh", old.price_per_kwh if old else 0.49)),
-                          name=m.get("name", old.name if old else ""))
+                          name=m.get("name", old.name if old else ""), **kept)
         if new != old:
             if old is not None and len(old.slots) != len(slots):
                 live = self.live.get(sid)

@@ -121,7 +121,7 @@ class GatewayService:
         self.clock = clock
         self.region = cfg.engine.region
         self._exit_process = exit_process
-        stations = load_stations(cfg.stations)
+        stations = load_stations(cfg.stations, cfg.site_distance_m)
         self.store = Store(cfg.database, cfg.synchronous, deferred_sync=cfg.sync_thread)
         self.engine = Engine(cfg.engine, stations)
         now = clock()

@@ -17,8 +17,10 @@ from typing import Any, Callable, Sequence
 
 from recarga.core import evmodels, resources
 from recarga.core.config_file import ConfigError
+from recarga.core.geo import haversine_km
 from recarga.core.model import StationMeta
-from recarga.core.selection import POLICIES, haversine_km
+from recarga.core.selection import POLICIES
+from recarga.core.sites import DEFAULT_SITE_DISTANCE_M
 from recarga.core.stations import load_stations
 from recarga.simulation import demand, labels, loop, metrics, replay, report, scenario
 
@@ -46,10 +48,12 @@ _LOGS: dict[tuple, replay.SessionLog] = {}
 
 
 def _inputs(stations_path: str, models_path: str, radius_km: float | None,
-            centre: tuple[float, float] | None = None):
-    key = (stations_path, models_path, radius_km, centre)
+            centre: tuple[float, float] | None = None,
+            site_distance_m: float = DEFAULT_SITE_DISTANCE_M):
+    key = (stations_path, models_path, radius_km, centre, site_distance_m)
     if key not in _CACHE:
-        _CACHE[key] = (select_stations(_read("stations", stations_path, load_stations), radius_km, centre),
+        stations = _read("stations", stations_path, lambda p: load_stations(p, site_distance_m))
+        _CACHE[key] = (select_stations(stations, radius_km, centre),
                        _read("car models", models_path, evmodels.load_models))
     return _CACHE[key]
 
@@ -82,7 +86,9 @@ def run_point(job: dict[str, Any], progress: Any = None) -> report.Point:
     """One (policy, load) run; a pure function of the job (and the data files)."""
     logging.getLogger("recarga").setLevel(logging.ERROR)  # refusals are expected here, by the thousand
     dem = job["demand"]
-    stations, models = _inputs(job["stations"], job["models"], job["radius_km"], dem.get("centre"))
+    # site_distance_m: devices of one operator this close form a site (0: every device alone)
+    stations, models = _inputs(job["stations"], job["models"], job["radius_km"], dem.get("centre"),
+                               job.get("site_distance_m", DEFAULT_SITE_DISTANCE_M))
     slots = sum(len(s.slots) for s in stations)
     ecfg = loop.engine_config(job["policy"])
     if job["replay"] is not None:  # the log as recorded at load 1, copies of it above

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from recarga.core.evmodels import CarModel
+from recarga.core.geo import KM_PER_DEG_LAT, km_per_deg_lon, local_km
 from recarga.core.model import StationMeta
 
 # Relative arrival rate per hour of the day (0-23): quiet night, morning rise, busy
@@ -25,7 +26,6 @@ DAILY_PROFILE: tuple[float, ...] = (
     1.40, 1.40, 1.40, 1.50, 1.70, 1.80, 1.60, 1.30, 1.00, 0.80, 0.60, 0.40,
 )
 
-KM_PER_DEG_LAT = 111.195
 # The centre's spread, unless given: this share of the stations' median distance from their
 # centre (Berlin: 3.9 km), never below MIN_SIGMA_KM (a single site has no spread).
 CENTRE_SIGMA_SHARE = 0.5
@@ -83,7 +83,7 @@ class Area:
     centre: tuple[float, float]
     sigma_km: float
     box: tuple[float, float, float, float]  # lat0, lat1, lon0, lon1
-    cos_lat: float  # east-west km per degree / KM_PER_DEG_LAT at the centre's latitude
+    km_per_deg_lon: float  # east-west km per degree at the centre's latitude
 
 
 def stations_centre(stations: list[StationMeta]) -> tuple[float, float]:
@@ -93,27 +93,20 @@ def stations_centre(stations: list[StationMeta]) -> tuple[float, float]:
     return (float(np.median([s.lat for s in stations])), float(np.median([s.lon for s in stations])))
 
 
-def km_xy(lat: np.ndarray | float, lon: np.ndarray | float, centre: tuple[float, float]):
-    """Local east/north km from the centre (equirectangular at the centre's latitude)."""
-    cos_lat = math.cos(math.radians(centre[0]))
-    return ((np.asarray(lon) - centre[1]) * KM_PER_DEG_LAT * cos_lat,
-            (np.asarray(lat) - centre[0]) * KM_PER_DEG_LAT)
-
-
 def area(stations: list[StationMeta], p: DemandParams) -> Area:
     centre = p.centre or stations_centre(stations)
     lats = np.array([s.lat for s in stations])
     lons = np.array([s.lon for s in stations])
-    cos_lat = math.cos(math.radians(centre[0]))
+    per_deg_lon = km_per_deg_lon(centre[0])
     sigma = p.centre_sigma_km
     if sigma is None:
-        x, y = km_xy(lats, lons, centre)
+        x, y = local_km(lats, lons, centre)
         sigma = max(MIN_SIGMA_KM, CENTRE_SIGMA_SHARE * float(np.median(np.hypot(x, y))))
     dlat = p.station_sigma_km / KM_PER_DEG_LAT
-    dlon = p.station_sigma_km / (KM_PER_DEG_LAT * cos_lat)
+    dlon = p.station_sigma_km / per_deg_lon
     box = (float(lats.min()) - dlat, float(lats.max()) + dlat,
            float(lons.min()) - dlon, float(lons.max()) + dlon)
-    return Area(centre, sigma, box, cos_lat)
+    return Area(centre, sigma, box, per_deg_lon)
 
 
 def arrival_times(rng: np.random.Generator, p: DemandParams) -> np.ndarray:
@@ -152,7 +145,7 @@ def _sample_points(rng: np.random.Generator, n: int, stations: list[StationMeta]
             break
         noise = rng.standard_normal((len(todo), 2))
         lat[todo] = anchor_lat[todo] + noise[:, 0] * sigma[todo] / KM_PER_DEG_LAT
-        lon[todo] = anchor_lon[todo] + noise[:, 1] * sigma[todo] / (KM_PER_DEG_LAT * a.cos_lat)
+        lon[todo] = anchor_lon[todo] + noise[:, 1] * sigma[todo] / a.km_per_deg_lon
         out = (lat[todo] < lat0) | (lat[todo] > lat1) | (lon[todo] < lon0) | (lon[todo] > lon1)
         todo = todo[out]
     lat[todo] = rng.uniform(lat0, lat1, len(todo))
@@ -207,7 +200,7 @@ def generate(seed: int, p: DemandParams, stations: list[StationMeta],
     for i in range(n):
         (la, lo), (lb, lob) = origins[i], towards[i]
         dy = (lb - la) * KM_PER_DEG_LAT
-        dx = (lob - lo) * KM_PER_DEG_LAT * a.cos_lat
+        dx = (lob - lo) * a.km_per_deg_lon
         dist = math.hypot(dx, dy)
         straight = min(legs[i] / road_factor, dist)  # stop at the destination if it is nearer
         f = straight / dist if dist > 0 else 0.0

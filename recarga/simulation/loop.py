@@ -7,30 +7,33 @@ events and station commands are routed back to the simulated cars and stations.
 
 Two ways a car uses its app (docs/simulation.md):
 
-- `least_completion` (Recarga): ask, confirm the held reservation, drive to the slot, plug in
-  when the slot is free and the reservation is next on it, charge, unplug. A no-show
-  confirms and never comes; the engine expires it.
+- `least_completion` (Recarga): ask (naming the car's model), confirm the held reservation,
+  drive to the slot, plug in when the slot is free and the reservation is next on it, charge,
+  unplug; refused, ask again after the reply's retry_after. A no-show confirms and never
+  comes; the engine expires it.
 - the baselines (`nearest`, `most_free`, `shortest_queue`): an advisory app. The same engine
   runs the baseline policy on the same live station state and names a station; the app
   holds nothing (the car cancels the offer at once, so no reservation ever blocks a slot),
-  and the driver queues at the station first come, first served for any slot the car can use.
+  and the driver takes any free unit of the station's site the car can use, else queues for
+  the site first come, first served.
 """
 from __future__ import annotations
 
 import heapq
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
-from recarga.core.evmodels import charge_seconds
+from recarga.core.evmodels import CarModel, charge_seconds
+from recarga.core.geo import haversine_km
 from recarga.core.model import StationMeta
 from recarga.core.protocol import device as D
 from recarga.core.protocol import wire as W
-from recarga.core.selection import haversine_km
+from recarga.core.selection import reach_km
 from recarga.gateway.engine import Engine, EngineConfig, Result
 from recarga.simulation.demand import CarPlan
-from recarga.simulation.sites import Site
+from recarga.simulation.physical import Device, build
 
 RESERVING = "least_completion"
 
@@ -48,11 +51,6 @@ class SimConfig:
     policy: str
     engine: EngineConfig
     drain_s: float = 36 * 3600.0  # after the last arrival, run at most this long
-    # a car told no_capacity asks again when the earliest slot comes within the horizon, but
-    # no sooner than retry_min_s, doubling with each refusal in a row up to retry_max_s (the
-    # firmware backs off too; without it every parked car asks whenever any slot frees)
-    retry_min_s: float = 60.0
-    retry_max_s: float = 600.0
     housekeeping_s: float = 3600.0  # periodic engine tick (request memory)
     day_s: float | None = None  # the day cars appear in (utilisation's window); None: to the last
     # a driver who has waited this long (parked after refusals or queueing on site, driving
@@ -123,33 +121,49 @@ class SimResult:
 
 
 class _SiteAwareEngine(Engine):
-    """The real engine; the only difference is what `queue_len` (read by the
-    shortest_queue baseline alone) counts: besides occupied slots and reservations, the
-    cars physically waiting on site, as a station-side queue counter would report. An
-    advisory app holds no reservations, so without this it would be blind to its queues."""
+    """The real engine; the only difference is what the baselines' two views of a station
+    (`free_slots` for most_free, `queue_len` for shortest_queue) count. An advisory app shows
+    a driver sites, where the driver takes whichever unit is free: a station's figures are
+    its site's (sums over the site's stations), and its queue includes the cars physically
+    waiting at the site, as a site's queue counter would report (an app without reservations
+    would otherwise be blind to its own queues). Recarga's policy reads neither."""
 
     def __init__(self, config: EngineConfig, stations: list[StationMeta],
-                 waiting_at: Callable[[str], int]) -> None:
-        super().__init__(config, stations)
+                 waiting_at: Callable[[str], int], models: Mapping[str, CarModel] | None = None) -> None:
+        """waiting_at: a station id -> the cars queueing on site at its site."""
+        super().__init__(config, stations, models)
         self.waiting_at = waiting_at
-        self._free: dict[str, int] = {}  # free_slots with no reservation anywhere
+        self._site = {s.id: s.site or s.id for s in stations}
+        self._members: dict[str, list[str]] = {}
+        for s in stations:
+            self._members.setdefault(self._site[s.id], []).append(s.id)
+        self._free: dict[str, int] = {}  # per station: free slots with no reservation anywhere
+        self._site_free: dict[str, int] = {}  # the same, summed per site
 
     def queue_len(self, station_id: str) -> int:
-        return super().queue_len(station_id) + self.waiting_at(station_id)
+        members = self._members.get(self._site.get(station_id, ""), (station_id,))
+        return sum(Engine.queue_len(self, m) for m in members) + self.waiting_at(station_id)
 
     def free_slots(self, station_id: str) -> int:
-        # Speed only, the same value as Engine.free_slots (a test checks it): most_free asks
-        # it for every station in reach on every decision. With no reservation anywhere (an
-        # advisory app between decisions) it is the count of free/reserved slots in the
-        # station's last status, kept up to date as statuses arrive.
-        if self.by_slot:
+        site = self._site.get(station_id)
+        if site is None:
             return super().free_slots(station_id)
-        return self._free.get(station_id, 0)
+        # Speed only, the same value as the sum of Engine.free_slots over the site (a test
+        # checks it): most_free asks it for every station in reach on every decision. With no
+        # reservation anywhere (an advisory app between decisions) it is the count of
+        # free/reserved slots in the site's last statuses, kept up to date as statuses arrive.
+        if self.by_slot:
+            return sum(Engine.free_slots(self, m) for m in self._members[site])
+        return self._site_free.get(site, 0)
 
     def _count_free(self, sid: str) -> None:
         live = self.live.get(sid)
         ok = live is not None and live.online and live.slots is not None
-        self._free[sid] = sum(1 for s in live.slots if s in ("free", "reserved")) if ok else 0
+        n = sum(1 for s in live.slots if s in ("free", "reserved")) if ok else 0
+        site = self._site.get(sid)
+        if site is not None:
+            self._site_free[site] = self._site_free.get(site, 0) + n - self._free.get(sid, 0)
+        self._free[sid] = n
 
     def station_status(self, sid: str, payload: bytes, now: float) -> Result:
         res = super().station_status(sid, payload, now)
@@ -174,8 +188,11 @@ class Simulation:
         self.reserving = cfg.policy == RESERVING
         self.params = cfg.engine.selection
         self.region = cfg.engine.region
-        self.sites = {s.id: Site(s) for s in stations}
-        self.engine = _SiteAwareEngine(cfg.engine, stations, lambda sid: len(self.sites[sid].fcfs))
+        self.devices = build(stations)
+        # the gateway knows the car models the cars drive (the same models data), by id
+        models = {p.model.model_id: p.model for p in plans if p.model.model_id}
+        self.engine = _SiteAwareEngine(cfg.engine, stations, lambda sid: len(self.devices[sid].site.fcfs),
+                                       models)
         self.cars = [CarRun(plan=p) for p in plans]
         self.index = {p.car: i for i, p in enumerate(plans)}
         self.sessions: list[Session] = []
@@ -203,7 +220,7 @@ class Simulation:
             if ref is None:
                 self.anomalies.append(f"unroutable topic {out.topic}")
             elif ref.kind == "station":
-                self.sites[ref.id].command(out.payload)
+                self.devices[ref.id].command(out.payload)
             elif "event" in out.payload:
                 self._car_event(self.index[ref.id], out.payload)
         if self.reserving:
@@ -222,8 +239,8 @@ class Simulation:
         assert res.reply is not None  # the engine answers every car request
         return res.reply
 
-    def _status(self, site: Site) -> None:
-        self._apply(self.engine.station_status(site.meta.id, site.status(), self.now))
+    def _status(self, dev: Device) -> None:
+        self._apply(self.engine.station_status(dev.meta.id, dev.status(), self.now))
 
     def _next_rid(self) -> str:
         self._rid += 1
@@ -233,9 +250,9 @@ class Simulation:
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
-        for sid, site in self.sites.items():  # every board comes online and reports
+        for sid, dev in self.devices.items():  # every board comes online and reports
             self._apply(self.engine.station_online(sid, W.online_message(True), 0.0))
-            self._status(site)
+            self._status(dev)
         for i, c in enumerate(self.cars):
             self._push(c.plan.appear_s, _APPEAR, i)
         self._push(self.cfg.housekeeping_s, _HOUSEKEEP)
@@ -261,7 +278,7 @@ class Simulation:
         end = self.now
         if self._progress is not None:
             self._progress(stop)
-        return SimResult(self.cfg.policy, self.cars, self.sessions, [s.meta for s in self.sites.values()],
+        return SimResult(self.cfg.policy, self.cars, self.sessions, [d.meta for d in self.devices.values()],
                          self.day_s, end, self.decisions, self.decision_s,
                          time.perf_counter() - wall, self.anomalies)
 
@@ -302,7 +319,8 @@ class Simulation:
             reply = self._request(i, D.reserve_request(
                 self._next_rid(), c.plan.car, lat=c.lat, lon=c.lon, soc=c.soc,
                 battery_kwh=m.battery_kwh, consumption_kwh_100km=m.consumption_kwh_100km,
-                max_ac_kw=m.max_ac_kw, max_dc_kw=m.max_dc_kw, target_soc=c.plan.target_soc), decision=True)
+                max_ac_kw=m.max_ac_kw, max_dc_kw=m.max_dc_kw, target_soc=c.plan.target_soc,
+                model=m.model_id if W.RID_RE.match(m.model_id) else None), decision=True)
         if not reply["ok"]:
             err = reply["error"]
             if err["code"] != W.NO_CAPACITY:
@@ -311,12 +329,10 @@ class Simulation:
             elif err.get("earliest_free") is None:
                 c.state = STRANDED  # nothing usable within reach
             else:
-                # parked where it is, asks again when something should be within the horizon
+                # parked where it is, asks again when the gateway says to (as the firmware does)
                 c.state = WAITING
-                backoff = min(self.cfg.retry_min_s * 2.0 ** c.refused, self.cfg.retry_max_s)
                 c.refused += 1
-                again = max(self.now + backoff, err["earliest_free"] - self.cfg.engine.max_wait_s + 1.0)
-                self._push(again, _ASK, i, "retry")
+                self._push(self.now + err["retry_after"], _ASK, i, "retry")
             return
         c.refused = 0
         r = reply["reservation"]
@@ -337,13 +353,13 @@ class Simulation:
         if c.plan.no_show:
             c.state = NO_SHOW
             return
-        site = self.sites[r["station"]]
-        d_road = haversine_km(c.lat, c.lon, site.meta.lat, site.meta.lon) * self.params.road_factor
+        dev = self.devices[r["station"]]
+        d_road = haversine_km(c.lat, c.lon, dev.meta.lat, dev.meta.lon) * self.params.road_factor
         drive = d_road / self.params.speed_kmh * 3600.0
         c.state, c.station, c.slot = HEADING, r["station"], r["slot"]
         c.drive_s += drive
         self._drive(c, d_road)
-        c.lat, c.lon = site.meta.lat, site.meta.lon
+        c.lat, c.lon = dev.meta.lat, dev.meta.lon
         self._push(self.now + drive, _ARRIVE, i)
 
     def _arrive(self, i: int, _: object) -> None:
@@ -353,51 +369,55 @@ class Simulation:
         c.state = WAITING
         if c.arrive_s is None:
             c.arrive_s = self.now
-        site = self.sites[c.station]
+        dev = self.devices[c.station]
         if self.reserving and c.plan.app:
-            site.present.setdefault(c.slot - 1, []).append(i)
-            self._check(site, c.slot - 1)
+            # the engine's decision stands: the car waits at its reserved slot (not at any free
+            # unit of the site, which may be held for another car); a late slot is re-planned
+            dev.present.setdefault(c.slot - 1, []).append(i)
+            self._check(dev, c.slot - 1)
             return
-        # first come, first served: the fastest free slot the car can use, else the queue
+        # a driver at a site takes the fastest free unit the car can use, at any of the
+        # site's stations; else queues for the site, first come, first served
         best = None
-        for k, slot in enumerate(site.meta.slots):
-            if site.occupant[k] is None and self._usable(c, k, site):
-                t = self._charge_time(c, site, k)
-                if best is None or t < best[0]:
-                    best = (t, k)
+        for d in dev.site.devices:
+            for k in range(len(d.meta.slots)):
+                if d.occupant[k] is None and self._usable(c, k, d):
+                    t = self._charge_time(c, d, k)
+                    if best is None or t < best[0]:
+                        best = (t, d, k)
         if best is None:
-            site.fcfs.append(i)
+            dev.site.fcfs.append(i)
         else:
-            self._plug(i, site, best[1])
+            self._plug(i, best[1], best[2])
 
     @staticmethod
-    def _usable(c: CarRun, k: int, site: Site) -> bool:
+    def _usable(c: CarRun, k: int, dev: Device) -> bool:
         m = c.plan.model
-        return (m.max_dc_kw if site.meta.slots[k].dc else m.max_ac_kw) > 0
+        return (m.max_dc_kw if dev.meta.slots[k].dc else m.max_ac_kw) > 0
 
     @staticmethod
-    def _charge_time(c: CarRun, site: Site, k: int) -> float:
-        slot = site.meta.slots[k]
+    def _charge_time(c: CarRun, dev: Device, k: int) -> float:
+        slot = dev.meta.slots[k]
         m = c.plan.model
         curve = m.power_curve(slot.power_kw, slot.dc)
         return charge_seconds(curve, m.battery_kwh, c.soc, max(c.soc, c.plan.target_soc))
 
-    def _check(self, site: Site, k: object) -> None:
+    def _check(self, dev: Device | str, k: object) -> None:
         """A reserving car waiting at slot k plugs in once the slot is free and its
         reservation is the next one on it (what the slot's reserved indication shows)."""
-        if not isinstance(site, Site):
-            site = self.sites[site]
+        if not isinstance(dev, Device):
+            dev = self.devices[dev]
         k = int(k)
-        if site.occupant[k] is not None:
+        if dev.occupant[k] is not None:
             return
-        waiting = site.present.get(k)
+        waiting = dev.present.get(k)
         if not waiting:
             return
-        head = self._head(site.meta.id, k + 1)
+        head = self._head(dev.meta.id, k + 1)
         for i in waiting:
             if self.cars[i].reservation == head:
                 waiting.remove(i)
-                self._plug(i, site, k)
+                self._plug(i, dev, k)
                 return
 
     def _head(self, sid: str, slot: int) -> str | None:
@@ -408,13 +428,13 @@ class Simulation:
                 return rid
         return None
 
-    def _plug(self, i: int, site: Site, k: int) -> None:
+    def _plug(self, i: int, dev: Device, k: int) -> None:
         c = self.cars[i]
-        c.state, c.plug_s, c.slot, c.soc_plug = CHARGING, self.now, k + 1, c.soc
-        dur = self._charge_time(c, site, k)
-        site.occupant[k] = i
+        c.state, c.plug_s, c.station, c.slot, c.soc_plug = CHARGING, self.now, dev.meta.id, k + 1, c.soc
+        dur = self._charge_time(c, dev, k)
+        dev.occupant[k] = i
         before = len(self.anomalies)
-        self._status(site)
+        self._status(dev)
         if self.reserving and c.reservation is not None and len(self.anomalies) == before:
             # the engine must have checked in exactly this car's reservation
             r = self.engine.reservations.get(c.reservation)
@@ -424,12 +444,12 @@ class Simulation:
 
     def _unplug(self, i: int, _: object) -> None:
         c = self.cars[i]
-        site = self.sites[c.station]
+        dev = self.devices[c.station]
         k = c.slot - 1
         m = c.plan.model
         target = max(c.soc_plug, c.plan.target_soc)
         energy = (target - c.soc_plug) * m.battery_kwh
-        slot = site.meta.slots[k]
+        slot = dev.meta.slots[k]
         self.sessions.append(Session(c.station, c.slot, i, c.plug_s, self.now,
                                      slot.power_kw, energy))
         c.energy_charged_kwh += energy
@@ -440,26 +460,27 @@ class Simulation:
             c.leave_s = self.now + c.plan.dwell_s
             self._push(c.leave_s, _LEAVE, i)
             return
-        self._free(site, k)
+        self._free(dev, k)
 
     def _leave(self, i: int, _: object) -> None:
         c = self.cars[i]
-        self._free(self.sites[c.station], c.slot - 1)
+        self._free(self.devices[c.station], c.slot - 1)
 
-    def _free(self, site: Site, k: int) -> None:
+    def _free(self, dev: Device, k: int) -> None:
         """Slot k is unplugged: the board reports it free; the next car waiting takes it (a
-        reserving car whose reservation is next, else the first on-site queuer who can use it:
-        a car without the app, or any car under an advisory app)."""
-        site.occupant[k] = None
-        self._status(site)
+        reserving car whose reservation is next, else the first in the site's queue who can
+        use it: a car without the app, or any car under an advisory app)."""
+        dev.occupant[k] = None
+        self._status(dev)
         if self.reserving:
-            self._check(site, k)
-            if site.occupant[k] is not None:
+            self._check(dev, k)
+            if dev.occupant[k] is not None:
                 return
-        for n, j in enumerate(site.fcfs):  # first in the queue that can use this slot
-            if self._usable(self.cars[j], k, site):
-                del site.fcfs[n]
-                self._plug(j, site, k)
+        queue = dev.site.fcfs
+        for n, j in enumerate(queue):  # first in the site's queue that can use this slot
+            if self._usable(self.cars[j], k, dev):
+                del queue[n]
+                self._plug(j, dev, k)
                 return
 
     def _go_without_app(self, i: int) -> None:
@@ -468,24 +489,25 @@ class Simulation:
         queues on site. The gateway learns of it only from the station's status."""
         c = self.cars[i]
         m = c.plan.model
-        reach_km = (c.soc - self.params.safety_margin_soc) * m.battery_kwh * 100.0 / m.consumption_kwh_100km
+        reach = reach_km(c.soc, m.battery_kwh, m.consumption_kwh_100km, self.params)  # as the app's
         best = None
-        for sid, site in self.sites.items():
-            if not any((m.max_dc_kw if sl.dc else m.max_ac_kw) > 0 for sl in site.meta.slots):
+        for sid, dev in self.devices.items():
+            if not any((m.max_dc_kw if sl.dc else m.max_ac_kw) > 0 for sl in dev.meta.slots):
                 continue
-            d_road = haversine_km(c.lat, c.lon, site.meta.lat, site.meta.lon) * self.params.road_factor
-            if d_road <= reach_km and (best is None or d_road < best[0]):
-                best = (d_road, sid)
+            d = haversine_km(c.lat, c.lon, dev.meta.lat, dev.meta.lon)
+            if d <= reach and (best is None or d < best[0]):
+                best = (d, sid)
         if best is None:
             c.state = STRANDED
             return
-        d_road, sid = best
-        site = self.sites[sid]
+        d, sid = best
+        d_road = d * self.params.road_factor
+        dev = self.devices[sid]
         drive = d_road / self.params.speed_kmh * 3600.0
         c.state, c.station = HEADING, sid
         c.drive_s += drive
         self._drive(c, d_road)
-        c.lat, c.lon = site.meta.lat, site.meta.lon
+        c.lat, c.lon = dev.meta.lat, dev.meta.lon
         self._push(self.now + drive, _ARRIVE, i)
 
     def _deadline(self, i: int, rid: object) -> None:
@@ -506,19 +528,25 @@ class Simulation:
         if c.state != WAITING or due > self.now:
             self._push(max(due, self.now + 1.0), _PATIENCE, i)
             return
-        if c.station is not None:
-            site = self.sites[c.station]
-            if i in site.fcfs:
-                site.fcfs.remove(i)
-            lst = site.present.get(c.slot - 1, []) if c.slot is not None else []
-            if i in lst:
-                lst.remove(i)
+        self._step_out(i)
         rid, c.reservation = c.reservation, None
         c.state, c.leave_s = GAVE_UP, self.now
         if rid is not None:
             canc = self._request(i, D.reservation_request("cancel", self._next_rid(), c.plan.car, rid))
             if not canc["ok"]:
                 self.anomalies.append(f"{c.plan.car}: cancel on giving up refused {canc['error']}")
+
+    def _step_out(self, i: int) -> None:
+        """A car waiting on site leaves its place there: the site's queue or its slot's."""
+        c = self.cars[i]
+        if c.station is None:
+            return
+        dev = self.devices[c.station]
+        if i in dev.site.fcfs:
+            dev.site.fcfs.remove(i)
+        lst = dev.present.get(c.slot - 1, []) if c.slot is not None else []
+        if i in lst:
+            lst.remove(i)
 
     def _housekeep(self, _a: object, _b: object) -> None:
         self._tick()
@@ -537,10 +565,8 @@ class Simulation:
                 # still on its way or waiting on site (the slot was busy past its deadline):
                 # the car's app asks again from where it is
                 c.expired += 1
-                if c.state == WAITING and c.station is not None:
-                    lst = self.sites[c.station].present.get(c.slot - 1, [])
-                    if i in lst:
-                        lst.remove(i)
+                if c.state == WAITING:
+                    self._step_out(i)
                 if c.state == HEADING:
                     self.anomalies.append(f"{c.plan.car}: expired while heading")
                 c.state = WAITING
@@ -549,19 +575,15 @@ class Simulation:
             # a driver without the app plugged into the slot and the gateway took it for this
             # car (it cannot tell them apart), then saw it leave: the app asks again
             c.reservation = None
-            if c.state == WAITING and c.station is not None:
-                lst = self.sites[c.station].present.get(c.slot - 1, [])
-                if i in lst:
-                    lst.remove(i)
+            if c.state == WAITING:
+                self._step_out(i)
             c.state = WAITING
             self._push(self.now, _ASK, i, "taken")
         elif ev == "faulted" and c.reservation == rid and c.state in (HEADING, WAITING):
             # its slot cannot serve it (in time): the app takes the offered slot, or asks again
             c.reservation = None
-            if c.state == WAITING and c.station is not None:
-                lst = self.sites[c.station].present.get(c.slot - 1, [])
-                if i in lst:
-                    lst.remove(i)
+            if c.state == WAITING:
+                self._step_out(i)
             c.state = WAITING
             self._push(self.now, _ASK, i, msg.get("offer") or "faulted")
 

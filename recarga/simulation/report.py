@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from recarga.core.geo import KM_PER_DEG_LAT, km_per_deg_lon
 from recarga.core.model import StationMeta
 from recarga.simulation.labels import Labels
 from recarga.simulation.loop import RESERVING
@@ -260,7 +261,7 @@ def plot_map(points: Sequence[Point], stations: Sequence[StationMeta], load: flo
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
     size = np.array([4 + 3 * len(s.slots) for s in stations])
-    aspect = 1 / np.cos(np.radians(lat.mean())) if len(lat) else 1.0
+    aspect = KM_PER_DEG_LAT / km_per_deg_lon(float(lat.mean())) if len(lat) else 1.0  # true to scale
     sc = None
     for ax, p in zip(axes.flat, at):
         u = p.station_util

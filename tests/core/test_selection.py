@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recarga.core.model import CarNeed, SelectionParams, SlotMeta, StationMeta
-from recarga.core.selection import DEFAULT_POLICY, POLICIES, Selector
+from recarga.core.selection import DEFAULT_POLICY, POLICIES, Selector, reach_km
 
 LAT0, LON0 = 52.52, 13.405
 KM_PER_DEG = 6371.0088 * math.pi / 180.0
@@ -288,6 +288,18 @@ def test_shortest_queue_counts_only_stations_with_usable_slots():
                 queue={"S1": 0, "S2": 2, "S3": 1},
                 params=SelectionParams(nearest_k=2))
     assert ch.station_id == "S3"
+
+
+def test_reach_is_the_straight_distance_a_car_can_go_keeping_its_margin():
+    p = SelectionParams(road_factor=1.3, safety_margin_soc=0.05)
+    c = car(soc=0.2)  # 60 kWh, 18 kWh/100 km: 9 kWh spare over the margin
+    r = reach_km(c.soc, c.battery_kwh, c.consumption_kwh_per_100km, p)
+    assert r == pytest.approx(9.0 / (1.3 * 0.18))
+    for policy in POLICIES:  # every policy offers the station just inside, none the one just outside
+        assert choose([station("in", 0, r * 0.999, AC22)], policy, c=c, params=p) is not None
+        assert choose([station("out", 0, r * 1.001, AC22)], policy, c=c, params=p) is None
+    assert reach_km(0.04, 60.0, 18.0, p) == -1.0  # below the margin already
+    assert reach_km(0.5, 60.0, 0.0, p) == math.inf
 
 
 def test_earliest_free():

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from harness import ROOT
+from recarga.core.geo import haversine_km
 from recarga.core.model import SlotMeta, StationMeta
-from recarga.core.selection import haversine_km
 from recarga.core.sites import by_site, group_sites
 from recarga.core.stations import load_bnetza_csv
 

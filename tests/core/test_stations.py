@@ -257,7 +257,7 @@ def test_synthetic_is_deterministic_and_berlin_like():
 
 
 def test_synthetic_area_grows_with_n():
-    from recarga.core.selection import haversine_km
+    from recarga.core.geo import haversine_km
     # Berlin-like density: a Berlin-sized set covers Berlin's area (891 km^2).
     assert math.pi * synthetic_radius_km(4528) ** 2 == pytest.approx(891, rel=1e-6)
     assert synthetic_radius_km(100_000) == pytest.approx(synthetic_radius_km(10_000) * math.sqrt(10))

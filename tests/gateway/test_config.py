@@ -9,6 +9,8 @@ import pytest
 
 from harness import ROOT
 from recarga.core import resources
+from recarga.core.model import SlotMeta, StationMeta
+from recarga.core.stations import dump_stations_json
 from recarga.gateway import config as C
 
 BASE = 'region = "berlin"\ndatabase = "gw.db"\nstations = "st.json"\n'
@@ -31,6 +33,12 @@ def test_minimal_config_gets_defaults(tmp_path):
     assert cfg.database == tmp_path / "gw.db" and cfg.synchronous == "FULL"
     assert cfg.broker.port == 1883
     assert cfg.stations == tmp_path / "st.json"  # relative to the config file
+    assert cfg.site_distance_m == 50.0
+
+
+def test_site_distance_is_set_at_the_top_level(tmp_path):
+    assert C.load(write(tmp_path, BASE + "site_distance_m = 120\n")).site_distance_m == 120.0
+    assert C.load(write(tmp_path, BASE + "site_distance_m = 0\n")).site_distance_m == 0.0
 
 
 def test_without_a_station_file_the_shipped_berlin_register_is_loaded(tmp_path):
@@ -89,6 +97,9 @@ def test_sections_and_password_file(tmp_path):
     (BASE + "[reservations]\nhold_s = nan\n", "hold_s must be a finite number"),
     (BASE + "[selection]\nspeed_kmh = -inf\n", "speed_kmh must be a finite number"),
     (BASE + 'log_level = "BOGUS"\n', "log_level 'BOGUS' unknown; one of DEBUG, INFO"),
+    (BASE + "site_distance_m = 600\n", "site_distance_m = 600 outside 0..500"),
+    (BASE + "site_distance_m = -1\n", "site_distance_m must not be negative"),
+    (BASE + 'site_distance_m = "50"\n', "site_distance_m has the wrong type"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(C.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -109,4 +120,17 @@ def test_cli_check_config_loads_berlin(tmp_path):
     out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "check-config", "--config", str(p)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "4528 stations" in out.stdout
+    assert "4528 stations at " in out.stdout
+
+
+@pytest.mark.parametrize(("setting", "sites"), [("", "1 site"), ("site_distance_m = 0\n", "2 sites")])
+def test_cli_check_config_groups_the_stations_into_sites_at_the_configured_distance(tmp_path, setting, sites):
+    ac = (SlotMeta(22.0, False),)
+    # two units of one operator about 20 m apart
+    dump_stations_json([StationMeta("u1", 52.52, 13.405, ac, operator="Op"),
+                        StationMeta("u2", 52.52018, 13.405, ac, operator="Op")], tmp_path / "st.json")
+    p = write(tmp_path, BASE + setting)
+    out = subprocess.run([sys.executable, "-m", "recarga.gateway.cli", "check-config", "--config", str(p)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"2 stations at {sites} from" in out.stdout

@@ -591,3 +591,17 @@ def test_the_shipped_ev_models_are_known_by_their_open_ev_data_id():
     reply = replies(reserve(e, "c1", "q1", model=m.model_id), "c1")[0]
     assert reply["ok"] and "notice" not in reply
     assert e.reservations[reply["reservation"]["id"]].need.model == m
+
+
+def test_station_meta_keeps_the_site_and_access_from_the_station_file():
+    ac = SlotMeta(22.0, False)
+    hub = [StationMeta("h1", 52.52, 13.405, (ac,), operator="A", site="h1", access="restricted"),
+           StationMeta("h2", 52.5201, 13.405, (ac,), operator="A", site="h1", access="restricted")]
+    e = Engine(EngineConfig(region=REGION), hub)
+    e.station_meta("h2", W.encode({"v": 1, "lat": 52.5202, "lon": 13.4051, "operator": "A",
+                                   "slots": [{"power_kw": 22}, {"power_kw": 50, "dc": True}]}), T0)
+    h2 = e.stations["h2"]
+    assert (h2.lat, h2.lon, len(h2.slots)) == (52.5202, 13.4051, 2)  # the message's facts ...
+    assert (h2.site, h2.access) == ("h1", "restricted")  # ... with the file's site and access
+    e.station_meta("new", W.encode({"v": 1, "lat": 52.53, "lon": 13.41, "slots": [{"power_kw": 11}]}), T0)
+    assert (e.stations["new"].site, e.stations["new"].access) == ("", "public")  # known from meta only

@@ -252,3 +252,16 @@ def test_a_read_only_database_exits_with_the_status_the_unit_does_not_restart_on
     assert e.value.code == S.EXIT_DB_UNUSABLE == 78  # deploy/recarga-gateway.service: RestartPreventExitStatus
     assert "SQLITE_READONLY" in caplog.text and "a restart would not mend it" in caplog.text
     assert acks(service.client.events) == ["ack 1"]
+
+
+@pytest.mark.parametrize(("setting", "site_of_u2"), [("", "u1"), ("site_distance_m = 0", "u2")])
+def test_the_service_groups_its_stations_at_the_configured_site_distance(make_service, tmp_path, setting,
+                                                                         site_of_u2):
+    from recarga.core.model import SlotMeta, StationMeta
+    from recarga.core.stations import dump_stations_json
+
+    ac = (SlotMeta(22.0, False),)  # two units of one operator about 20 m apart
+    dump_stations_json([StationMeta("u1", 52.52, 13.405, ac, operator="Op"),
+                        StationMeta("u2", 52.52018, 13.405, ac, operator="Op")], tmp_path / "st.json")
+    svc = make_service(setting)
+    assert svc.engine.stations["u2"].site == site_of_u2  # 0: every device its own site

@@ -3,15 +3,14 @@ local distances, no pile-up at the area's edge, the car mix, energy per session,
 drivers without the app; plug-in hybrids from the models file."""
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from recarga.core import evmodels
+from recarga.core.geo import haversine_km
 from recarga.core.model import SlotMeta, StationMeta
-from recarga.core.selection import haversine_km
 from recarga.simulation import demand
 from recarga.simulation.cli import select_stations
 
@@ -61,7 +60,9 @@ def test_the_centre_and_spread_come_from_the_stations():
     assert a.centre == pytest.approx((float(np.median([s.lat for s in stations])),
                                       float(np.median([s.lon for s in stations]))))
     assert 0.3 <= a.sigma_km < 2.0  # half the median distance of stations ~2 km apart
-    assert a.cos_lat == pytest.approx(math.cos(math.radians(a.centre[0])))
+    # east-west scale at the centre's latitude, not Berlin's: a short great-circle step east
+    assert a.km_per_deg_lon == pytest.approx(haversine_km(*a.centre, a.centre[0], a.centre[1] + 1e-3) * 1e3,
+                                             rel=1e-6)
     given = demand.area(stations, demand.DemandParams(cars_per_day=1, centre=(38.7, -9.1), centre_sigma_km=2.5))
     assert given.centre == (38.7, -9.1) and given.sigma_km == 2.5
 

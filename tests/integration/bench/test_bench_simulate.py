@@ -26,7 +26,7 @@ def simulate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_bench_simulate_quick_output_format(tmp_path):
-    out = simulate("--quick", "--radius-km", "1", "--hours", "3", "--loads", "8,16", "--out", str(tmp_path))
+    out = simulate("--quick", "--radius-km", "1", "--hours", "3", "--loads", "16,32", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert HEADLINE.match(lines[-1]), lines[-1]

@@ -131,14 +131,23 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(region_factory, extra):
     clients = [region.client(c) for c in cars]
     for c in clients:
         c.subscribe(D.car_topic(REGION, c.username, "reply"))
-    for c in clients:
-        c.paho.publish(D.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "crash"), qos=1)
-    # kill the gateway as soon as the first answers are out, in the middle of the burst
-    wait_until(lambda: sum(bool(c.received) for c in clients) >= 10, 30, "the first 10 answers", region.gw.alive,
-               every=0.005)
-    region.gw.kill()
-    answered_before = sum(bool(c.received) for c in clients)
-    assert answered_before < len(clients), "the burst finished before the kill; make it larger"
+
+    def burst() -> None:  # spread over ~1 s, so requests are still arriving when the gateway dies
+        for c in clients:
+            c.paho.publish(D.car_topic(REGION, c.username, "request"), reserve_msg(c.username, "crash"), qos=1)
+            time.sleep(0.008)
+
+    sender = threading.Thread(target=burst)
+    sender.start()
+    try:
+        # kill the gateway as soon as the first answers are out, in the middle of the burst
+        wait_until(lambda: sum(bool(c.received) for c in clients) >= 10, 30, "the first 10 answers",
+                   region.gw.alive, every=0.005)
+        region.gw.kill()
+        answered_before = sum(bool(c.received) for c in clients)
+    finally:
+        sender.join()
+    assert answered_before < len(clients), "the burst finished before the kill; make it longer"
     region.gw.start().wait_connected()
     wait_until(lambda: all(c.received for c in clients), 60,
                lambda: f"an answer for each car ({sum(bool(c.received) for c in clients)} of {len(clients)})",

@@ -53,6 +53,13 @@ _FIRST_CHUNK = 8  # neighbours fetched by the first k-d query of a stream; grows
 _SCAN_MAX_SLOTS = 1500  # up to this many slots least_completion scans them all, vectorised
 _SCAN_FIRST = 16  # the scan evaluates this many lowest bounds before looking at the rest
 _SEED_K = 8  # least_completion's first ball holds about this many stations around a station
+# least_completion ranks a slot by drive + WAIT_WEIGHT x wait + charge: a car queues for a
+# busy slot only when that saves WAIT_WEIGHT times the wait in driving and charging. A car
+# queued behind a busy slot does not make it serve more cars (it is busy either way): under
+# load, planned queues at fast chargers only add waiting for everyone booking after them, and
+# the longer a planned wait, the more sessions ahead can overrun it (docs/simulation.md,
+# "Policies": measured, 12 keeps the centre's queues short at 8x and changes little at light load).
+WAIT_WEIGHT = 12.0
 _DRAW_CACHE = 64  # the scan's power arrays kept, one per (AC, DC) limit of the cars asking
 
 
@@ -339,7 +346,7 @@ class Selector:
 
     def choose_at(self, station_id: str, car: CarNeed, now: float, view: SlotView,
                   exclude: Collection[tuple[str, int]] = ()) -> Choice | None:
-        """The car asked for this station: its slot with the least completion time, or None
+        """The car asked for this station: its slot with least completion's least cost, or None
         if the station is unknown, out of reach, or has no usable compatible slot."""
         i = self._index.get(station_id)
         if i is None:
@@ -350,7 +357,8 @@ class Selector:
             return None
         excl = exclude if isinstance(exclude, (set, frozenset, dict)) else frozenset(exclude)
         offers = [self._choice(trip, i, k, d, bu) for k, bu in self._usable_slots(trip, i, view, excl)]
-        return min(offers, key=lambda c: (c.completion_s, c.slot), default=None)
+        return min(offers, key=lambda c: (c.drive_s + WAIT_WEIGHT * c.wait_s + c.charge_s, c.slot),
+                   default=None)
 
     def earliest_free(self, car: CarNeed, now: float, view: SlotView, only: str | None = None) -> float | None:
         """Earliest busy_until over reachable compatible usable slots (when capacity
@@ -465,7 +473,8 @@ class Selector:
 
     def _least_completion(self, trip: _Trip, view: SlotView,
                           excl: Collection[tuple[str, int]]) -> Choice | None:
-        """Exact minimum of drive + wait + charge over all reachable usable slots.
+        """Exact minimum of drive + WAIT_WEIGHT x wait + charge over all reachable usable
+        slots (the cost; its lower bounds below leave the wait unweighted or out: still bounds).
 
         Small regions (up to scan_max_slots slots) are scanned whole: see
         _least_completion_scan. Otherwise two phases over the spatial index:
@@ -514,12 +523,12 @@ class Selector:
                 if bu is None:
                     continue
                 wait_s = bu - eta if bu > eta else 0.0
+                total = drive_s + WAIT_WEIGHT * wait_s
                 if by_curve:
                     sl = slots_of[i].slots[k - 1]
-                    total = drive_s + wait_s + trip.charge_s(trip.soc_on_arrival(d), sl.power_kw, sl.dc,
-                                                             energy_s, draw)
+                    total += trip.charge_s(trip.soc_on_arrival(d), sl.power_kw, sl.dc, energy_s, draw)
                 else:
-                    total = drive_s + wait_s + energy_s / draw
+                    total += energy_s / draw
                 if total <= bound:
                     key = (total, sid, k)
                     if best_key is None or key < best_key:
@@ -693,11 +702,11 @@ class Selector:
             if floor is not None:
                 floor[j] = bu  # learnt, as _asker does (flat slot j is station i's slot k)
             wait_s = bu - eta if bu > eta else 0.0
+            total = drive_s + WAIT_WEIGHT * wait_s
             if by_curve:
-                total = drive_s + wait_s + trip.charge_s(trip.soc_on_arrival(d), kw, bool(dc_of[j]), energy_s,
-                                                         draw_j)
+                total += trip.charge_s(trip.soc_on_arrival(d), kw, bool(dc_of[j]), energy_s, draw_j)
             else:
-                total = drive_s + wait_s + energy_s / draw_j
+                total += energy_s / draw_j
             if total <= bound:
                 key = (total, sid, k)
                 if best_key is None or key < best_key:

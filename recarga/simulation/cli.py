@@ -6,12 +6,14 @@ headline (report.headline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -82,9 +84,21 @@ def _read(what: str, path: str, loader: Callable[[str], Any]) -> Any:
                          else f"{what} file {path}: {text}") from None
 
 
+@contextlib.contextmanager
+def _engine_errors_only() -> Iterator[None]:
+    """The engine's log at ERROR while a run lasts (its refusals come by the thousand here),
+    then as it was: the caller's logging is not changed for good."""
+    engine_log = logging.getLogger("recarga.engine")
+    level = engine_log.level
+    engine_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        engine_log.setLevel(level)
+
+
 def run_point(job: dict[str, Any], progress: Any = None) -> report.Point:
     """One (policy, load) run; a pure function of the job (and the data files)."""
-    logging.getLogger("recarga").setLevel(logging.ERROR)  # refusals are expected here, by the thousand
     dem = job["demand"]
     # site_distance_m: devices of one operator this close form a site (0: every device alone)
     stations, models = _inputs(job["stations"], job["models"], job["radius_km"], dem.get("centre"),
@@ -108,7 +122,8 @@ def run_point(job: dict[str, Any], progress: Any = None) -> report.Point:
         if progress is not None:
             progress.put((job["id"], min(1.0, t / stop) if t < stop else 1.0))
 
-    res = loop.simulate(cfg, stations, plans, tell)
+    with _engine_errors_only():
+        res = loop.simulate(cfg, stations, plans, tell)
     tell(stop)
     if res.anomalies:
         logging.getLogger("recarga.simulation").warning("%s at %g: %d anomalies, first: %s",

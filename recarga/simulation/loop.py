@@ -93,6 +93,9 @@ class CarRun:
     refused: int = 0  # no_capacity answers in a row
     est_charge_s: float | None = None  # the charge time the gateway's answer predicted
     expired: int = 0  # times its reservation expired while it was on its way or waiting
+    # a car that gave up still needs its charge: how long it takes at the fastest unit it
+    # could use at the site it waited for (anywhere, if it waited parked); metrics add it
+    charge_left_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -205,6 +208,7 @@ class Simulation:
         self.anomalies: list[str] = []
         self._progress = progress
         self._rid = 0
+        self._kind_devices: list[Device] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -531,10 +535,33 @@ class Simulation:
         self._step_out(i)
         rid, c.reservation = c.reservation, None
         c.state, c.leave_s = GAVE_UP, self.now
+        c.charge_left_s = self._charge_left(c)
         if rid is not None:
             canc = self._request(i, D.reservation_request("cancel", self._next_rid(), c.plan.car, rid))
             if not canc["ok"]:
                 self.anomalies.append(f"{c.plan.car}: cancel on giving up refused {canc['error']}")
+
+    def _charge_left(self, c: CarRun) -> float:
+        """The charge a car that gives up still needs, at the power it wanted: the fastest unit
+        it can use at the site it was heading to or waiting at; one that waited parked (refused
+        everywhere) at the fastest kind of slot it can use anywhere. No penalty beyond that."""
+        if c.station is not None:
+            devices = self.devices[c.station].site.devices
+        else:
+            devices = self._kinds()
+        times = [self._charge_time(c, d, k) for d in devices
+                 for k in range(len(d.meta.slots)) if self._usable(c, k, d)]
+        return min(times, default=0.0)
+
+    def _kinds(self) -> list[Device]:
+        """One device per distinct slot (power, DC) of the stations: the slot kinds a car can meet."""
+        if self._kind_devices is None:
+            seen: dict[tuple[float, bool], Device] = {}
+            for d in self.devices.values():
+                for sl in d.meta.slots:
+                    seen.setdefault((sl.power_kw, sl.dc), d)
+            self._kind_devices = list(seen.values())
+        return self._kind_devices
 
     def _step_out(self, i: int) -> None:
         """A car waiting on site leaves its place there: the site's queue or its slot's."""

@@ -29,7 +29,7 @@ class Metrics:
     no_show: int
     unfinished: int  # still driving, waiting or charging when the run stopped
     came: int  # asked and came (finished, gave up or unfinished): the cars below are over
-    mean_lost_min: float  # time lost per charge: drive to the station + wait + charge (lost_s)
+    mean_lost_min: float  # time lost per charge: drive + wait + charge, gave up: + the charge still needed
     p95_lost_min: float
     mean_wait_min: float
     p95_wait_min: float
@@ -82,14 +82,22 @@ def waits_s(r: SimResult) -> np.ndarray:
 def lost_s(r: SimResult) -> np.ndarray:
     """Time lost per charge, per car that asked and came: from the first request (where the
     car ran low, on its way somewhere) until its battery reached the target, i.e. the drive
-    to the station + waiting + charging. A car that gave up lost the time until it left (and
-    still needs a charge); one still on its way, waiting or charging at the end counts with
-    its time so far. Time plugged in after charging is the driver's choice and not lost."""
+    to the station + waiting + charging. A car that gave up lost the time until it left plus
+    the charge it still needs at the power it wanted (CarRun.charge_left_s), as if it had
+    plugged in the moment it left: giving up never costs less than charging then, so a
+    policy cannot look cheaper by driving its drivers away. One still on its way, waiting or
+    charging at the end counts with its time so far. Time plugged in after charging is the
+    driver's choice and not lost."""
     out = []
     for c in r.cars:
         if not _counted(c):
             continue
-        until = c.charge_end_s if c.charge_end_s is not None else c.leave_s if c.state == GAVE_UP else r.end_s
+        if c.charge_end_s is not None:
+            until = c.charge_end_s
+        elif c.state == GAVE_UP:
+            until = c.leave_s + c.charge_left_s
+        else:
+            until = r.end_s
         out.append(max(0.0, until - c.ask_s))
     return np.array(out)
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recarga.core.model import CarNeed, SelectionParams, SlotMeta, StationMeta
-from recarga.core.selection import DEFAULT_POLICY, POLICIES, Selector, reach_km
+from recarga.core.selection import DEFAULT_POLICY, POLICIES, WAIT_WEIGHT, Selector, reach_km
 
 LAT0, LON0 = 52.52, 13.405
 KM_PER_DEG = 6371.0088 * math.pi / 180.0
@@ -143,6 +143,28 @@ def test_prefers_farther_free_slot_when_the_wait_dominates():
     # A short wait at the near one beats the detour.
     busy = {("near", 1): NOW + 60.0}
     assert choose(stations, busy=busy).station_id == "near"
+
+
+def test_a_planned_wait_counts_wait_weight_times():
+    # a 30 kWh charge: 12 min at the hub's 150 kW unit, 82 min at the 22 kW post, side by side
+    stations = [station("post", 1, 0, AC22), station("hub", 1, 0, DC150)]
+    c = car(soc=0.2, battery_kwh=60.0, max_ac_kw=22.0, target_soc=0.7)
+    sel = Selector(stations)
+    for wait_min, want in ((4, "hub"), (10, "post")):
+        view = FakeView({("hub", 1): NOW + 156.0 + wait_min * 60.0})
+        hub, post = (sel.choose_at(sid, c, NOW, view) for sid in ("hub", "post"))
+        assert hub.wait_s == pytest.approx(wait_min * 60.0, abs=1.0) and post.wait_s == 0.0
+        saved = post.charge_s - hub.charge_s
+        assert 69 * 60 < saved < 71 * 60
+        # the hub's queue is worth 4 min of waiting (4 x 12 < 70 min saved), not 10 (120 min),
+        # though drive + wait + charge alone favours the hub in both
+        assert hub.completion_s < post.completion_s
+        assert sel.choose("least_completion", c, NOW, view).station_id == want, wait_min
+    assert WAIT_WEIGHT == 12.0
+    # asked for one station, the same weighing picks its slot
+    both = [station("both", 1, 0, AC22, DC150)]
+    got = Selector(both).choose_at("both", c, NOW, FakeView({("both", 2): NOW + 156.0 + 600.0}))
+    assert (got.slot, got.wait_s) == (1, 0.0)
 
 
 def test_picks_the_right_slot_within_a_station():
@@ -327,7 +349,8 @@ def road_km(c: CarNeed, s: StationMeta, p: SelectionParams) -> float:
 
 def brute_force(stations, c: CarNeed, view: FakeView, now: float, p: SelectionParams,
                 exclude=frozenset()):
-    """Minimum completion time over every slot, straight from the charge model."""
+    """Least completion's minimum cost (drive + WAIT_WEIGHT x wait + charge) over every
+    slot, straight from the charge model."""
     best = None
     for s in stations:
         road = road_km(c, s, p)
@@ -345,10 +368,15 @@ def brute_force(stations, c: CarNeed, view: FakeView, now: float, p: SelectionPa
             wait = max(0.0, bu - (now + drive))
             energy = max(0.0, (c.target_soc - soc_arr) * c.battery_kwh)
             charge = energy / min(slot.power_kw, cap) * 3600
-            t = drive + wait + charge
+            t = drive + WAIT_WEIGHT * wait + charge
             if best is None or t < best[0]:
                 best = (t, s.id, k)
     return best
+
+
+def cost(ch) -> float:
+    """What least completion minimises for a choice."""
+    return ch.drive_s + WAIT_WEIGHT * ch.wait_s + ch.charge_s
 
 
 def random_world(seed: int, n: int, spread_km: float):
@@ -400,7 +428,7 @@ def test_least_completion_equals_brute_force(seed, n, spread, c, excluded):
             assert got is None
             continue
         assert got is not None
-        assert got.completion_s == pytest.approx(want[0], rel=1e-9, abs=1e-6)
+        assert cost(got) == pytest.approx(want[0], rel=1e-9, abs=1e-6)
         assert (got.station_id, got.slot) not in exclude
         assert view.busy_until(got.station_id, got.slot) is not None
 
@@ -506,7 +534,7 @@ def test_learnt_floors_keep_least_completion_exact_as_the_view_changes(seed, n, 
                 assert got is None
             else:
                 assert got is not None
-                assert got.completion_s == pytest.approx(want[0], rel=1e-9, abs=1e-6)
+                assert cost(got) == pytest.approx(want[0], rel=1e-9, abs=1e-6)
         now += float(rng.uniform(0, 900))
 
 
@@ -558,10 +586,10 @@ def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each
            for i in range(n_stations)]
     e = Engine(EngineConfig(region="t", hold_s=900, grace_s=300, max_wait_s=86400), sts)
     t = NOW
-    for s in sts:  # most slots taken: queues and waits from the start
+    for s in sts:  # nearly every slot taken: queues and waits from the start, worth their weight
         e.station_online(s.id, W.online_message(True), t)
         e.station_status(s.id, W.encode(D.station_status(
-            ["occupied" if rng.random() < 0.97 else "free" for _ in s.slots])), t)
+            ["occupied" if rng.random() < 0.999 else "free" for _ in s.slots])), t)
     checked = []
     real = Selector.choose
 
@@ -570,7 +598,7 @@ def test_engine_floors_never_change_a_choice(monkeypatch, n_stations, slots_each
         want = real(Selector(self.stations, self.params, scan_max_slots=0), policy, c, now, view, exclude)
         assert (got is None) == (want is None)
         if got is not None:
-            assert got.completion_s == pytest.approx(want.completion_s, rel=1e-9, abs=1e-6)
+            assert cost(got) == pytest.approx(cost(want), rel=1e-9, abs=1e-6)
         checked.append(got)
         return got
 

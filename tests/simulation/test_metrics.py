@@ -31,8 +31,8 @@ def test_time_lost_is_drive_wait_and_charge_but_not_dwell():
         # drove 5 min, waited 10, charged 30, then stayed plugged in 15 more
         car(loop.FINISHED, ask_s=0.0, drive_s=300.0, plug_s=900.0, charge_end_s=2700.0, leave_s=3600.0,
             est_charge_s=1500.0),
-        # drove 5 min, waited 30 and left
-        car(loop.GAVE_UP, ask_s=0.0, drive_s=300.0, leave_s=2100.0),
+        # drove 5 min, waited 30 and left, still needing a 20 min charge
+        car(loop.GAVE_UP, ask_s=0.0, drive_s=300.0, leave_s=2100.0, charge_left_s=1200.0),
         # still waiting when the run stopped at 4000 s: counts with its time so far
         car(loop.WAITING, ask_s=1000.0),
         car(loop.NO_SHOW, ask_s=0.0),
@@ -42,13 +42,26 @@ def test_time_lost_is_drive_wait_and_charge_but_not_dwell():
     sessions = [loop.Session("a", 1, 0, 900.0, 3600.0, 11.0, 5.5)]
     m = metrics.measure(result(cars, sessions), 6.0)
     assert (m.cars, m.came, m.finished, m.gave_up, m.stranded, m.no_show, m.unfinished) == (6, 3, 1, 1, 1, 1, 2)
-    assert m.mean_lost_min == pytest.approx((45 + 35 + 50) / 3)
-    assert m.p95_lost_min == pytest.approx(np.percentile([45, 35, 50], 95))
+    assert m.mean_lost_min == pytest.approx((45 + 55 + 50) / 3)
+    assert m.p95_lost_min == pytest.approx(np.percentile([45, 55, 50], 95))
     assert m.mean_wait_min == pytest.approx((10 + 30 + 50) / 3)
     assert m.mean_drive_min == pytest.approx(10 / 3)
     assert m.mean_charge_min == pytest.approx(30.0)
     assert m.charge_vs_estimate == pytest.approx(1800 / 1500)
     assert m.energy_kwh == pytest.approx(5.5)
+
+
+def test_giving_up_never_costs_less_time_than_charging_when_leaving():
+    # the same driver: drove 5 min and waited 30; then plugs in for a 40 min charge, or
+    # gives up still needing that charge. A policy that drives its drivers away cannot
+    # lower its mean time lost by it.
+    stayed = car(loop.FINISHED, ask_s=0.0, drive_s=300.0, plug_s=2100.0, charge_end_s=4500.0)
+    left = car(loop.GAVE_UP, ask_s=0.0, drive_s=300.0, leave_s=2100.0, charge_left_s=2400.0)
+    late = car(loop.FINISHED, ask_s=0.0, drive_s=300.0, plug_s=2400.0, charge_end_s=4800.0)
+    lost = {name: metrics.measure(result([c], end_s=9000.0), 1.0).mean_lost_min
+            for name, c in (("stayed", stayed), ("left", left), ("late", late))}
+    assert lost["left"] == pytest.approx(lost["stayed"]) == pytest.approx(75.0)
+    assert lost["left"] < lost["late"]  # waiting longer still costs more
 
 
 def test_evenness_is_over_sites_when_stations_are_grouped():

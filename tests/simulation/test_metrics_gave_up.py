@@ -66,3 +66,18 @@ def test_without_patience_nobody_gives_up(model):
     _, r = simulate("nearest", plans(model, (0.2, 0.2, 0.2)), math.inf)
     assert [c.state for c in r.cars] == [loop.FINISHED] * 3
     assert metrics.measure(r, 3.0).gave_up == 0
+
+
+@pytest.mark.parametrize("policy", ["nearest", "least_completion"])
+def test_a_driver_who_gives_up_still_needs_its_charge(model, policy):
+    # queueing on site (nearest) or parked after refusals (least_completion): the charge
+    # still needed is the one at the station's 11 kW unit, from the state of charge it left with
+    _, r = simulate(policy, plans(model, (0.2, 0.2)), 1200.0)
+    first, second = r.cars
+    assert second.state == loop.GAVE_UP
+    curve = model.power_curve(11.0, False)
+    need = evmodels.charge_seconds(curve, model.battery_kwh, second.soc, 0.8)
+    assert second.charge_left_s == pytest.approx(need) and need > 3600.0
+    m = metrics.measure(r, 2.0)
+    lost_first = first.charge_end_s - first.ask_s
+    assert m.mean_lost_min == pytest.approx((lost_first + second.leave_s - second.ask_s + need) / 2 / 60)

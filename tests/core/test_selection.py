@@ -11,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recarga.core.model import CarNeed, SelectionParams, SlotMeta, StationMeta
-from recarga.core.selection import DEFAULT_POLICY, POLICIES, WAIT_WEIGHT, Selector, reach_km
+from recarga.core.selection import (
+    DEFAULT_POLICY,
+    POLICIES,
+    WAIT_WEIGHT,
+    Selector,
+    reach_km,
+)
 
 LAT0, LON0 = 52.52, 13.405
 KM_PER_DEG = 6371.0088 * math.pi / 180.0

@@ -108,7 +108,8 @@ def run_point(job: dict[str, Any], progress: Any = None) -> report.Point:
     if job["replay"] is not None:  # the log as recorded at load 1, copies of it above
         log = _session_log(job["replay"], stations)
         plans = replay.plans(log, models, dem.get("car_mix", ()), dem.get("target_soc", 0.80),
-                             job["seed"], copies=job["load"])
+                             job["seed"], copies=job["load"],
+                             **{k: dem[k] for k in ("no_show", "no_app") if k in dem})  # else replay's defaults
         job = {**job, "hours": replay.span_hours(plans)}
     else:
         cars_per_day = job["load"] * slots
@@ -188,7 +189,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="comma-separated, from " + ", ".join(POLICIES))
     ap.add_argument("--radius-km", type=float, help="only stations this close to the centre (0: all)")
     ap.add_argument("--hours", type=float, default=24.0, help="cars appear over this many hours")
-    ap.add_argument("--no-show", type=float, help="share of cars that never come (default 0.05)")
+    ap.add_argument("--no-show", type=float, help="share of cars that never come (default 0.05; 0 for a replay)")
     ap.add_argument("--fast-only", action="store_true",
                     help="sensitivity: drivers of DC-capable cars ask for fast chargers only")
     ap.add_argument("--stations", help=f"BNetzA CSV or stations JSON (default: {DEFAULT_STATIONS.name})")

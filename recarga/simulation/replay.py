@@ -43,6 +43,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 TIME_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M:%S",
                 "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S", "%Y-%m-%d %H:%M")
 MAX_SKIPS_SHOWN = 10
+# A log holds only sessions that happened: its drivers all came, unless a no-show rate is given.
+DEFAULT_NO_SHOW = 0.0
 
 
 class ReplayError(ValueError):
@@ -248,11 +250,17 @@ def _session(row: int, rec: list[str], idx: dict[str, int], by_key: dict[str, St
 
 
 def plans(log: SessionLog, models: list[CarModel], car_mix: tuple[tuple[str, float], ...],
-          target_soc: float, seed: int, copies: float = 1.0, jitter_s: float = 1800.0) -> list[CarPlan]:
+          target_soc: float, seed: int, copies: float = 1.0, jitter_s: float = 1800.0,
+          no_show: float = DEFAULT_NO_SHOW, no_app: float = 0.0) -> list[CarPlan]:
     """One car per session: it asks at the session's place when the session started, for the
     session's energy, with a model from the car mix whose battery can take that energy (the
     largest drawn if none can). copies > 1 adds load: each session again (the fraction at
-    random), shifted by up to ±jitter_s; the log itself is copy 0, unshifted."""
+    random), shifted by up to ±jitter_s; the log itself is copy 0, unshifted. A share no_show
+    of the cars never comes, a share no_app drives without the app; both drawn per car from
+    the seed, so every policy replays the same cars."""
+    for name, share in (("no_show", no_show), ("no_app", no_app)):
+        if not 0.0 <= share <= 1.0:
+            raise ReplayError(f"{name} {share:g} is not a share between 0 and 1")
     rng = np.random.default_rng(seed)
     fleet, probs = mix(models, car_mix)
     day0 = min(s.start for s in log.sessions).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -266,6 +274,9 @@ def plans(log: SessionLog, models: list[CarModel], car_mix: tuple[tuple[str, flo
     timed.sort(key=lambda x: (x[0], x[1].row))
     n = len(timed)
     draws = rng.choice(len(fleet), (n, 4), p=probs)  # a few tries for a battery that fits
+    # drawn after the models, so a share of 0 leaves every other draw as it was
+    absent = rng.random(n) < no_show
+    without_app = rng.random(n) < no_app
     width = len(str(max(n - 1, 0)))
     out = []
     for i, (t, s) in enumerate(timed):
@@ -275,7 +286,7 @@ def plans(log: SessionLog, models: list[CarModel], car_mix: tuple[tuple[str, flo
         soc_ask, target = soc_for_energy(s.energy_kwh, m.battery_kwh, target_soc)
         out.append(CarPlan(car=f"r{i:0{width}d}", appear_s=t, origin=(s.lat, s.lon), ask_at=(s.lat, s.lon),
                            leg_km=0.0, model=m, soc_start=soc_ask, soc_ask=soc_ask, target_soc=target,
-                           no_show=False, dwell_s=s.dwell_s))
+                           no_show=bool(absent[i]), dwell_s=s.dwell_s, app=not bool(without_app[i])))
     return out
 
 

@@ -126,3 +126,73 @@ def test_a_replay_runs_through_the_simulator_and_the_cli(tmp_path, capsys):
     with open(tmp_path / "out" / "simulation.csv", encoding="utf-8") as f:
         got = list(csv.DictReader(f))
     assert len(got) == 4 and {int(r["cars"]) for r in got} == {2, 4}
+
+
+def many_sessions(tmp_path, n=1000):
+    """n sessions at DC-1, one a minute from 6:00."""
+    rows = [["DC-1", f"3/1/2024 {6 + i // 60 % 18}:{i % 60:02d}", "", "", "", "12", "", ""] for i in range(n)]
+    return replay.read_log(write(tmp_path, HEADER, rows), STATIONS)
+
+
+def test_plans_apply_the_no_show_and_no_app_shares_from_the_seed(tmp_path):
+    models = evmodels.load_models()
+    log = many_sessions(tmp_path)
+    plans = replay.plans(log, models, (), 0.8, seed=3, copies=2.0, no_show=0.2, no_app=0.3)
+    n = len(plans)
+    assert n == 2000
+    # binomial spread for n = 2000: sd about 18 and 20 cars; 5 sd of tolerance
+    assert abs(sum(p.no_show for p in plans) - 0.2 * n) < 90
+    assert abs(sum(not p.app for p in plans) - 0.3 * n) < 100
+    assert replay.plans(log, models, (), 0.8, seed=3, copies=2.0, no_show=0.2, no_app=0.3) == plans
+    other = replay.plans(log, models, (), 0.8, seed=4, copies=2.0, no_show=0.2, no_app=0.3)
+    assert [p.no_show for p in other] != [p.no_show for p in plans]
+    # the shares change only who comes and who uses the app, not the sessions' cars
+    plain = replay.plans(log, models, (), 0.8, seed=3, copies=2.0)
+    strip = [(p.car, p.appear_s, p.ask_at, p.model, p.soc_ask, p.target_soc, p.dwell_s) for p in plans]
+    assert strip == [(p.car, p.appear_s, p.ask_at, p.model, p.soc_ask, p.target_soc, p.dwell_s) for p in plain]
+
+
+def test_a_replayed_driver_comes_and_uses_the_app_unless_told_otherwise(tmp_path):
+    log = many_sessions(tmp_path)
+    plans = replay.plans(log, evmodels.load_models(), (), 0.8, seed=3)
+    assert replay.DEFAULT_NO_SHOW == 0.0  # a log holds only sessions that happened
+    assert not any(p.no_show for p in plans) and all(p.app for p in plans)
+
+
+@pytest.mark.parametrize("share, message", [({"no_show": 1.5}, "no_show 1.5 is not a share"),
+                                            ({"no_app": -0.1}, "no_app -0.1 is not a share"),
+                                            ({"no_show": float("nan")}, "no_show nan is not a share")])
+def test_shares_outside_0_and_1_are_refused(tmp_path, share, message):
+    log = replay.read_log(write(tmp_path, HEADER, ROWS), STATIONS)
+    with pytest.raises(replay.ReplayError, match=message):
+        replay.plans(log, evmodels.load_models(), (), 0.8, seed=1, **share)
+
+
+@pytest.mark.parametrize("flags, shares", [(["--no-show", "0.3", "--no-app", "0.4"], (0.3, 0.4)),
+                                           ([], (0.0, 0.0))])
+def test_the_cli_replays_the_same_cars_for_every_policy_with_its_shares(tmp_path, capsys, monkeypatch,
+                                                                         flags, shares):
+    seen: dict[str, list] = {}
+    simulate = loop.simulate
+
+    def record(cfg, stations, plans, *rest, **kw):
+        seen[cfg.policy] = plans
+        return simulate(cfg, stations, plans, *rest, **kw)
+
+    monkeypatch.setattr(loop, "simulate", record)
+    st = tmp_path / "st.json"
+    st.write_text('{"v": 1, "stations": [{"id": "DC-1", "lat": 37.4425, "lon": -122.1630, '
+                  '"slots": [{"power_kw": 50.0, "dc": true}, {"power_kw": 50.0, "dc": true}]}]}')
+    rows = [["DC-1", f"3/1/2024 {6 + i // 4}:{i % 4 * 15:02d}", "", "", "", "10", "", ""] for i in range(60)]
+    rc = main(["--stations", str(st), "--replay", str(write(tmp_path, HEADER, rows)), "--loads", "1",
+               "--jobs", "1", "--no-plots", "--no-progress", "--out", str(tmp_path / "out"), "--seed", "5",
+               "--policies", "least_completion,nearest", *flags])
+    assert rc == 0, capsys.readouterr().err
+    assert set(seen) == {"least_completion", "nearest"}
+    plans = seen["least_completion"]
+    assert seen["nearest"] == plans and len(plans) == 60
+    log = replay.read_log(tmp_path / "sessions.csv", STATIONS)
+    expected = replay.plans(log, evmodels.load_models(), (), 0.8, seed=5, no_show=shares[0], no_app=shares[1])
+    assert [(p.no_show, p.app) for p in plans] == [(p.no_show, p.app) for p in expected]
+    if shares[0]:
+        assert 0 < sum(p.no_show for p in plans) < 60 and 0 < sum(not p.app for p in plans) < 60

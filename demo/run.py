@@ -97,6 +97,8 @@ reconnect_max_s = 2
 [reservations]
 hold_s = {hold_s}        # short, so that a lapsing hold shows within the demo
 grace_s = {grace_s}       # short, so that a no-show shows within the demo (every other car is minutes away)
+retry_min_s = 1      # a refused car asks again within seconds: the demo's slots free up within seconds
+retry_max_s = 2
 """
 
 

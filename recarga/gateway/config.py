@@ -53,7 +53,8 @@ _SCHEMA: Schema = {
     "broker": {"host": str, "port": int, "username": str, "password": str, "password_file": str,
                "keepalive": int, "reconnect_min_s": int, "reconnect_max_s": int, "tls_ca": str},
     "reservations": {"hold_s": (int, float), "grace_s": (int, float), "expected_session_s": (int, float),
-                     "min_remaining_s": (int, float), "max_wait_s": (int, float), "request_memory_s": (int, float)},
+                     "min_remaining_s": (int, float), "max_wait_s": (int, float), "request_memory_s": (int, float),
+                     "retry_min_s": (int, float), "retry_max_s": (int, float)},
     "selection": {"policy": str, "road_factor": (int, float), "speed_kmh": (int, float),
                   "safety_margin_soc": (int, float), "nearest_k": int},
     "overflow": {"enabled": bool, "wait_limit_s": (int, float), "answer_within_s": (int, float),
@@ -74,6 +75,9 @@ _BOUNDS: Bounds = {
     ("reservations", "min_remaining_s"): (0, 86400),
     ("reservations", "max_wait_s"): (0, 7 * 86400),
     ("reservations", "request_memory_s"): (60, 30 * 86400),
+    # when a refused car is told to ask again (no_capacity's retry_after)
+    ("reservations", "retry_min_s"): (1, 3600),
+    ("reservations", "retry_max_s"): (1, 3600),
     # a car's reserve and its confirm come back to back: a burst below 2 would refuse confirms
     ("rate_limit", "requests_per_min"): (1, 60000),
     ("rate_limit", "burst"): (2, 10000),
@@ -105,9 +109,12 @@ def load(path: str | Path) -> GatewayConfig:
     policy = sel.pop("policy", "least_completion")
     if policy not in POLICIES:
         raise ConfigError(f"[selection] policy {policy!r} unknown; one of {', '.join(POLICIES)}")
+    reservations = _check("reservations", raw.get("reservations", {}))
+    if reservations.get("retry_min_s", 60) > reservations.get("retry_max_s", 1800):
+        raise ConfigError("[reservations] retry_min_s must not be above retry_max_s")
     engine = EngineConfig(region=top["region"], policy=policy, selection=SelectionParams(**sel),
                           rate_limit=RateLimit(**_check("rate_limit", raw.get("rate_limit", {}))),
-                          **_check("reservations", raw.get("reservations", {})))
+                          **reservations)
     overflow = _overflow(_check("overflow", raw.get("overflow", {})))
     synchronous = top.get("synchronous", "FULL").upper()
     if synchronous not in ("FULL", "NORMAL"):

@@ -89,6 +89,8 @@ def test_sections_and_password_file(tmp_path):
     # bounds a region can run with
     (BASE + "[reservations]\nhold_s = 0\n", "hold_s = 0 outside 1..86400"),
     (BASE + "[reservations]\nrequest_memory_s = 1\n", "request_memory_s = 1 outside 60..2592000"),
+    (BASE + "[reservations]\nretry_max_s = 7200\n", "retry_max_s = 7200 outside 1..3600"),
+    (BASE + "[reservations]\nretry_min_s = 600\nretry_max_s = 60\n", "retry_min_s must not be above retry_max_s"),
     (BASE + "[selection]\nroad_factor = 0.5\n", "road_factor = 0.5 outside 1..5"),
     (BASE + "[selection]\nsafety_margin_soc = 0.9\n", "safety_margin_soc = 0.9 outside 0..0.5"),
     (BASE + "[selection]\nnearest_k = 0\n", "nearest_k = 0 outside 1..100"),
@@ -134,3 +136,8 @@ def test_cli_check_config_groups_the_stations_into_sites_at_the_configured_dista
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"2 stations at {sites} from" in out.stdout
+
+
+def test_retry_bounds_reach_the_engine(tmp_path):
+    cfg = C.load(write(tmp_path, BASE + "[reservations]\nretry_min_s = 5\nretry_max_s = 30\n"))
+    assert (cfg.engine.retry_min_s, cfg.engine.retry_max_s) == (5, 30)

@@ -129,7 +129,7 @@ def test_the_printed_example_configuration_checks_out_once_its_password_file_exi
     password_file.write_text("secret\n")
     ok = run(check, cwd=installed.work, timeout=120).stdout
     berlin = len(load_stations(ROOT / "data" / "berlin_charging_stations_bnetza.csv"))
-    m = re.match(r"ok: region berlin, (\d+) stations from (\S+), ", ok)
+    m = re.match(r"ok: region berlin, (\d+) stations at \d+ sites from (\S+), ", ok)
     assert m, ok
     # no stations file set: the register shipped inside the installed package
     assert int(m[1]) == berlin and Path(m[2]).is_relative_to(installed.venv), ok
@@ -139,7 +139,7 @@ def test_the_printed_example_configuration_checks_out_once_its_password_file_exi
 def test_the_city_simulation_runs_on_the_shipped_data(installed: Installed):
     done = run([installed.bin("recarga-gateway"), "simulate", "--quick"], cwd=installed.work, timeout=600)
     lines = done.stdout.strip().splitlines()
-    assert re.match(r"\d+ stations, \d+ slots within 3 km of the centre; loads 1, 2, 4 ", lines[0]), lines[0]
+    assert re.match(r"Berlin: \d+ stations, \d+ slots within 3 km of the centre; loads 1, 2, 4 ", lines[0]), lines[0]
     assert lines[-1].startswith("mean wait vs best baseline at high load: "), lines[-1]
     out = installed.work / "run" / "simulation"
     with open(out / "simulation.csv", newline="") as f:

@@ -22,6 +22,7 @@ from harness.process import ChildProcess, ProcessExited
 from harness.wait import wait_until
 from recarga.core import broker_config, certs
 from recarga.core.broker_dir import LOG_NAME
+from recarga.core.protocol import device as D
 
 SETUP_HINT = "install Debian's mosquitto and mosquitto-clients packages (scripts/setup does)"
 
@@ -44,7 +45,7 @@ MONITOR_USER = "monitor"  # a read-only user a test adds to watch a broker (extr
 
 def monitor_acl(region: str) -> dict[str, list[tuple[str, str]]]:
     """extra_acl for MONITOR_USER: read everything of `region` on its broker."""
-    return {MONITOR_USER: [("read", f"recarga/v1/{region}/#")]}
+    return {MONITOR_USER: [("read", f"{D.region_root(region)}/#")]}
 
 
 SERVER_NAME = "localhost"  # the DNS name in a TLS test broker's certificate (with IP 127.0.0.1)

@@ -36,7 +36,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from harness import ROOT
-from harness.broker import SERVER_NAME, Broker
+from harness.broker import MONITOR_USER, SERVER_NAME, Broker, monitor_acl
 from harness.clients import MqttClient, connect_client
 from harness.services import GatewayProcess
 from harness.wait import wait_until
@@ -49,7 +49,6 @@ CAR = ROOT / "firmware" / "car"
 LIB = ROOT / "firmware" / "lib"
 BOARD_DIAGRAM = ROOT / "boards" / "car" / "diagram.json"
 
-MONITOR = "monitor"  # region_broker's read-only user
 CURVE = [[300, 0.0], [345, 0.1], [360, 0.3], [372, 0.5], [388, 0.8], [403, 1.0]]
 DIVIDER = 130.0
 
@@ -107,14 +106,14 @@ def virtual_board(tmp: Path, cfg: dict):
 def region_broker(tmp: Path, region: str, cars: list[str], stations: list[str] = (),
                   tls: bool | Path = True) -> Broker:
     """A running broker of `region` (auth and ACL on; users gateway / gw-pw, each car and
-    station with the password <id>-pw, and MONITOR / monitor-pw, who may read the region's whole
+    station with the password <id>-pw, and MONITOR_USER / monitor-pw, who may read the region's whole
     tree: a client id is bound to its user, so a test watching beside a gateway needs a user of
     its own); its listener TLS unless `tls` is False (a Path: the CA directory it shares with
     other brokers)."""
-    passwords = {"gateway": "gw-pw", MONITOR: "monitor-pw", **{c: f"{c}-pw" for c in cars},
+    passwords = {"gateway": "gw-pw", MONITOR_USER: "monitor-pw", **{c: f"{c}-pw" for c in cars},
                  **{s: f"{s}-pw" for s in stations}}
     return Broker.launch(tmp, region=region, cars=cars, stations=list(stations), passwords=passwords, tls=tls,
-                         extra_acl={MONITOR: [("read", f"recarga/v1/{region}/#")]})
+                         extra_acl=monitor_acl(region))
 
 
 def reservation(rid: str, state: str = "held", station: str = "st-1", slot: int = 1, **kw) -> dict:

@@ -27,7 +27,7 @@ INSTANCES = ("c1", "c2", "c3", "c4")
 CENTRAL_USER = central_user(INSTANCES[0])  # the first instance's: CentralProcess's default
 # extra_acl for CentralBroker: a user that reads every region's central/ subtree, so a test
 # or benchmark can count central's messages on the wire without being one of the parties
-MONITOR_ACL = {MONITOR_USER: [("read", "recarga/v1/+/central/#")]}
+MONITOR_ACL = {MONITOR_USER: [("read", PC.subtree("+", "#"))]}
 CAR_NEED = {"lat": 52.52, "lon": 13.40, "soc": 0.3, "battery_kwh": 58.0, "consumption_kwh_100km": 16.6,
             "max_ac_kw": 11.0, "max_dc_kw": 100.0, "target_soc": 0.8}
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.broker import Broker
+from harness.broker import MONITOR_USER, Broker
 from harness.car_board import (
     CAR,
     LIB,
-    MONITOR,
     World,
     car_config,
     pot_for,
@@ -165,7 +164,7 @@ def world(tmp_path):
 def test_low_battery_asks_gets_a_slot_charges_and_completes(world):
     stations = [StationMeta("st-1", 52.52, 13.40, (AC22, AC22), operator="op", price_per_kwh=0.45)]
     broker, gw = world.region("north", ["car-a"], stations)
-    monitor = world.client(broker, MONITOR)  # reads car telemetry beside the gateway
+    monitor = world.client(broker, MONITOR_USER)  # reads car telemetry beside the gateway
     monitor.subscribe(D.car_filter("north", "telemetry"))
     car = world.car(car_config("car-a", "north", broker.port, ca_file=broker.ca_file), soc=0.6)
     car.wait_for("mqtt: connected")

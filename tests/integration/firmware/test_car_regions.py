@@ -20,8 +20,8 @@ import time
 import pytest
 
 from harness import micropython as mp
+from harness.broker import MONITOR_USER
 from harness.car_board import (
-    MONITOR,
     ScriptedGateway,
     World,
     car_config,
@@ -129,8 +129,8 @@ def world(tmp_path):
 def test_a_car_crossing_a_boundary_keeps_its_confirmed_reservation_and_its_region(world, tmp_path):
     bn, gwn = world.region("north", ["car-a"], [StationMeta("st-n", 52.52, 13.40, (AC22,), operator="op")])
     bs, gws = world.region("south", ["car-a"], [StationMeta("st-s", 51.05, 13.74, (AC22,), operator="op")])
-    on_n = world.client(bn, MONITOR)  # reads the cars' online flags beside the gateway
-    on_s = world.client(bs, MONITOR)
+    on_n = world.client(bn, MONITOR_USER)  # reads the cars' online flags beside the gateway
+    on_s = world.client(bs, MONITOR_USER)
     for c, region in ((on_n, "north"), (on_s, "south")):
         c.subscribe(D.car_topic(region, "car-a", "online"))
 

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from harness.broker import PASSWORDS, REGION, Broker
-from harness.car_board import MONITOR
+from harness.broker import MONITOR_USER, PASSWORDS, REGION, Broker, monitor_acl
 from harness.clients import connect_client
 from harness.micropython import LIB, ROOT, STATION, umqtt_available, virtual_board
 from harness.wait import wait_until
@@ -55,11 +54,11 @@ def station_config(b: Broker, **changes) -> dict:
 
 @pytest.fixture
 def broker(tmp_path):
-    """The suite's region broker (tests/conftest.py's), its listener TLS, plus a MONITOR user
+    """The suite's region broker (tests/conftest.py's), its listener TLS, plus a MONITOR_USER
     that may read the region (a client id is bound to its user: a second `gateway` would
     take the gateway fixture's connection over)."""
-    b = Broker.launch(tmp_path / "broker", tls=True, passwords={**PASSWORDS, MONITOR: "monitor-pw"},
-                      extra_acl={MONITOR: [("read", f"recarga/v1/{REGION}/#")]})
+    b = Broker.launch(tmp_path / "broker", tls=True, passwords={**PASSWORDS, MONITOR_USER: "monitor-pw"},
+                      extra_acl=monitor_acl(REGION))
     try:
         yield b
     finally:
@@ -121,7 +120,7 @@ def onlines(client) -> list[bool]:
 
 def retained_status(broker: Broker) -> list[str]:
     """What a subscriber arriving now gets: the retained status."""
-    late = connect_client(broker, MONITOR)
+    late = connect_client(broker, MONITOR_USER)
     try:
         late.subscribe(STATUS)
         msg = late.expect(STATUS)
